@@ -1,0 +1,42 @@
+# Two commands do everything (see README.md):
+#   make demo   - install, build the demo corpus, run the main job end to end, print where results are
+#   make test   - install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first, on its own, so that a CPU machine takes a CPU build instead of ~3 GB of CUDA packages:
+# here pip finds a local CPU wheel of 2.13.0; elsewhere add TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (CPU) or set TORCH_SPEC to the CUDA build you want (GPU).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+EXTRAS ?= dev
+
+.PHONY: install demo test dbt-parse lock ui mlflow-ui
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+dbt-parse: install
+	cd dbt_quality && ../$(BIN)/dbt parse --quiet --project-dir . --profiles-dir .
+
+demo: install dbt-parse
+	$(BIN)/climb demo
+
+test: install dbt-parse
+	$(BIN)/python -m pytest -q
+
+# Regenerate the pinned constraints from the current environment (torch is pinned by TORCH_SPEC instead).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|climb)[= ]' > constraints.txt
+
+ui: install
+	$(BIN)/climb ui
+
+mlflow-ui: install
+	$(BIN)/climb mlflow-ui

@@ -1,0 +1,134 @@
+"""``raw_shards``: one dynamic partition per landed crawl file, ingested into the lake."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from climb_assets.home import ClimbHome
+from climb_assets.metadata import markdown_table
+from climb_assets.ingest.shards import (
+    IngestSettings,
+    UnreadableShardError,
+    count_shard_rows,
+    ingest_shard,
+    load_seen,
+)
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.storage import lake_file, safe_name, write_parquet_atomic
+from climb_assets.tags import LAKE_WRITER_POOL
+
+shard_partitions = dg.DynamicPartitionsDefinition(name="raw_shards")
+
+
+class IngestConfig(dg.Config):
+    text_field: str = "text"
+    id_field: str = "id"
+    min_chars: int = 20
+    max_chars: int = 200_000
+
+    def settings(self) -> IngestSettings:
+        return IngestSettings(
+            text_field=self.text_field, id_field=self.id_field, min_chars=self.min_chars, max_chars=self.max_chars
+        )
+
+
+def shard_documents_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("raw_shards"), shard, ".parquet")
+
+
+def shard_quarantine_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("quarantine"), shard, ".parquet")
+
+
+def shard_duplicates_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
+
+
+def landed_file(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.landing, shard, "")
+
+
+def earlier_shards(registered: list[str], shard: str) -> list[str]:
+    """Shards registered before ``shard``: the ones it is de-duplicated against.
+
+    Using registration order (not "everything in the lake") keeps a re-materialization identical even after later
+    shards have landed.
+    """
+    return registered[: registered.index(shard)] if shard in registered else list(registered)
+
+
+def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]):
+    """Ingest one landed file; quarantine and duplicates are written first, the documents file last."""
+    source = landed_file(home, safe_name(shard))
+    if not source.exists():
+        raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
+    seen_paths = [p for p in (shard_documents_path(home, s) for s in earlier) if p.exists()]
+    seen_hashes, seen_ids = load_seen(seen_paths)
+    result = ingest_shard(source, shard, settings, seen_hashes, seen_ids)
+    write_parquet_atomic(result.quarantine, shard_quarantine_path(home, shard))
+    write_parquet_atomic(result.duplicates, shard_duplicates_path(home, shard))
+    write_parquet_atomic(result.documents, shard_documents_path(home, shard))
+    return result
+
+
+def conservation(home: ClimbHome, shard: str, settings: IngestSettings) -> dict[str, int]:
+    """Rows in the landed file vs. rows in the three lake outputs, counted independently of ingestion."""
+    counts = {
+        "rows_read": count_shard_rows(landed_file(home, shard), settings),
+        "accepted": pl.scan_parquet(shard_documents_path(home, shard)).select(pl.len()).collect().item(),
+        "quarantined": pl.scan_parquet(shard_quarantine_path(home, shard)).select(pl.len()).collect().item(),
+        "duplicates": pl.scan_parquet(shard_duplicates_path(home, shard)).select(pl.len()).collect().item(),
+    }
+    return counts
+
+
+@dg.asset(
+    partitions_def=shard_partitions,
+    group_name="ingest",
+    pool=LAKE_WRITER_POOL,
+    kinds={"polars", "parquet"},
+)
+def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+    """Landed crawl file → normalised, id'd, de-duplicated documents in the lake (rejects quarantined with a reason)."""
+    home = climb.home()
+    shard = context.partition_key
+    registered = context.instance.get_dynamic_partitions(shard_partitions.name)
+    try:
+        result = ingest_to_lake(home, shard, config.settings(), earlier_shards(registered, shard))
+    except UnreadableShardError as exc:
+        raise dg.Failure(description=f"Cannot ingest {shard}: {exc}", allow_retries=False) from exc
+    docs = result.documents
+    return dg.MaterializeResult(
+        metadata={
+            "rows_read": result.rows_read,
+            "accepted": len(docs),
+            "quarantined": len(result.quarantine),
+            "duplicates": len(result.duplicates),
+            "quarantine_reasons": dg.MetadataValue.json(result.reasons),
+            "bytes_in": landed_file(home, shard).stat().st_size,
+            "text_bytes": int(docs["text"].str.len_bytes().sum() or 0),
+            "tokens": int(docs["n_tokens"].sum() or 0),
+            "file_sha256": result.file_sha256,
+            "path": dg.MetadataValue.path(str(shard_documents_path(home, shard))),
+            "preview": markdown_table(
+                docs.head(5).select("doc_id", pl.col("text").str.slice(0, 120), "n_tokens", "source_kind")
+            ),
+        },
+        data_version=dg.DataVersion(result.file_sha256),
+    )
+
+
+@dg.asset_check(
+    asset=raw_shards,
+    partitions_def=shard_partitions,
+    blocking=True,
+    description="rows read = accepted + quarantined + duplicates",
+)
+def raw_shards_conserve_rows(
+    context: dg.AssetCheckExecutionContext, config: IngestConfig, climb: ClimbHomeResource
+) -> dg.AssetCheckResult:
+    counts = conservation(climb.home(), context.partition_key, config.settings())
+    balance = counts["rows_read"] - counts["accepted"] - counts["quarantined"] - counts["duplicates"]
+    return dg.AssetCheckResult(passed=balance == 0, metadata={**counts, "unaccounted_rows": balance})

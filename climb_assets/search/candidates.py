@@ -1,0 +1,216 @@
+"""Candidate mixture weights for the CLIMB search: RegMix's Dirichlet sampler and CLIMB's predictor-guided refinement.
+
+Iteration 1 samples weight vectors around a token prior (prior ∝ tokens^0.5). Following RegMix's
+``mixture_config/synthesize_mixture.py``: a concentration ("strength") is drawn uniformly from 15 log-spaced values
+in [0.1, 5], the sample is Dirichlet(strength * prior) (no extra factor K), any sample with a weight above
+min(cap_multiplier * cap_reference_i, 1) is rejected (a group's data would be repeated too often; RegMix's cap
+reference is the raw token share), weights below ``min_weight`` are zeroed, the rest renormalised, and near-identical
+vectors de-duplicated. Iteration k > 1 scores a large fresh pool with the predictor, keeps the top max(n², 128) and
+draws n of those at random: exploit the predictor, explore within its best region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+DEFAULT_CONCENTRATIONS = np.logspace(np.log10(0.1), np.log10(5.0), 15)
+_MAX_BATCH = 262_144
+
+
+class SupportsPredict(Protocol):
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
+    return np.random.default_rng(rng)
+
+
+def token_prior(tokens_per_group: Sequence[float] | np.ndarray | Mapping[Any, float], power: float = 0.5) -> np.ndarray:
+    """The Dirichlet prior: token counts to the power 0.5, normalised (tempers big clusters, lifts small ones).
+
+    A mapping is read in sorted key order, the order the mixture weights use everywhere.
+    """
+    if isinstance(tokens_per_group, Mapping):
+        tokens = np.array([float(tokens_per_group[k]) for k in sorted(tokens_per_group)])
+    else:
+        tokens = np.asarray(tokens_per_group, dtype=np.float64)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens_per_group must be a non-empty 1-D sequence, got shape {tokens.shape}")
+    if not np.isfinite(tokens).all() or (tokens < 0).any():
+        raise ValueError(f"token counts must be finite and non-negative, got {tokens.tolist()}")
+    if tokens.sum() <= 0:
+        raise ValueError("all groups have zero tokens")
+    tempered = tokens**power
+    return tempered / tempered.sum()
+
+
+def _check_prior(prior: np.ndarray | Sequence[float], name: str = "prior") -> np.ndarray:
+    p = np.asarray(prior, dtype=np.float64)
+    if p.ndim != 1 or p.size == 0 or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"{name} must be a non-empty, non-negative 1-D vector with positive sum, got {p.tolist()}")
+    return p / p.sum()
+
+
+def _dirichlet(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of Dirichlet(alpha[i]) for an (m, K) alpha, computed in log space.
+
+    With strength 0.1 and ~20 groups alpha is ~1e-3, where plain Gamma draws underflow to 0; Gamma(a) =
+    Gamma(a + 1) * U^(1/a) keeps the logs finite. Zero alpha means a group that can never be drawn.
+    """
+    positive = alpha > 0
+    safe = np.where(positive, alpha, 1.0)
+    log_g = np.log(rng.standard_gamma(safe + 1.0)) + np.log1p(-rng.random(alpha.shape)) / safe
+    log_g = np.where(positive, log_g, -np.inf)
+    log_g -= log_g.max(axis=1, keepdims=True)
+    w = np.exp(log_g)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _row_keys(rows: np.ndarray, decimals: int) -> list[bytes]:
+    return [r.tobytes() for r in np.round(rows, decimals) + 0.0]
+
+
+def _sample_unique(
+    prior: np.ndarray,
+    target: int,
+    rng: np.random.Generator,
+    *,
+    concentrations: Sequence[float] | np.ndarray = DEFAULT_CONCENTRATIONS,
+    cap_multiplier: float = 15.0,
+    min_weight: float = 2e-4,
+    oversample: int = 100,
+    decimals: int = 4,
+    cap_reference: np.ndarray | Sequence[float] | None = None,
+    exclude: np.ndarray | None = None,
+    max_rounds: int = 50,
+) -> np.ndarray:
+    """Accepted, de-duplicated candidates in order of first draw: at least ``target`` unless rounds run out."""
+    conc = np.asarray(concentrations, dtype=np.float64)
+    if conc.ndim != 1 or conc.size == 0 or (conc <= 0).any():
+        raise ValueError(f"concentrations must be positive, got {conc.tolist()}")
+    if not 0 <= min_weight < 1:
+        raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+    reference = prior if cap_reference is None else _check_prior(cap_reference, "cap_reference")
+    if reference.shape != prior.shape:
+        raise ValueError(f"cap_reference has {reference.size} groups, prior has {prior.size}")
+    cap = np.minimum(cap_multiplier * reference, 1.0)
+    seen = set() if exclude is None else set(_row_keys(np.atleast_2d(np.asarray(exclude, dtype=np.float64)), decimals))
+    kept: list[np.ndarray] = []
+    batch = int(min(max(target * oversample, 1024), _MAX_BATCH))
+    for _ in range(max_rounds):
+        strengths = conc[rng.integers(0, conc.size, size=batch)]
+        raw = _dirichlet(strengths[:, None] * prior[None, :], rng)
+        w = np.where(raw < min_weight, 0.0, raw)
+        w = w / w.sum(axis=1, keepdims=True)
+        # The cap is checked after renormalising so every returned vector satisfies it.
+        w = w[(w <= cap + 1e-12).all(axis=1)]
+        for row, key in zip(w, _row_keys(w, decimals)):
+            if key not in seen:
+                seen.add(key)
+                kept.append(row)
+        if len(kept) >= target:
+            break
+    return np.array(kept).reshape(-1, prior.size)
+
+
+def sample_dirichlet_candidates(
+    prior: np.ndarray | Sequence[float],
+    n: int,
+    rng: np.random.Generator | int,
+    *,
+    concentrations: Sequence[float] | np.ndarray = DEFAULT_CONCENTRATIONS,
+    cap_multiplier: float = 15.0,
+    min_weight: float = 2e-4,
+    oversample: int = 100,
+    decimals: int = 4,
+    cap_reference: np.ndarray | Sequence[float] | None = None,
+    max_rounds: int = 50,
+) -> np.ndarray:
+    """``n`` distinct weight vectors (n x K, rows sum to 1) for iteration 1, RegMix style.
+
+    ``n * oversample`` raw draws per round (RegMix draws 100x), then ``n`` picked at random from the accepted
+    unique ones. ``cap_reference`` (default: ``prior``) is what the cap multiplies; pass the raw token shares to
+    bound repetition exactly as RegMix does.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    gen = _as_rng(rng)
+    p = _check_prior(prior)
+    pool = _sample_unique(
+        p, n, gen, concentrations=concentrations, cap_multiplier=cap_multiplier, min_weight=min_weight,
+        oversample=oversample, decimals=decimals, cap_reference=cap_reference, max_rounds=max_rounds,
+    )  # fmt: skip
+    if len(pool) < n:
+        raise ValueError(
+            f"only {len(pool)} distinct candidates passed the cap after {max_rounds} rounds, {n} wanted"
+            " (too few groups for the rounding precision, or a cap too tight for the prior)"
+        )
+    return pool[gen.choice(len(pool), size=n, replace=False)]
+
+
+def _scored_pool(
+    predictor: SupportsPredict,
+    prior: np.ndarray | Sequence[float],
+    rng: np.random.Generator,
+    pool_size: int,
+    evaluated: np.ndarray | None,
+    maximize: bool,
+    sampler_options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fresh pool of up to ``pool_size`` candidates (none already evaluated) with objective scores, higher better."""
+    if pool_size <= 0:
+        raise ValueError(f"pool_size must be positive, got {pool_size}")
+    options = {"oversample": 1, **sampler_options}
+    pool = _sample_unique(_check_prior(prior), pool_size, rng, exclude=evaluated, **options)[:pool_size]
+    if len(pool) == 0:
+        raise ValueError("no fresh candidates could be drawn")
+    scores = np.asarray(predictor.predict(pool), dtype=np.float64)
+    if scores.shape != (len(pool),):
+        raise ValueError(f"predictor returned shape {scores.shape} for {len(pool)} candidates")
+    return pool, scores if maximize else -scores
+
+
+def next_iteration_candidates(
+    predictor: SupportsPredict,
+    prior: np.ndarray | Sequence[float],
+    n: int,
+    rng: np.random.Generator | int,
+    *,
+    pool_size: int = 100_000,
+    top: int | None = None,
+    evaluated: np.ndarray | None = None,
+    maximize: bool = True,
+    **sampler_options: Any,
+) -> np.ndarray:
+    """``n`` candidates for iteration k > 1: top ``max(n**2, 128)`` of a fresh scored pool, then ``n`` at random.
+
+    ``evaluated`` (m x K) are the vectors already trained, never proposed again. ``maximize=False`` when the
+    predictor predicts a loss. ``sampler_options`` go to the Dirichlet sampler (cap_multiplier, min_weight, ...).
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    gen = _as_rng(rng)
+    pool, scores = _scored_pool(predictor, prior, gen, pool_size, evaluated, maximize, sampler_options)
+    keep = min(max(n**2, 128) if top is None else top, len(pool))
+    if keep < n:
+        raise ValueError(f"only {keep} candidates in the top set, {n} wanted (raise pool_size or top)")
+    best = np.argsort(-scores, kind="stable")[:keep]
+    return pool[gen.choice(best, size=n, replace=False)]
+
+
+def best_predicted_mixture(
+    predictor: SupportsPredict,
+    prior: np.ndarray | Sequence[float],
+    rng: np.random.Generator | int,
+    *,
+    pool_size: int = 100_000,
+    maximize: bool = True,
+    **sampler_options: Any,
+) -> tuple[np.ndarray, float]:
+    """The final mixture: the best-scoring vector of a fresh pool under the final predictor, with its prediction."""
+    pool, scores = _scored_pool(predictor, prior, _as_rng(rng), pool_size, None, maximize, sampler_options)
+    i = int(np.argmax(scores))
+    return pool[i], float(scores[i] if maximize else -scores[i])

@@ -1,0 +1,71 @@
+"""Atomic, path-safe writes: a failure never leaves a half-written output visible."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+def safe_name(name: str) -> str:
+    """Return ``name`` if it can be used as a single path component inside the lake, else raise.
+
+    Partition keys come from file names in the landing directory; this keeps them from escaping the lake.
+    """
+    if not _SAFE_NAME.match(name) or name in {".", ".."} or ".." in name:
+        raise ValueError(f"unsafe name for a lake path: {name!r}")
+    return name
+
+
+def lake_file(directory: Path, name: str, suffix: str) -> Path:
+    """``directory/name+suffix`` for a validated ``name`` that is guaranteed to stay inside ``directory``."""
+    path = (directory / f"{safe_name(name)}{suffix}").resolve()
+    if path.parent != directory.resolve():
+        raise ValueError(f"{name!r} escapes {directory}")
+    return path
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``final``; on success rename it over ``final``, on failure remove it.
+
+    Works for files and for directories (write a whole directory under the yielded path).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = tmp_dir / final.name
+    try:
+        yield tmp
+        if final.is_dir() and tmp.is_dir():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, final: Path) -> Path:
+    with atomic_path(final) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+    return final
+
+
+def write_json_atomic(obj: Any, final: Path) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return final

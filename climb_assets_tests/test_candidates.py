@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from climb_assets.search.candidates import (
+    best_predicted_mixture,
+    next_iteration_candidates,
+    sample_dirichlet_candidates,
+    token_prior,
+)
+
+TOKENS = np.array([4e6, 1e6, 4e5, 1e5, 2.5e4, 4e3, 1e3, 1e3])
+PRIOR = token_prior(TOKENS)
+
+
+class LinearObjective:
+    """A known objective of the weights (higher is better), standing in for a fitted predictor."""
+
+    def __init__(self, coefficients: np.ndarray) -> None:
+        self.coefficients = coefficients
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.coefficients
+
+
+def test_token_prior_is_square_root_of_tokens() -> None:
+    prior = token_prior([400, 100, 0])
+    assert prior == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert token_prior({5: 100, 1: 400}) == pytest.approx([2 / 3, 1 / 3])  # sorted key order
+    for bad in ([0, 0], [1, -1], [], [[1, 2]]):
+        with pytest.raises(ValueError):
+            token_prior(bad)
+
+
+def test_candidates_are_valid_mixtures() -> None:
+    cands = sample_dirichlet_candidates(PRIOR, 64, 0)
+    assert cands.shape == (64, len(PRIOR))
+    assert cands.sum(axis=1) == pytest.approx(np.ones(64))
+    assert ((cands == 0) | (cands >= 2e-4)).all(), "weights below min_weight must be zeroed"
+    assert (cands <= np.minimum(15 * PRIOR, 1.0) + 1e-9).all(), "per-weight cap"
+    assert len(np.unique(np.round(cands, 4), axis=0)) == 64, "de-duplicated"
+
+
+def test_cap_rejects_heavy_samples_and_can_use_raw_token_shares() -> None:
+    uniform = np.full(4, 0.25)
+    cands = sample_dirichlet_candidates(uniform, 200, 1, cap_multiplier=2.0)
+    assert cands.max() <= 0.5 + 1e-12
+    shares = TOKENS / TOKENS.sum()
+    capped = sample_dirichlet_candidates(PRIOR, 100, 2, cap_reference=shares)
+    assert (capped <= np.minimum(15 * shares, 1.0) + 1e-12).all()
+    assert capped[:, -1].max() < 15 * shares[-1] < 15 * PRIOR[-1]
+
+
+def test_concentration_controls_sparsity() -> None:
+    sparse = sample_dirichlet_candidates(PRIOR, 100, 3, concentrations=[0.1])
+    dense = sample_dirichlet_candidates(PRIOR, 100, 3, concentrations=[5.0])
+    assert (sparse > 0).sum(axis=1).mean() < (dense > 0).sum(axis=1).mean()
+
+
+def test_groups_with_zero_prior_are_never_drawn() -> None:
+    cands = sample_dirichlet_candidates([0.5, 0.0, 0.5], 50, 4)
+    assert (cands[:, 1] == 0).all()
+
+
+def test_sampling_is_deterministic_for_a_seed() -> None:
+    a = sample_dirichlet_candidates(PRIOR, 32, 11)
+    assert np.array_equal(a, sample_dirichlet_candidates(PRIOR, 32, np.random.default_rng(11)))
+    assert not np.array_equal(a, sample_dirichlet_candidates(PRIOR, 32, 12))
+
+
+def test_asking_for_more_distinct_candidates_than_exist_is_an_error() -> None:
+    with pytest.raises(ValueError, match="distinct candidates"):
+        sample_dirichlet_candidates([0.5, 0.5], 50, 0, decimals=1, max_rounds=3)
+
+
+def test_next_iteration_prefers_high_predicted_regions() -> None:
+    objective = LinearObjective(np.linspace(-1.0, 1.0, len(PRIOR)))
+    first = sample_dirichlet_candidates(PRIOR, 32, 0)
+    second = next_iteration_candidates(objective, PRIOR, 16, 0, pool_size=5_000, evaluated=first)
+    assert second.shape == (16, len(PRIOR))
+    assert objective.predict(second).min() > np.quantile(objective.predict(first), 0.9)
+    evaluated_keys = {tuple(r) for r in np.round(first, 4)}
+    assert not evaluated_keys & {tuple(r) for r in np.round(second, 4)}
+    assert (second <= np.minimum(15 * PRIOR, 1.0) + 1e-9).all()
+
+
+def test_next_iteration_draws_from_the_top_set_and_is_deterministic() -> None:
+    objective = LinearObjective(np.eye(len(PRIOR))[2])
+    a = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000)
+    assert np.array_equal(a, next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000))
+    exploit = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000, top=8)
+    # top == n is pure exploitation: the 8 best in the pool; the default top (128) explores below them.
+    assert objective.predict(exploit).min() >= objective.predict(a).min()
+    low = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000, top=8, maximize=False)
+    assert objective.predict(low).max() < objective.predict(exploit).min()
+
+
+def test_best_predicted_mixture_maximises_the_predictor() -> None:
+    objective = LinearObjective(np.eye(len(PRIOR))[1])
+    weights, score = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000)
+    assert score == pytest.approx(weights[1])
+    assert score >= objective.predict(sample_dirichlet_candidates(PRIOR, 500, 1)).max() - 0.05

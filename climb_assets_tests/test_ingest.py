@@ -1,0 +1,196 @@
+"""raw_shards: sensor, ingestion, quarantine, de-duplication, conservation and idempotence, on real files."""
+
+import gzip
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from climb_assets.definitions import defs
+from climb_assets.ingest.assets import (
+    raw_shards,
+    raw_shards_conserve_rows,
+    shard_documents_path,
+    shard_duplicates_path,
+    shard_partitions,
+    shard_quarantine_path,
+)
+from climb_assets.ingest.sensors import build_landing_sensor
+from climb_assets.storage import lake_file, safe_name
+
+PROSE = [
+    "The river flooded the valley after three days of heavy rain, and the village moved its market uphill.",
+    "A short history of printing: movable type spread across Europe within fifty years of its invention.",
+    "Photosynthesis converts light energy into chemical energy stored in sugars inside plant cells.",
+]
+
+
+def write_jsonl(path, rows, gz=False):
+    lines = "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows).encode()
+    path.write_bytes(gzip.compress(lines) if gz else lines)
+    return path
+
+
+def ingest(instance, climb_resource, shard):
+    instance.add_dynamic_partitions(shard_partitions.name, [shard])
+    return dg.materialize(
+        [raw_shards, raw_shards_conserve_rows],
+        partition_key=shard,
+        instance=instance,
+        resources={"climb": climb_resource},
+        raise_on_error=False,
+    )
+
+
+def check_passed(result) -> bool:
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 1
+    return evaluations[0].passed
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("ingest_shard_job") is not None
+
+
+def test_sensor_registers_new_files_and_ignores_seen_ones(home, climb_resource, instance):
+    write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
+    write_jsonl(home.landing / "b.jsonl.gz", [{"text": PROSE[1]}], gz=True)
+    (home.landing / "notes.txt").write_text("not a shard")
+    sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
+
+    first = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+    assert sorted(r.partition_key for r in first.run_requests) == ["a.jsonl", "b.jsonl.gz"]
+    assert sorted(first.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", "b.jsonl.gz"]
+    instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl", "b.jsonl.gz"])
+
+    again = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"climb": climb_resource}))
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+    write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[2]}])  # same name, new content
+    write_jsonl(home.landing / "c.parquet.jsonl", [{"text": PROSE[2]}])
+    changed = sensor(dg.build_sensor_context(instance=instance, cursor=again.cursor, resources={"climb": climb_resource}))
+    assert [r.partition_key for r in changed.run_requests] == ["c.parquet.jsonl"]
+    observed = [e for e in changed.asset_events if e.partition == "a.jsonl"]
+    assert observed and observed[0].metadata["changed_after_ingestion"].value is True
+
+
+def test_sensor_with_lost_cursor_does_not_reingest(home, climb_resource, instance):
+    write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
+    instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl"])
+    sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
+    result = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+    assert result.run_requests == []
+
+
+def test_two_shards_end_to_end_with_cross_shard_dedup(home, climb_resource, instance):
+    write_jsonl(home.landing / "s1.jsonl", [{"id": "a", "text": PROSE[0], "kind": "news"}, {"text": PROSE[1]}])
+    pl.DataFrame({"text": [PROSE[1] + "  ", PROSE[2]], "url": ["u1", "u2"]}).write_parquet(home.landing / "s2.parquet")
+    assert ingest(instance, climb_resource, "s1.jsonl").success
+    result = ingest(instance, climb_resource, "s2.parquet")
+    assert result.success and check_passed(result)
+
+    first = pl.read_parquet(shard_documents_path(home, "s1.jsonl"))
+    second = pl.read_parquet(shard_documents_path(home, "s2.parquet"))
+    assert first["doc_id"].to_list()[0] == "a" and first["source_kind"].to_list() == ["news", None]
+    assert second["text"].to_list() == [PROSE[2]]
+    assert json.loads(second["meta"][0]) == {"url": "u2"}
+    duplicates = pl.read_parquet(shard_duplicates_path(home, "s2.parquet"))
+    assert duplicates["duplicate_of"].to_list() == [first["doc_id"][1]]
+    assert duplicates["duplicate_of_shard"].to_list() == ["s1.jsonl"]
+    materialization = result.asset_materializations_for_node("raw_shards")[0]
+    assert materialization.metadata["duplicates"].value == 1 and materialization.metadata["accepted"].value == 1
+
+
+BAD_ROWS = [
+    ('{"text": "unterminated', "invalid_json"),
+    ("[1, 2, 3]", "not_a_json_object"),
+    ({"body": PROSE[0]}, "missing_text"),
+    ({"text": 42}, "non_string_text"),
+    ({"text": "   \n\t "}, "empty_text"),
+    ({"text": "tiny"}, "too_short"),
+    ({"text": "x" * 200_001}, "too_long"),
+    ({"id": ["no"], "text": PROSE[2]}, "invalid_id"),
+    ("", "blank_line"),
+]
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(home, climb_resource, instance):
+    rows = [{"text": PROSE[0]}] + [row for row, _ in BAD_ROWS]
+    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+    data += b'{"text": "caf\xe9 is not utf-8 here and long enough"}\n'
+    (home.landing / "bad.jsonl").write_bytes(data)
+    result = ingest(instance, climb_resource, "bad.jsonl")
+    assert result.success and check_passed(result)
+
+    quarantine = pl.read_parquet(shard_quarantine_path(home, "bad.jsonl"))
+    reasons = [reason.split(":")[0] for reason in quarantine["reason"]]
+    assert reasons == [reason for _, reason in BAD_ROWS] + ["invalid_utf8"]
+    assert quarantine["row_number"].to_list() == list(range(1, len(BAD_ROWS) + 2))
+    assert quarantine.filter(pl.col("reason").str.starts_with("too_long"))["raw_value"].str.len_chars()[0] <= 501
+    assert pl.read_parquet(shard_documents_path(home, "bad.jsonl")).height == 1
+
+
+def test_wrong_parquet_schema_quarantines_every_row(home, climb_resource, instance):
+    pl.DataFrame({"text": [1, 2, 3]}).write_parquet(home.landing / "ints.parquet")
+    result = ingest(instance, climb_resource, "ints.parquet")
+    assert result.success and check_passed(result)
+    quarantine = pl.read_parquet(shard_quarantine_path(home, "ints.parquet"))
+    assert quarantine.height == 3 and quarantine["reason"].str.starts_with("wrong_parquet_schema").all()
+
+
+def test_length_bounds_are_configurable(home, climb_resource, instance):
+    write_jsonl(home.landing / "len.jsonl", [{"text": PROSE[0]}, {"text": "medium length text here"}])
+    instance.add_dynamic_partitions(shard_partitions.name, ["len.jsonl"])
+    result = dg.materialize(
+        [raw_shards, raw_shards_conserve_rows],
+        partition_key="len.jsonl",
+        instance=instance,
+        resources={"climb": climb_resource},
+        run_config={"ops": {"raw_shards": {"config": {"min_chars": 50}}}},
+    )
+    assert result.success
+    quarantine = pl.read_parquet(shard_quarantine_path(home, "len.jsonl"))
+    assert quarantine["reason"].to_list() == ["too_short: 23 < 50 chars"]
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "message"),
+    [
+        ("cut.jsonl.gz", gzip.compress(b'{"text": "hello world, a row of text"}\n' * 50)[:-20], "gzip"),
+        ("junk.parquet", b"this is not parquet at all", "Parquet"),
+    ],
+)
+def test_unreadable_file_fails_its_partition_and_writes_nothing(home, climb_resource, instance, name, payload, message):
+    (home.landing / name).write_bytes(payload)
+    result = ingest(instance, climb_resource, name)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].event_specific_data.error
+    assert name in failure.message and message in failure.message
+    for path in (shard_documents_path(home, name), shard_quarantine_path(home, name), shard_duplicates_path(home, name)):
+        assert not path.exists()
+    assert not any(p.name.startswith(".") for p in home.lake.rglob("*"))
+
+
+def test_rematerializing_is_idempotent_after_later_shards(home, climb_resource, instance):
+    write_jsonl(home.landing / "s1.jsonl", [{"text": PROSE[0]}, {"text": PROSE[1]}, {"text": PROSE[0]}])
+    write_jsonl(home.landing / "s2.jsonl", [{"text": PROSE[1]}, {"text": PROSE[2]}])
+    assert ingest(instance, climb_resource, "s1.jsonl").success
+    before = pl.read_parquet(shard_documents_path(home, "s1.jsonl"))
+    assert ingest(instance, climb_resource, "s2.jsonl").success
+    again = dg.materialize(
+        [raw_shards, raw_shards_conserve_rows], partition_key="s1.jsonl", instance=instance,
+        resources={"climb": climb_resource},
+    )
+    assert again.success and check_passed(again)
+    assert pl.read_parquet(shard_documents_path(home, "s1.jsonl")).equals(before)
+    assert pl.read_parquet(shard_duplicates_path(home, "s1.jsonl"))["row_number"].to_list() == [2]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "x\x00y", ""])
+def test_shard_names_cannot_escape_the_lake(home, name):
+    with pytest.raises(ValueError):
+        lake_file(home.lake_dir("raw_shards"), name, ".parquet")
+    with pytest.raises(ValueError):
+        safe_name(name)

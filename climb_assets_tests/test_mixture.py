@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from climb_assets.search.mixture import DocPool, MixtureSampler, cap_and_redistribute
+
+
+def make_pool(group: int, n_docs: int, tokens: int | np.ndarray) -> DocPool:
+    counts = np.full(n_docs, tokens) if np.isscalar(tokens) else np.asarray(tokens)
+    ids = [f"g{group}-d{i}" for i in range(n_docs)]
+    return DocPool(doc_ids=ids, n_tokens=counts, texts=[f"text of {d}" for d in ids])
+
+
+@pytest.fixture
+def pools() -> dict[int, DocPool]:
+    rng = np.random.default_rng(0)
+    return {
+        0: make_pool(0, 200, 10),
+        1: make_pool(1, 300, rng.integers(5, 16, size=300)),
+        2: make_pool(2, 10, 10),  # scarce: 100 tokens in all
+    }
+
+
+def test_realised_token_shares_follow_weights(pools: dict[int, DocPool]) -> None:
+    weights = {0: 0.5, 1: 0.4, 2: 0.1}
+    plan = MixtureSampler(pools, weights, token_budget=2_000, max_repeats=4, seed=1).plan()
+    stats = plan.stats
+    assert stats.capped_groups == []
+    assert 2_000 <= stats.total_tokens <= 2_000 + 3 * 15
+    for g, w in weights.items():
+        assert stats.realised_shares[g] == pytest.approx(w, abs=0.01)
+        drawn = plan.doc_indices[plan.groups == g]
+        assert stats.groups[g].docs == len(drawn)
+        assert stats.groups[g].tokens == int(pools[g].n_tokens[drawn].sum())
+
+
+def test_weights_are_token_shares_not_document_shares() -> None:
+    pools = {0: make_pool(0, 100, 100), 1: make_pool(1, 1_000, 10)}
+    plan = MixtureSampler(pools, [0.5, 0.5], token_budget=5_000, seed=0).plan()
+    assert plan.stats.groups[0].tokens == plan.stats.groups[1].tokens == 2_500
+    assert plan.stats.groups[1].docs == 10 * plan.stats.groups[0].docs
+
+
+def test_documents_are_walked_in_epochs(pools: dict[int, DocPool]) -> None:
+    plan = MixtureSampler(pools, {0: 0.3, 1: 0.3, 2: 0.4}, token_budget=800, max_repeats=4, seed=3).plan()
+    counts = Counter(plan.doc_indices[plan.groups == 2].tolist())
+    # 320 tokens from a 100-token group: every doc 3 times, then a partial 4th epoch; never a 5th.
+    assert set(counts) == set(range(10))
+    assert set(counts.values()) <= {3, 4}
+    assert plan.stats.groups[2].epochs == pytest.approx(3.2)
+
+
+def test_repetition_cap_holds_and_leftover_is_redistributed_and_reported(pools: dict[int, DocPool]) -> None:
+    weights = {0: 0.3, 1: 0.2, 2: 0.5}  # group 2 would need 10 epochs of its 100 tokens
+    sampler = MixtureSampler(pools, weights, token_budget=2_000, max_repeats=4, seed=0)
+    stats = sampler.plan().stats
+    assert stats.capped_groups == [2]
+    assert stats.groups[2].capped and stats.groups[2].epochs == pytest.approx(4.0)
+    assert max(Counter(sampler.plan().doc_indices[sampler.plan().groups == 2].tolist()).values()) == 4
+    assert stats.groups[2].effective_weight == pytest.approx(0.2)
+    assert stats.redistributed_share == pytest.approx(0.3)
+    # The freed 0.3 goes to groups 0 and 1 in proportion 3:2.
+    assert stats.groups[0].effective_weight == pytest.approx(0.3 + 0.3 * 0.6)
+    assert stats.groups[1].effective_weight == pytest.approx(0.2 + 0.3 * 0.4)
+    assert stats.total_tokens >= 2_000
+    assert json.loads(json.dumps(stats.to_dict()))["capped_groups"] == [2]
+
+
+def test_redistribution_cascades_when_it_pushes_another_group_over() -> None:
+    effective, capped = cap_and_redistribute({0: 60.0, 1: 30.0, 2: 10.0}, {0: 20.0, 1: 35.0, 2: 1_000.0})
+    assert capped == {0, 1}
+    assert effective == pytest.approx({0: 20.0, 1: 35.0, 2: 45.0})
+
+
+def test_budget_beyond_every_cap_is_an_error(pools: dict[int, DocPool]) -> None:
+    with pytest.raises(ValueError, match="cannot be met"):
+        MixtureSampler(pools, {0: 0.5, 2: 0.5}, token_budget=100_000, max_repeats=2).plan()
+
+
+def test_plan_is_deterministic_for_a_seed(pools: dict[int, DocPool]) -> None:
+    weights = {0: 0.5, 1: 0.4, 2: 0.1}
+    a = MixtureSampler(pools, weights, token_budget=1_500, seed=7).plan()
+    b = MixtureSampler(pools, weights, token_budget=1_500, seed=7).plan()
+    c = MixtureSampler(pools, weights, token_budget=1_500, seed=8).plan()
+    assert np.array_equal(a.groups, b.groups) and np.array_equal(a.doc_indices, b.doc_indices)
+    assert not np.array_equal(a.doc_indices, c.doc_indices)
+
+
+def test_stream_is_interleaved_and_texts_follow_the_plan(pools: dict[int, DocPool]) -> None:
+    calls: list[int] = []
+    base = pools[1]
+
+    def loader(indices: np.ndarray) -> list[str]:
+        calls.append(len(indices))
+        return [f"text of {base.doc_ids[i]}" for i in indices]
+
+    pools = {**pools, 1: DocPool(base.doc_ids, base.n_tokens, loader)}
+    sampler = MixtureSampler(pools, [0.5, 0.5, 0.0], token_budget=1_000, seed=2)
+    plan = sampler.plan()
+    records = list(sampler.iter_records(chunk_size=64))
+    assert [r[0] for r in records] == plan.groups.tolist()
+    assert [r[1] for r in records] == [pools[g].doc_ids[i] for g, i in zip(plan.groups, plan.doc_indices)]
+    assert list(sampler.iter_texts(chunk_size=64)) == [f"text of {r[1]}" for r in records]
+    assert sum(calls) == 2 * int((plan.groups == 1).sum()) and max(calls) <= 64
+    first_half = plan.groups[: len(plan) // 2]
+    assert 0.3 < (first_half == 0).mean() < 0.7  # not group-by-group
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({0: 0.7, 1: 0.5}, "sum to 1"),
+        ({0: 1.2, 1: -0.2}, "non-negative"),
+        ({0: 0.5, 9: 0.5}, "do not exist"),
+        ([0.5, 0.5], "expected 3 weights"),
+        ({0: 0.5, 1: float("nan"), 2: 0.5}, "finite"),
+    ],
+)
+def test_bad_weights_are_rejected(pools: dict[int, DocPool], weights: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MixtureSampler(pools, weights, token_budget=100)  # type: ignore[arg-type]
+
+
+def test_nonzero_weight_on_an_empty_group_is_an_error(pools: dict[int, DocPool]) -> None:
+    pools = {**pools, 3: make_pool(3, 0, np.zeros(0, dtype=np.int64))}
+    assert MixtureSampler(pools, {0: 1.0}, token_budget=100).plan().stats.groups[3].docs == 0
+    with pytest.raises(ValueError, match="no tokens"):
+        MixtureSampler(pools, {0: 0.9, 3: 0.1}, token_budget=100)
+
+
+def test_doc_pool_validates_its_columns() -> None:
+    with pytest.raises(ValueError, match="one entry per doc"):
+        DocPool(["a", "b"], np.array([1]), ["x", "y"])
+    with pytest.raises(ValueError, match="non-negative"):
+        DocPool(["a"], np.array([-1]), ["x"])
+    with pytest.raises(ValueError, match="texts has"):
+        DocPool(["a", "b"], np.array([1, 2]), ["x"])

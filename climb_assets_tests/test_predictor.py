@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from climb_assets.search.candidates import sample_dirichlet_candidates, token_prior
+from climb_assets.search.predictor import (
+    Predictor,
+    PredictorParams,
+    cross_validate,
+    cross_validated_spearman,
+    fit_predictor,
+)
+
+PRIOR = token_prior([9e4, 4e4, 2.5e4, 1e4, 4e3, 1e3])
+
+
+def target(W: np.ndarray) -> np.ndarray:
+    """A known non-linear response: group 1 helps, group 0 has an optimum at 0.3, groups 2 and 3 interact."""
+    return 2.0 * W[:, 1] - 3.0 * (W[:, 0] - 0.3) ** 2 + 4.0 * W[:, 2] * W[:, 3]
+
+
+def runs(n: int, seed: int, noise: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    X = sample_dirichlet_candidates(PRIOR, n, seed)
+    return X, target(X) + np.random.default_rng(seed).normal(0.0, noise, n)
+
+
+Fitted = tuple[Predictor, np.ndarray, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Fitted:
+    X, y = runs(200, 0)
+    return fit_predictor(X, y, seed=0), X, y
+
+
+def test_predictor_recovers_a_known_function_on_held_out_mixtures(fitted: Fitted) -> None:
+    predictor, _, _ = fitted
+    X_test, _ = runs(200, 1)
+    assert spearmanr(predictor.predict(X_test), target(X_test)).statistic > 0.8
+    assert 1 <= predictor.num_rounds <= 1000 and predictor.n_train == 200
+    assert not predictor.extra["constant"]
+
+
+def test_cross_validated_spearman_is_high_for_a_learnable_target(fitted: Fitted) -> None:
+    _, X, y = fitted
+    result = cross_validate(X, y, k=5, seed=0)
+    assert result.folds == 5 and result.reason is None
+    assert result.spearman > 0.8
+    assert not np.isnan(result.predictions).any()
+
+
+def test_feature_importance_points_at_the_groups_that_matter(fitted: Fitted) -> None:
+    importance = fitted[0].feature_importance()
+    assert set(importance) == {f"w{i}" for i in range(6)}
+    assert importance["w1"] > importance["w5"] and importance["w0"] > importance["w5"]
+
+
+def test_save_load_roundtrip_gives_identical_predictions(
+    fitted: Fitted, tmp_path: Path
+) -> None:
+    predictor, X, _ = fitted
+    path = predictor.save(tmp_path / "predictor")
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.txt"]
+    predictor.save(path)  # overwriting an existing model is an atomic replace
+    loaded = Predictor.load(path)
+    assert np.array_equal(loaded.predict(X), predictor.predict(X))
+    assert (loaded.num_rounds, loaded.params, loaded.feature_names) == (
+        predictor.num_rounds,
+        predictor.params,
+        predictor.feature_names,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["predictor"], "no temp files left behind"
+
+
+def test_fit_is_deterministic_for_a_seed() -> None:
+    X, y = runs(60, 3)
+    a, b = fit_predictor(X, y, seed=4), fit_predictor(X, y, seed=4)
+    assert a.num_rounds == b.num_rounds
+    assert np.array_equal(a.predict(X), b.predict(X))
+
+
+def test_few_runs_use_leave_one_out_and_explain_a_constant_model() -> None:
+    X, y = runs(8, 5, noise=0.0)
+    paper = cross_validate(X, y, seed=0)
+    assert paper.folds == 8
+    assert math.isnan(paper.spearman) and "min_child_samples=5" in (paper.reason or "")
+    assert fit_predictor(X, y).extra["constant"]
+    loose_params = PredictorParams(min_child_samples=1, early_stopping_rounds=20)
+    loose = cross_validated_spearman(X, y, seed=0, params=loose_params)
+    assert not math.isnan(loose)
+    too_few = cross_validate(X[:3], y[:3])
+    assert math.isnan(too_few.spearman) and "need at least" in (too_few.reason or "")
+
+
+def test_bad_input_is_rejected() -> None:
+    X, y = runs(20, 6)
+    with pytest.raises(ValueError, match="finite"):
+        fit_predictor(X, np.where(np.arange(20) == 3, np.nan, y))
+    with pytest.raises(ValueError, match="must be"):
+        fit_predictor(X, y[:-1])
+    with pytest.raises(ValueError, match="at least"):
+        fit_predictor(X[:2], y[:2])
+    with pytest.raises(ValueError, match="weights per row"):
+        fit_predictor(X, y).predict(X[:, :3])
