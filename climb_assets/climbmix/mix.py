@@ -1,0 +1,136 @@
+"""ClimbMix: final weights from the predictor, the sampled dataset with its manifest, and the proof runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from climb_assets.search.candidates import sample_dirichlet_candidates, token_prior
+from climb_assets.search.mixture import MixtureSampler
+from climb_assets.search.predictor import Predictor
+from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, run_proxy
+from climb_assets.search.tokenizer import TextTokenizer
+from climb_assets.storage import atomic_path
+
+
+def final_weights(
+    predictor: Predictor, corpus: SearchCorpus, *, pool_size: int, top_k: int, seed: int
+) -> tuple[np.ndarray, float]:
+    """The best vector of a fresh Dirichlet pool under the final predictor, or (RegMix) the mean of the top ``top_k``."""
+    pool = sample_dirichlet_candidates(token_prior(corpus.tokens_per_group()), pool_size, np.random.default_rng(seed))
+    scores = predictor.predict(pool)
+    best = np.argsort(-scores, kind="stable")[: max(1, top_k)]
+    weights = pool[best].mean(axis=0)
+    return weights / weights.sum(), float(predictor.predict(weights[None, :])[0])
+
+
+def write_climbmix(
+    directory: Path,
+    corpus: SearchCorpus,
+    weights: np.ndarray,
+    *,
+    token_budget: int,
+    max_repeats: float,
+    seed: int,
+    docs_per_shard: int,
+    manifest_extra: dict,
+) -> dict:
+    """Sample documents by ``weights`` up to ``token_budget`` (same sampler and repetition cap as the proxies),
+    in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically."""
+    sampler = MixtureSampler(
+        corpus.pools(), {g: float(w) for g, w in zip(corpus.groups, weights)},
+        token_budget=token_budget, max_repeats=max_repeats, seed=seed,
+    )  # fmt: skip
+    plan = sampler.plan()
+    groups = np.asarray(plan.groups)
+    indices = np.asarray(plan.doc_indices)
+    rows = pl.DataFrame(
+        {
+            "text": [corpus.texts[int(g)][int(i)] for g, i in zip(groups, indices)],
+            "doc_id": [corpus.doc_ids[int(g)][int(i)] for g, i in zip(groups, indices)],
+            "super_cluster_id": groups.astype(np.int64),
+            "source_shard": [corpus.shards[int(g)][int(i)] for g, i in zip(groups, indices)],
+            "n_tokens": [len(corpus.token_ids[int(g)][int(i)]) for g, i in zip(groups, indices)],
+        }
+    )
+    stats = plan.stats.to_dict()
+    per_group = rows.group_by("super_cluster_id").agg(docs=pl.len(), tokens=pl.col("n_tokens").sum()).sort("super_cluster_id")
+    tokens_total = int(rows["n_tokens"].sum())
+    shards = math.ceil(rows.height / docs_per_shard)
+    manifest = {
+        "weights": {
+            str(g): {"label": corpus.labels.get(g, ""), "weight": float(w)} for g, w in zip(corpus.groups, weights)
+        },
+        "sampled": {
+            str(r["super_cluster_id"]): {"docs": r["docs"], "tokens": int(r["tokens"]), "token_share": r["tokens"] / tokens_total}
+            for r in per_group.iter_rows(named=True)
+        },
+        "token_budget": token_budget,
+        "tokens": tokens_total,
+        "documents": rows.height,
+        "unique_documents": rows["doc_id"].n_unique(),
+        "max_repeats": max_repeats,
+        "capped_groups": stats.get("capped_groups", []),
+        "seed": seed,
+        "cluster_version": corpus.version,
+        "shards": [f"climbmix-{i:05d}.parquet" for i in range(shards)],
+        "provenance": {
+            "raw_shards": sorted(rows["source_shard"].unique().to_list()),
+            "documents_per_raw_shard": dict(rows.group_by("source_shard").len().sort("source_shard").iter_rows()),
+        },
+        **manifest_extra,
+    }
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        for i in range(shards):
+            rows.slice(i * docs_per_shard, docs_per_shard).drop("n_tokens").write_parquet(
+                tmp / f"climbmix-{i:05d}.parquet", compression="zstd"
+            )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return manifest
+
+
+@dataclass
+class ProofRun:
+    mixture: str
+    seed: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+def proof_runs(
+    corpus: SearchCorpus,
+    tokenizer: TextTokenizer,
+    mixtures: dict[str, np.ndarray],
+    settings: ProxySettings,
+    target: TargetData,
+    seeds: list[int],
+    on_run=None,
+) -> list[ProofRun]:
+    """Train an evaluation model per mixture and seed from scratch at equal token budget and measure the target."""
+    runs = []
+    for seed in seeds:
+        for name, weights in mixtures.items():
+            outcome, _ = run_proxy(corpus, tokenizer, weights, settings, target, seed=seed)
+            run = ProofRun(name, seed, outcome.metrics, outcome.seconds)
+            if on_run is not None:
+                on_run(run, outcome)
+            runs.append(run)
+    return runs
+
+
+def proof_table(runs: list[ProofRun]) -> pl.DataFrame:
+    """Mean ± standard deviation of every metric per mixture, best objective first."""
+    frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
+    metrics = [c for c in frame.columns if c not in ("mixture", "seed")]
+    table = frame.group_by("mixture").agg(
+        pl.len().alias("seeds"),
+        *[pl.col(m).mean().alias(f"{m}_mean") for m in metrics],
+        *[pl.col(m).std(ddof=1).fill_null(0.0).alias(f"{m}_std") for m in metrics],
+    )
+    return table.sort("objective_mean", descending=True)

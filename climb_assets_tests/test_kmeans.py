@@ -1,0 +1,232 @@
+"""K-means on the unit sphere: blob recovery, exact assignment, stable ids across re-fits, drift, persistence."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from climb_assets.cluster import (
+    assign,
+    assignments_frame,
+    cluster_corpus,
+    clusters_frame,
+    default_k,
+    drift,
+    fit_kmeans,
+    match_to_previous,
+    read_cluster_version,
+    write_cluster_version,
+)
+
+DIM = 32
+N_BLOBS = 8
+HAS_FAISS_GPU = faiss.get_num_gpus() > 0
+# K equal to the true number of blobs is the hard case for any single seeding (see kmeans.py): use restarts.
+REDO = 8
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_blobs(n: int, centers: np.ndarray, seed: int, noise: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
+    """Points around unit-vector centers, projected back onto the sphere (like normalised text embeddings)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(centers), n)
+    return unit(centers[labels] + noise * rng.standard_normal((n, centers.shape[1]))), labels
+
+
+@pytest.fixture(scope="module")
+def centers() -> np.ndarray:
+    return unit(np.random.default_rng(42).standard_normal((N_BLOBS + 1, DIM)))  # the last one is a "new kind"
+
+
+@pytest.fixture(scope="module")
+def corpus(centers):
+    vectors, labels = make_blobs(2000, centers[:N_BLOBS], seed=1)
+    ids = np.array([f"doc-{i:05d}" for i in range(len(vectors))])
+    shards = np.where(np.arange(len(vectors)) < 1000, "shard-a", "shard-b")
+    return vectors, labels, ids, shards
+
+
+@pytest.mark.parametrize(
+    ("n_docs", "expected"), [(1, 1), (5, 5), (50, 8), (800, 8), (30_000, 300), (100_000, 1000), (5_000_000, 1000)]
+)
+def test_default_k_scales_with_corpus_and_caps_at_paper_k(n_docs, expected):
+    assert default_k(n_docs) == expected
+
+
+def test_default_k_rejects_empty_corpus():
+    with pytest.raises(ValueError, match="empty"):
+        default_k(0)
+
+
+def test_fit_recovers_blobs_with_unit_centroids_deterministically(corpus):
+    vectors, labels, _, _ = corpus
+    centroids = fit_kmeans(vectors, N_BLOBS, seed=3, nredo=REDO)
+    assert centroids.shape == (N_BLOBS, DIM) and centroids.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    rows, _ = assign(vectors, centroids)
+    assert adjusted_rand_score(labels, rows) > 0.9
+    np.testing.assert_array_equal(centroids, fit_kmeans(vectors, N_BLOBS, seed=3, nredo=REDO))
+
+
+def test_fit_accepts_float16_lake_vectors(corpus):
+    vectors, labels, _, _ = corpus
+    rows, _ = assign(vectors.astype(np.float16), fit_kmeans(vectors.astype(np.float16), N_BLOBS, seed=0, nredo=REDO))
+    assert adjusted_rand_score(labels, rows) > 0.9
+
+
+def test_assign_matches_brute_force_in_small_batches(corpus):
+    vectors, _, _, _ = corpus
+    centroids = fit_kmeans(vectors, 16, seed=0)
+    rows, dist = assign(vectors, centroids, batch_size=97)  # several ragged batches
+    brute = np.linalg.norm(vectors[:, None, :] - centroids[None, :, :], axis=2)
+    np.testing.assert_array_equal(rows, brute.argmin(axis=1))
+    np.testing.assert_allclose(dist, brute.min(axis=1), atol=1e-3)
+
+
+def test_bad_inputs_raise_clear_errors(corpus):
+    vectors, _, _, _ = corpus
+    with pytest.raises(ValueError, match="k must be"):
+        fit_kmeans(vectors[:5], 6)
+    bad = vectors.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_kmeans(bad, 4)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        assign(vectors, np.ones((3, DIM + 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="init"):
+        fit_kmeans(vectors, 4, init="bogus")
+
+
+@pytest.mark.skipif(HAS_FAISS_GPU, reason="checks the CPU-only refusal")
+def test_forcing_gpu_without_one_is_an_error(corpus):
+    with pytest.raises(RuntimeError, match="no GPU"):
+        fit_kmeans(corpus[0], 4, use_gpu=True)
+
+
+@pytest.mark.skipif(not HAS_FAISS_GPU, reason="needs faiss-gpu and CUDA")
+def test_gpu_fit_and_assign_recover_blobs(corpus):
+    vectors, labels, _, _ = corpus
+    rows, _ = assign(vectors, fit_kmeans(vectors, N_BLOBS, seed=3, nredo=REDO, use_gpu=True), use_gpu=True)
+    assert adjusted_rand_score(labels, rows) > 0.9
+
+
+def test_cluster_corpus_counts_every_document(corpus):
+    vectors, labels, ids, shards = corpus
+    result = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    a, c = result.assignments, result.clusters
+    assert a.columns == ["doc_id", "shard", "cluster_id", "distance"] and len(a) == len(ids)
+    assert a["doc_id"].to_list() == ids.tolist() and a["shard"].to_list() == shards.tolist()
+    assert adjusted_rand_score(labels, a["cluster_id"].to_numpy()) > 0.9
+    assert c["cluster_id"].to_list() == result.cluster_ids.tolist() == list(range(N_BLOBS))
+    expected = a.group_by("cluster_id").agg(pl.len().alias("n"), (pl.col("distance") ** 2).sum().alias("sq"))
+    joined = c.join(expected, on="cluster_id")
+    assert joined["size"].to_list() == joined["n"].to_list() and c["size"].sum() == len(ids)
+    np.testing.assert_allclose(joined["inertia"], joined["sq"], rtol=1e-4)
+    assert result.mean_sq_distance == pytest.approx(float((a["distance"] ** 2).mean()), rel=1e-4)
+    assert result.moved_count == 0
+
+
+def test_clusters_frame_keeps_empty_clusters_and_rejects_unknown_ids():
+    a = pl.DataFrame({"doc_id": ["x", "y"], "shard": ["s", "s"], "cluster_id": [7, 7], "distance": [0.5, 1.0]})
+    frame = clusters_frame(a, np.array([9, 7]))
+    assert frame.to_dicts() == [
+        {"cluster_id": 7, "size": 2, "inertia": 1.25},
+        {"cluster_id": 9, "size": 0, "inertia": 0.0},
+    ]
+    with pytest.raises(ValueError, match="not in cluster_ids"):
+        clusters_frame(a, np.array([1, 2]))
+
+
+def test_cluster_corpus_rejects_duplicate_doc_ids(corpus):
+    vectors, _, ids, shards = corpus
+    dup = ids.copy()
+    dup[1] = dup[0]
+    with pytest.raises(ValueError, match="duplicate"):
+        cluster_corpus(vectors, dup, shards, k=4)
+
+
+def test_match_to_previous_keeps_ids_of_nearby_centroids_and_numbers_new_ones(centers):
+    prev = centers[:4]
+    prev_ids = np.array([10, 3, 7, 12])
+    rng = np.random.default_rng(0)
+    perm = np.array([2, 0, 3, 1])
+    new = np.vstack([unit(prev[perm] + 0.01 * rng.standard_normal((4, DIM))), centers[N_BLOBS : N_BLOBS + 1]])
+    ids, moved = match_to_previous(new, prev, prev_ids)
+    assert ids.tolist() == [7, 10, 12, 3, 13]
+    assert moved == 1
+    ids_strict, moved_strict = match_to_previous(new, prev, prev_ids, max_distance=1e-6)
+    assert ids_strict.tolist() == [13, 14, 15, 16, 17] and moved_strict == 5
+
+
+def test_stable_ids_survive_refit_with_other_seed_and_a_small_new_batch(corpus, centers):
+    vectors, _, ids, shards = corpus
+    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    previous = (first.centroids, first.cluster_ids)
+
+    again = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=7, nredo=REDO, previous=previous)
+    assert again.moved_count == 0
+    assert again.assignments["cluster_id"].to_list() == first.assignments["cluster_id"].to_list()
+
+    extra, _ = make_blobs(100, centers[:N_BLOBS], seed=2)
+    grown_ids = np.concatenate([ids, [f"new-{i}" for i in range(len(extra))]])
+    grown_shards = np.concatenate([shards, np.full(len(extra), "shard-c")])
+    grown = cluster_corpus(
+        np.vstack([vectors, extra]), grown_ids, grown_shards, k=N_BLOBS, seed=11, nredo=REDO, previous=previous
+    )
+    assert grown.moved_count == 0
+    assert grown.assignments["cluster_id"].to_list()[: len(ids)] == first.assignments["cluster_id"].to_list()
+
+
+def test_a_new_kind_of_text_gets_a_fresh_id_and_shows_as_drift(corpus, centers):
+    vectors, _, ids, shards = corpus
+    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    novel, _ = make_blobs(300, centers[N_BLOBS:], seed=3)
+    same, _ = make_blobs(300, centers[:N_BLOBS], seed=4)
+
+    assert drift(same, first.centroids, first.mean_sq_distance) == pytest.approx(1.0, abs=0.15)
+    assert drift(novel, first.centroids, first.mean_sq_distance) > 5.0
+
+    new_ids = np.array([f"novel-{i}" for i in range(len(novel))])
+    refit = cluster_corpus(
+        np.vstack([vectors, novel]),
+        np.concatenate([ids, new_ids]),
+        np.concatenate([shards, np.full(len(novel), "shard-n")]),
+        k=N_BLOBS + 1,
+        seed=5,
+        nredo=REDO,
+        previous=(first.centroids, first.cluster_ids),
+    )
+    assert refit.moved_count == 1 and refit.cluster_ids.tolist() == list(range(N_BLOBS + 1))
+    novel_clusters = refit.assignments.filter(pl.col("shard") == "shard-n")["cluster_id"].unique().to_list()
+    assert novel_clusters == [N_BLOBS]
+
+
+def test_assign_only_for_a_new_shard_uses_stable_ids(corpus, centers):
+    vectors, labels, ids, shards = corpus
+    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    extra, extra_labels = make_blobs(50, centers[:N_BLOBS], seed=9)
+    frame = assignments_frame([f"x{i}" for i in range(50)], ["shard-x"] * 50, extra, first.centroids, first.cluster_ids)
+    label_to_cluster = dict(zip(labels.tolist(), first.assignments["cluster_id"].to_list()))
+    assert frame["cluster_id"].to_list() == [label_to_cluster[lab] for lab in extra_labels.tolist()]
+    with pytest.raises(ValueError, match="differ"):
+        assignments_frame(["a"], ["s", "s"], extra[:1], first.centroids, first.cluster_ids)
+
+
+def test_cluster_version_round_trips_atomically(tmp_path, corpus):
+    vectors, _, ids, shards = corpus
+    result = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    version = tmp_path / "clusters" / "v1"
+    write_cluster_version(version, result)
+    assert sorted(p.name for p in version.iterdir()) == ["assignments.parquet", "centroids.npy", "clusters.parquet"]
+    assert [p.name for p in version.parent.iterdir()] == ["v1"]  # no temp leftovers
+    centroids, cluster_ids, clusters = read_cluster_version(version)
+    np.testing.assert_array_equal(centroids, result.centroids)
+    np.testing.assert_array_equal(cluster_ids, result.cluster_ids)
+    assert clusters.equals(result.clusters)
+    assert pl.read_parquet(version / "assignments.parquet").equals(result.assignments)
