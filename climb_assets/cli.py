@@ -63,7 +63,7 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
 
     from climb_assets.resources import ClimbHomeResource
 
-    sensor = defs.get_sensor_def("landing_sensor")
+    sensor = defs.resolve_sensor_def("landing_sensor")
     result = sensor(dg.build_sensor_context(instance=instance, resources={"climb": ClimbHomeResource(root=str(home.root))}))
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))

@@ -48,20 +48,30 @@ search_job = dg.define_asset_job(
     description="The CLIMB search (all iterations), then ClimbMix and its proof.",
 )
 
-defs = dg.Definitions(
-    assets=[
-        raw_shards, embeddings, quality_signals, clusters, dbt_quality_models, quality_filtered_clusters,
-        *search_assets, climbmix, climbmix_proof,
-    ],  # fmt: skip
-    asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-    jobs=[ingest_shard_job, recluster_job, search_job],
-    sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
-    resources={
+
+def default_resources() -> dict:
+    return {
         "climb": ClimbHomeResource(),
         "embedder": EmbeddingModelResource(model=os.environ.get("CLIMB_EMBEDDING_MODEL", "minilm")),
         "quality_scorer": QualityScorerResource(),
         "dbt": dbt_resource(),
         "search": SearchSettings(),
         "mlflow_tracking": MlflowTracking(),
-    },
-)
+    }
+
+
+def build_definitions(**resource_overrides) -> dg.Definitions:
+    """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings)."""
+    return dg.Definitions(
+        assets=[
+            raw_shards, embeddings, quality_signals, clusters, dbt_quality_models, quality_filtered_clusters,
+            *search_assets, climbmix, climbmix_proof,
+        ],  # fmt: skip
+        asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
+        jobs=[ingest_shard_job, recluster_job, search_job],
+        sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
+        resources=default_resources() | resource_overrides,
+    )
+
+
+defs = build_definitions()

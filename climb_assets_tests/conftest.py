@@ -30,3 +30,59 @@ def instance(tmp_path):
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as test_instance:
         yield test_instance
+
+
+TINY_SEARCH = dict(
+    proxies_per_iteration=[4, 3, 3],
+    token_budget=6_000,
+    base_token_budget=6_000,
+    block_size=64,
+    batch_size=8,
+    tokenizer_vocab_size=400,
+    tokenizer_sample_docs=300,
+    n_layer=1,
+    n_head=2,
+    n_embd=64,
+    pool_size=2_000,
+    max_target_texts=5,
+    predictor_folds=3,
+)
+TINY_SEARCH_RUN_CONFIG = {
+    "ops": {
+        "climbmix": {"config": {"token_budget": 30_000, "docs_per_shard": 50, "pool_size": 2_000}},
+        "climbmix_proof": {"config": {"seeds": [0, 1], "token_budget": 6_000, "n_layer": 1, "n_head": 2, "n_embd": 64}},
+    }
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_platform(tmp_path_factory):
+    """The real jobs, end to end, on a tiny demo corpus: two waves through the landing sensor, clustering,
+    dbt_quality, super-clusters, a three-iteration search with a local MLflow store, ClimbMix and its proof."""
+    from types import SimpleNamespace
+
+    from climb_assets.cli import ingest_landed, run_job
+    from climb_assets.definitions import build_definitions
+    from climb_assets.demo.corpus import build_demo_corpus
+    from climb_assets.embed.assets import EmbeddingModelResource
+    from climb_assets.search.assets import SearchSettings
+
+    root = tmp_path_factory.mktemp("platform")
+    home = ClimbHome(root / "climb").ensure()
+    (root / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster")) as platform_instance:
+        defs = build_definitions(
+            climb=ClimbHomeResource(root=str(home.root)),
+            embedder=EmbeddingModelResource(model="minilm", max_seq_length=64),
+            search=SearchSettings(**TINY_SEARCH),
+        )
+        build_demo_corpus(home, 1, scale=0.02)
+        wave1 = ingest_landed(defs, platform_instance, home)
+        run_job(defs, platform_instance, "recluster_job")
+        first_clusters = (home.lake_dir("clusters") / "CURRENT").read_text()
+        build_demo_corpus(home, 2, scale=0.02)
+        wave2 = ingest_landed(defs, platform_instance, home)
+        yield SimpleNamespace(
+            home=home, instance=platform_instance, defs=defs, wave1=wave1, wave2=wave2,
+            first_clusters=first_clusters, run_job=run_job,
+        )  # fmt: skip

@@ -91,8 +91,19 @@ def write_climbmix(
             rows.slice(i * docs_per_shard, docs_per_shard).drop("n_tokens").write_parquet(
                 tmp / f"climbmix-{i:05d}.parquet", compression="zstd"
             )
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        (tmp / "manifest.json").write_text(json.dumps(_json_safe(manifest), indent=2, sort_keys=True, default=str))
     return manifest
+
+
+def _json_safe(value):
+    """NaN (e.g. a Spearman that could not be computed) becomes null: the manifest must be strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""The main job's stages end to end on a tiny corpus, through the real Dagster jobs, sensors, dbt and MLflow.
+
+Tests run in file order on one session-scoped platform: ingestion, then re-clustering, then the search.
+"""
+
+import json
+import math
+
+import dagster as dg
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from climb_assets.cluster.assets import build_recluster_sensor
+from climb_assets.embed.encode import read_embeddings
+from climb_assets.search.assets import SEARCH_ITERATIONS
+from climb_assets.search.tracking import local_tracking_uri
+from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
+
+
+def materialized_partitions(instance, key: str) -> list[str]:
+    records = instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
+    return [r.event_log_entry.dagster_event.partition for r in records]
+
+
+def test_second_wave_only_touches_new_partitions(tiny_platform):
+    p = tiny_platform
+    assert len(p.wave1) == 4 and len(p.wave2) == 2 and not set(p.wave1) & set(p.wave2)
+    for key in ("raw_shards", "embeddings", "quality_signals"):
+        counts = {name: materialized_partitions(p.instance, key).count(name) for name in p.wave1 + p.wave2}
+        assert set(counts.values()) == {1}, (key, counts)
+
+
+def test_embeddings_are_normalised_and_keyed_by_document(tiny_platform):
+    home = tiny_platform.home
+    for shard in tiny_platform.wave1 + tiny_platform.wave2:
+        emb = read_embeddings(home.lake_dir("embeddings") / f"{shard}.npz")
+        docs = pl.read_parquet(home.lake_dir("raw_shards") / f"{shard}.parquet", columns=["doc_id"])
+        assert emb.ids.tolist() == docs["doc_id"].to_list()
+        assert emb.vectors.dtype == np.float16
+        assert np.allclose(np.linalg.norm(emb.vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
+
+
+def test_recluster_sensor_fires_after_new_shards_then_keeps_ids(tiny_platform):
+    p = tiny_platform
+    sensor = build_recluster_sensor(p.defs.resolve_job_def("recluster_job"), settle_seconds=0)
+    request = sensor(dg.build_sensor_context(instance=p.instance))
+    assert isinstance(request, dg.RunRequest)
+
+    p.run_job(p.defs, p.instance, "recluster_job")
+    assert isinstance(sensor(dg.build_sensor_context(instance=p.instance)), dg.SkipReason)
+
+    clusters_root = p.home.lake_dir("clusters")
+    current = (clusters_root / "CURRENT").read_text()
+    assert current != p.first_clusters
+    before = pl.read_parquet(clusters_root / p.first_clusters / "assignments.parquet")
+    after = pl.read_parquet(clusters_root / current / "assignments.parquet")
+    all_docs = pl.scan_parquet(p.home.lake_dir("raw_shards") / "*.parquet").select("doc_id").collect()
+    assert sorted(after["doc_id"].to_list()) == sorted(all_docs["doc_id"].to_list())
+    # assign-only: old documents keep their cluster, ids are the same set, new documents got one of them
+    kept = before.join(after, on="doc_id", suffix="_after")
+    assert (kept["cluster_id"] == kept["cluster_id_after"]).all()
+    assert set(after["cluster_id"].unique()) <= set(pl.read_parquet(clusters_root / current / "clusters.parquet")["cluster_id"])
+    event = p.instance.get_latest_materialization_event(dg.AssetKey("clusters")).asset_materialization
+    assert event.metadata["mode"].value == "assign_only"
+    assert event.metadata["new_docs"].value == after.height - before.height > 0
+
+
+def test_dbt_models_ran_and_their_tests_passed(tiny_platform):
+    p = tiny_platform
+    decisions = pl.read_parquet(p.home.lake / "dbt" / "cluster_decisions.parquet")
+    assert set(decisions["decision"].unique()) <= {"keep", "prune"}
+    checks = p.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("cluster_decisions"), "not_null_cluster_decisions_cluster_id"), limit=5
+    )
+    assert checks and checks[0].status.value == "SUCCEEDED"
+
+
+def test_super_clusters_partition_the_kept_documents(tiny_platform):
+    home = tiny_platform.home
+    docs = pl.read_parquet(home.lake_dir("super_clusters") / "documents.parquet")
+    assert docs["doc_id"].n_unique() == docs.height
+    table = pl.read_parquet(home.lake_dir("super_clusters") / "super_clusters.parquet")
+    assert table.height >= 2 and all(label and label != "(no distinctive terms)" for label in table["label"])
+    assert table["n_docs"].sum() == docs["super_cluster_id"].is_not_null().sum()
+    check = tiny_platform.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("quality_filtered_clusters"), "super_clusters_partition_check"), limit=1
+    )
+    assert check[0].status.value == "SUCCEEDED"
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_platform):
+    tiny_platform.run_job(tiny_platform.defs, tiny_platform.instance, "search_job", TINY_SEARCH_RUN_CONFIG)
+    return tiny_platform
+
+
+def test_every_proxy_is_an_mlflow_run_with_params_metrics_and_tags(searched):
+    client = mlflow.tracking.MlflowClient(local_tracking_uri(searched.home))
+    experiments = [e for e in client.search_experiments() if e.name.startswith("climb-search/") and "proof" not in e.name]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id], max_results=500)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    proxies = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["climb.iteration"] for r in parents) == [str(k) for k in range(1, SEARCH_ITERATIONS + 1)]
+    assert len(proxies) == sum(TINY_SEARCH["proxies_per_iteration"])
+    for run in proxies:
+        assert run.info.status == "FINISHED"
+        weights = [float(v) for k, v in run.data.params.items() if k.startswith("w_")]
+        assert math.isclose(sum(weights), 1.0, abs_tol=1e-3)
+        assert {"objective", "bpb", "train_loss"} <= set(run.data.metrics)
+        assert run.data.tags["dagster.run_id"] and run.data.tags["climb.cluster_version"]
+        assert len(client.get_metric_history(run.info.run_id, "train_loss_curve")) > 1
+    for parent in parents:
+        assert "predictor_spearman" in parent.data.metrics and "label_00" in parent.data.params
+
+
+def test_later_iterations_use_the_previous_predictor(searched):
+    home = searched.home
+    for k in range(1, SEARCH_ITERATIONS + 1):
+        results = pl.read_parquet(home.lake_dir("search") / f"iteration_{k}" / "results.parquet")
+        assert results.height == TINY_SEARCH["proxies_per_iteration"][k - 1]
+        assert (home.lake_dir("search") / f"iteration_{k}" / "predictor" / "model.txt").exists()
+    event = searched.instance.get_latest_materialization_event(dg.AssetKey(["iteration_2", "mixture_candidates"]))
+    assert event.asset_materialization.metadata["top"].value == 128
+
+
+def test_climbmix_manifest_matches_the_sampled_shards(searched):
+    home = searched.home
+    manifest = json.loads((home.climbmix / "manifest.json").read_text())
+    weights = {g: v["weight"] for g, v in manifest["weights"].items()}
+    assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6)
+    rows = pl.concat([pl.read_parquet(home.climbmix / name) for name in manifest["shards"]])
+    assert rows.height == manifest["documents"]
+    assert set(rows.columns) == {"text", "doc_id", "super_cluster_id", "source_shard"}
+    if not manifest["capped_groups"]:
+        for group, sampled in manifest["sampled"].items():
+            assert abs(sampled["token_share"] - weights[group]) < 0.05
+    # every document traces back to the raw shard that holds it
+    raw = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet").select("doc_id", "shard").collect()
+    traced = rows.join(raw, on="doc_id", how="left")
+    assert (traced["shard"] == traced["source_shard"]).all()
+    assert set(manifest["provenance"]["raw_shards"]) <= set(searched.wave1 + searched.wave2)
+    # the repetition cap holds
+    assert rows.group_by("doc_id").len()["len"].max() <= math.ceil(manifest["max_repeats"])
+
+
+def test_proof_table_comes_from_real_training_runs(searched):
+    home = searched.home
+    runs = pl.read_parquet(home.climbmix / "proof_runs.parquet")
+    assert sorted(runs["mixture"].unique()) == ["best_random_candidate", "climbmix", "natural", "uniform"]
+    assert runs.group_by("mixture").len()["len"].to_list() == [2, 2, 2, 2]
+    assert runs["bpb"].is_finite().all() and runs["bpb"].n_unique() == runs.height
+    report = (home.climbmix / "proof.md").read_text()
+    for name in ("climbmix", "natural", "uniform", "best_random_candidate"):
+        assert name in report
