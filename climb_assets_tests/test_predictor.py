@@ -107,3 +107,17 @@ def test_bad_input_is_rejected() -> None:
         fit_predictor(X[:2], y[:2])
     with pytest.raises(ValueError, match="weights per row"):
         fit_predictor(X, y).predict(X[:, :3])
+
+
+def test_targets_on_a_bits_per_byte_scale_are_learnable() -> None:
+    """bpb objectives move by ~0.1: the paper's L1 = L2 = 1.0 must not flatten the model (it fits z-scores)."""
+    rng = np.random.default_rng(1)
+    X = rng.dirichlet(np.full(5, 0.5), size=40)
+    y = -3.5 + 0.1 * X[:, 1] - 0.05 * X[:, 0] + rng.normal(0, 0.005, len(X))
+    predictor = fit_predictor(X, y, seed=0)
+    assert not predictor.extra["constant"]
+    held_out = rng.dirichlet(np.full(5, 0.5), size=200)
+    truth = -3.5 + 0.1 * held_out[:, 1] - 0.05 * held_out[:, 0]
+    predicted = predictor.predict(held_out)
+    assert spearmanr(predicted, truth).statistic > 0.7
+    assert abs(predicted.mean() - truth.mean()) < 0.05  # predictions come back on the target's own scale

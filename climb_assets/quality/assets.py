@@ -24,15 +24,15 @@ from climb_assets.tags import LAKE_WRITER_POOL
 DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-dbt_project.prepare_if_dev()
 
 
 def dbt_resource() -> DbtCliResource:
     return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)
 
 
-if not dbt_project.manifest_path.exists():
-    # Outside `dagster dev` and before `make dbt-parse` (e.g. a bare pytest run): parse once so the graph loads.
+# What DbtProject.prepare_if_dev does, with our dbt executable: re-parse under `dagster dev`/`dg`, and parse once
+# when no manifest exists yet (a bare pytest run before `make dbt-parse`), so the asset graph always loads.
+if os.environ.get("DAGSTER_IS_DEV_CLI") or not dbt_project.manifest_path.exists():
     dbt_resource().cli(["parse", "--quiet"], target_path=dbt_project.target_path).wait()
 
 

@@ -30,7 +30,6 @@ from climb_assets.search.candidates import (  # noqa: E402
 )
 from climb_assets.search.predictor import Predictor, PredictorParams, cross_validate, fit_predictor  # noqa: E402
 from climb_assets.search.proxy_runs import (  # noqa: E402
-    ProxyOutcome,
     ProxySettings,
     SearchCorpus,
     TargetData,
@@ -59,7 +58,7 @@ class SearchSettings(dg.ConfigurableResource):
     """Every knob of the search. Demo defaults fit 2 CPU cores; the paper's scale is a config change away
     (proxies_per_iteration=[64, 32, 16], model_preset="paper_62m", token_budget in the billions, on a GPU)."""
 
-    proxies_per_iteration: list[int] = [12, 8, 8]
+    proxies_per_iteration: list[int] = [16, 8, 8]
     seed: int = 0
     # target: "bpb" (bits per byte on target texts), "mc" (multiple choice) or "blend"
     target_kind: str = "bpb"
@@ -67,7 +66,7 @@ class SearchSettings(dg.ConfigurableResource):
     target_blend_mc: float = 1.0
     target_texts_path: str = ""  # default: CLIMB_HOME/targets/target.jsonl
     target_mc_path: str = ""  # default: CLIMB_HOME/targets/mc_target.jsonl
-    max_target_texts: int = 200
+    max_target_texts: int = 40  # evaluation cost grows with it; 40 wiki articles ~ 100 kB
     # tokenizer and proxy model
     tokenizer_vocab_size: int = 4096
     tokenizer_sample_docs: int = 4000
@@ -76,8 +75,8 @@ class SearchSettings(dg.ConfigurableResource):
     n_head: int = 0
     n_embd: int = 0
     block_size: int = 128
-    token_budget: int = 250_000
-    base_token_budget: int = 500_000  # 0 = every proxy starts from scratch
+    token_budget: int = 100_000
+    base_token_budget: int = 300_000  # 0 = every proxy starts from scratch
     batch_size: int = 16
     lr: float = 2e-3
     max_repeats: float = 4.0

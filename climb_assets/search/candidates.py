@@ -207,10 +207,14 @@ def best_predicted_mixture(
     rng: np.random.Generator | int,
     *,
     pool_size: int = 100_000,
+    top_k: int = 1,
     maximize: bool = True,
     **sampler_options: Any,
 ) -> tuple[np.ndarray, float]:
-    """The final mixture: the best-scoring vector of a fresh pool under the final predictor, with its prediction."""
+    """The final mixture and its prediction: the best vector of a fresh pool under the final predictor, or
+    (as RegMix does) the mean of the ``top_k`` best, which is less sensitive to the predictor's noise."""
     pool, scores = _scored_pool(predictor, prior, _as_rng(rng), pool_size, None, maximize, sampler_options)
-    i = int(np.argmax(scores))
-    return pool[i], float(scores[i] if maximize else -scores[i])
+    best = np.argsort(-scores, kind="stable")[: max(1, top_k)]
+    weights = pool[best].mean(axis=0)
+    weights /= weights.sum()
+    return weights, float(np.asarray(predictor.predict(weights[None, :]), dtype=np.float64)[0])

@@ -1,0 +1,175 @@
+"""The ClimbMix proof and dataset writer on a hand-built corpus of three clearly different kinds of text.
+
+Group 0 is Shakespeare, group 1 Python source, group 2 runs of digits; the target is held-out Shakespeare. A model
+trained only on group 0 must beat one trained only on digits, and the proof table must be computed from the runs.
+"""
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pytest
+
+from climb_assets.climbmix.mix import proof_runs, proof_table, write_climbmix
+from climb_assets.demo.corpus import _kind_docs
+from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData
+from climb_assets.search.targets import TargetSpec
+from climb_assets.search.tokenizer import ByteTokenizer
+
+TOKENIZER = ByteTokenizer()
+SETTINGS = ProxySettings(n_layer=1, n_head=2, n_embd=64, block_size=64, batch_size=8, token_budget=20_000, lr=3e-3,
+                         min_lr=3e-4)  # fmt: skip
+MIXTURES = {"all_group0": [1.0, 0.0, 0.0], "all_group2": [0.0, 0.0, 1.0], "uniform": [1 / 3, 1 / 3, 1 / 3]}
+
+
+@pytest.fixture(scope="module")
+def texts() -> dict[str, list[str]]:
+    prose = [d.text for d in _kind_docs("shakespeare", 0, 30)]
+    return {
+        "prose": prose[:24],
+        "code": [d.text for d in _kind_docs("code", 0, 20)],
+        "digits": [" ".join(str((i * 7919 + j * 31) % 1000) for j in range(150)) for i in range(20)],
+        "target": [t[:2000] for t in prose[24:]],
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(texts) -> SearchCorpus:
+    """Documents of each group spread over two raw shards, tokenized as bytes."""
+    groups = {0: texts["prose"], 1: texts["code"], 2: texts["digits"]}
+    doc_ids = {g: [f"g{g}-{i:03d}" for i in range(len(t))] for g, t in groups.items()}
+    return SearchCorpus(
+        groups=sorted(groups),
+        labels={0: "prose", 1: "code", 2: "digits"},
+        doc_ids=doc_ids,
+        shards={g: [f"shard-{(g + i) % 2}" for i in range(len(t))] for g, t in groups.items()},
+        texts=groups,
+        token_ids={g: [np.asarray(TOKENIZER.encode(x), dtype=np.int32) for x in t] for g, t in groups.items()},
+        version="v-test",
+    )
+
+
+@pytest.fixture(scope="module")
+def proof(corpus, texts):
+    outcomes = []
+    runs = proof_runs(
+        corpus, TOKENIZER, {k: np.array(v) for k, v in MIXTURES.items()}, SETTINGS,
+        TargetData(TargetSpec(kind="bpb"), texts["target"]), seeds=[0, 1],
+        on_run=lambda run, outcome: outcomes.append((run, outcome)),
+    )  # fmt: skip
+    return runs, outcomes
+
+
+def longest_doc(corpus: SearchCorpus) -> int:
+    """Shares can miss their weight by at most one document (a group stops at the first doc past its target)."""
+    return max(len(t) for g in corpus.groups for t in corpus.token_ids[g])
+
+
+def test_clearly_better_mixture_ranks_first(proof, corpus):
+    runs, outcomes = proof
+    assert [(r.mixture, r.seed) for r in runs] == [(m, s) for s in (0, 1) for m in MIXTURES]
+    # every run really trained for the budget, on the mixture it was given
+    for run, outcome in outcomes:
+        assert outcome.metrics == run.metrics and outcome.tokens_seen >= SETTINGS.token_budget
+        shares = outcome.mixture["realised_shares"]
+        tolerance = longest_doc(corpus) / outcome.mixture["total_tokens"]
+        assert [shares[str(g)] for g in range(3)] == pytest.approx(MIXTURES[run.mixture], abs=tolerance)
+    table = proof_table(runs)
+    assert table["mixture"].to_list()[0] == "all_group0"
+    assert table["mixture"].to_list()[-1] == "all_group2"
+    by_name = {r["mixture"]: r for r in table.iter_rows(named=True)}
+    assert by_name["all_group0"]["bpb_mean"] + 1.0 < by_name["all_group2"]["bpb_mean"]
+
+
+def test_table_is_computed_from_the_per_seed_runs(proof):
+    runs, _ = proof
+    table = proof_table(runs)
+    assert sorted(table["mixture"]) == sorted(MIXTURES) and set(table["seeds"]) == {2}
+    for row in table.iter_rows(named=True):
+        mine = [r for r in runs if r.mixture == row["mixture"]]
+        for metric in ("objective", "bpb", "train_loss"):
+            values = [r.metrics[metric] for r in mine]
+            assert row[f"{metric}_mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            assert row[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-9)
+        # the two seeds are two different training runs
+        assert mine[0].metrics["bpb"] != mine[1].metrics["bpb"]
+    assert table["objective_mean"].is_sorted(descending=True)
+
+
+def read_shards(directory, manifest) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(directory / name) for name in manifest["shards"]])
+
+
+def test_climbmix_dataset_follows_its_weights_and_sources(corpus, tmp_path):
+    out = tmp_path / "climbmix"
+    weights = np.array([0.5, 0.3, 0.2])
+    manifest = write_climbmix(out, corpus, weights, token_budget=120_000, max_repeats=4.0, seed=3, docs_per_shard=25,
+                              manifest_extra={"note": "test"})  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest, default=str))
+    assert math.isclose(sum(w["weight"] for w in manifest["weights"].values()), 1.0, abs_tol=1e-9)
+    assert manifest["capped_groups"] == [] and manifest["note"] == "test"
+
+    rows = read_shards(out, manifest)
+    assert rows.height == manifest["documents"] and len(manifest["shards"]) == math.ceil(rows.height / 25)
+    assert all(pl.read_parquet(out / name).height <= 25 for name in manifest["shards"])
+    # token shares, recomputed from the written text, match the manifest and the weights (to one document)
+    tokens = rows.with_columns(n=pl.col("text").map_elements(lambda t: len(TOKENIZER.encode(t)), return_dtype=pl.Int64))
+    per_group = dict(tokens.group_by("super_cluster_id").agg(pl.col("n").sum()).iter_rows())
+    total = sum(per_group.values())
+    assert total == manifest["tokens"] >= 120_000
+    for g, w in zip(corpus.groups, weights):
+        assert manifest["sampled"][str(g)]["tokens"] == per_group[g]
+        assert abs(per_group[g] / total - w) <= longest_doc(corpus) / total
+    # every document is the corpus document it names, from the raw shard that holds it
+    source = {(g, d): (s, t) for g in corpus.groups for d, s, t in zip(corpus.doc_ids[g], corpus.shards[g], corpus.texts[g])}
+    for row in rows.iter_rows(named=True):
+        assert source[(row["super_cluster_id"], row["doc_id"])] == (row["source_shard"], row["text"])
+    assert manifest["provenance"]["documents_per_raw_shard"] == dict(Counter(rows["source_shard"]))
+    # the repetition cap holds
+    assert max(Counter(rows["doc_id"]).values()) <= math.ceil(manifest["max_repeats"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["climbmix"]
+
+
+def test_scarce_group_is_capped_and_reported(corpus, tmp_path):
+    out = tmp_path / "climbmix"
+    digits = int(corpus.tokens_per_group()[2])
+    manifest = write_climbmix(out, corpus, np.array([0.2, 0.2, 0.6]), token_budget=60_000, max_repeats=1.0, seed=0,
+                              docs_per_shard=100, manifest_extra={})  # fmt: skip
+    assert 0.6 * 60_000 > digits and manifest["capped_groups"] == [2]
+    rows = read_shards(out, manifest)
+    scarce = rows.filter(pl.col("super_cluster_id") == 2)
+    assert scarce["doc_id"].n_unique() == scarce.height  # max_repeats 1: no digit document twice
+    assert manifest["sampled"]["2"]["tokens"] <= digits
+    # the share the scarce group could not supply went to the others in proportion: 0.2 : 0.2 stays 1 : 1
+    assert manifest["tokens"] >= 60_000
+    rest = (1 - manifest["sampled"]["2"]["token_share"]) / 2
+    for g in ("0", "1"):
+        assert manifest["sampled"][g]["token_share"] == pytest.approx(rest, abs=longest_doc(corpus) / manifest["tokens"])
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot serialise")
+
+
+def test_output_directory_is_replaced_atomically(corpus, tmp_path):
+    out = tmp_path / "climbmix"
+    kwargs = dict(token_budget=30_000, max_repeats=4.0, docs_per_shard=10)
+    first = write_climbmix(out, corpus, np.array([0.4, 0.4, 0.2]), seed=0, manifest_extra={}, **kwargs)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"manifest.json", *first["shards"]}
+
+    # a failure while writing leaves the previous dataset exactly as it was, and no temp files behind
+    with pytest.raises(RuntimeError, match="cannot serialise"):
+        write_climbmix(out, corpus, np.array([0.1, 0.1, 0.8]), seed=1, manifest_extra={"bad": Unprintable()}, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["climbmix"]
+
+    # a successful rewrite replaces the whole directory: no shard of the old dataset survives
+    second = write_climbmix(out, corpus, np.array([0.1, 0.1, 0.8]), seed=1, manifest_extra={}, docs_per_shard=1000,
+                            token_budget=30_000, max_repeats=4.0)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *second["shards"]]) and len(second["shards"]) == 1
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["climbmix"]

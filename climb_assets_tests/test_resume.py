@@ -1,0 +1,185 @@
+"""Resuming after a killed proxy: a crashed proxy run is re-run alone; finished runs are never repeated.
+
+A tiny search state is written by hand (raw shards, super-clusters, a target set), the tokenizer and the iteration-1
+candidates are materialized in-process, then ``iteration_1/proxy_results`` runs in a child process that is SIGKILLed
+while it trains a proxy. Re-materializing must keep every finished proxy's result file untouched, train only the
+rest, and mark the MLflow run the killed process left RUNNING as FAILED.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from climb_assets.demo.corpus import _kind_docs
+from climb_assets.home import ClimbHome
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search.assets import SearchSettings, iteration_dir, search_assets
+from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
+from climb_assets_tests.conftest import TINY_SEARCH
+
+REPO = Path(__file__).resolve().parents[1]
+CANDIDATES = 4
+# Proxies long enough (~1 s each) that the child is reliably caught in the middle of one.
+SETTINGS = {**TINY_SEARCH, "proxies_per_iteration": [CANDIDATES, 3, 3], "token_budget": 32_000,
+            "base_token_budget": 0, "max_repeats": 20.0}  # fmt: skip
+PROXY_RESULTS = dg.AssetKey(["iteration_1", "proxy_results"])
+# The child trains on one core: its proxies then take the same time however busy the other core is.
+CHILD = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from climb_assets_tests.test_resume import materialize_search
+materialize_search(sys.argv[1], sys.argv[2], [["iteration_1", "proxy_results"]])
+"""
+
+
+def materialize_search(root: str, dagster_dir: str, keys: list[list[str]]) -> bool:
+    """Materialize the given search assets of the tiny search, in this process, on the instance in ``dagster_dir``."""
+    home = ClimbHome(Path(root))
+    resources = {
+        "climb": ClimbHomeResource(root=root),
+        "search": SearchSettings(**SETTINGS),
+        "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home)),
+    }
+    with dg.instance_for_test(temp_dir=dagster_dir) as instance:
+        result = dg.materialize(
+            search_assets, selection=[dg.AssetKey(k) for k in keys], resources=resources, instance=instance
+        )
+        return result.success
+
+
+def write_search_state(home: ClimbHome) -> None:
+    """What the search reads: two raw shards, three super-clusters of clearly different text, a target set."""
+    prose = [d.text for d in _kind_docs("shakespeare", 0, 30)]
+    code = [d.text for d in _kind_docs("code", 0, 20)]
+    digits = [" ".join(str((i * 7919 + j * 31) % 1000) for j in range(150)) for i in range(20)]
+    rows = [(g, f"g{g}-{i:03d}", text) for g, texts in enumerate([prose[:24], code, digits]) for i, text in enumerate(texts)]
+    docs = pl.DataFrame(
+        {
+            "doc_id": [doc_id for _, doc_id, _ in rows],
+            "text": [text for _, _, text in rows],
+            "shard": [f"shard-{i % 2}" for i in range(len(rows))],
+            "super_cluster_id": [g for g, _, _ in rows],
+        }
+    ).with_columns(
+        row_number=pl.int_range(pl.len()).over("shard").cast(pl.Int64),
+        n_chars=pl.col("text").str.len_chars().cast(pl.Int64),
+        n_tokens=pl.col("text").str.count_matches(r"\w+|[^\w\s]").cast(pl.Int64),
+        source_kind=pl.lit(None, pl.String),
+        meta=pl.lit(None, pl.String),
+    )
+    raw = home.lake_dir("raw_shards")
+    raw.mkdir(parents=True)
+    for (shard,), frame in docs.group_by("shard"):
+        frame.drop("super_cluster_id").write_parquet(raw / f"{shard}.parquet")
+    supers = home.lake_dir("super_clusters")
+    supers.mkdir(parents=True)
+    docs.select("doc_id", "super_cluster_id").write_parquet(supers / "documents.parquet")
+    pl.DataFrame({"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v1"] * 3}).write_parquet(
+        supers / "super_clusters.parquet"
+    )
+    (home.targets / "target.jsonl").write_text("".join(json.dumps({"text": t[:1500]}) + "\n" for t in prose[24:]))
+
+
+def proxy_runs(home: ClimbHome) -> list:
+    """Every proxy run (not the iteration's parent run) in the local MLflow store."""
+    client = MlflowClient(local_tracking_uri(home))
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("climb-search/")]
+    runs = client.search_runs(experiments, max_results=1000) if experiments else []
+    return [r for r in runs if "climb.candidate" in r.data.tags]
+
+
+def wait_for(condition, timeout: float, child: subprocess.Popen, log: Path, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if child.poll() is not None:
+            pytest.fail(f"the proxy process exited ({child.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def killed_search(home, tmp_path):
+    """The search state with iteration 1's proxy training killed by SIGKILL part way through."""
+    write_search_state(home)
+    dagster_dir = str(tmp_path / "dagster")
+    os.mkdir(dagster_dir)
+    assert materialize_search(str(home.root), dagster_dir, [["proxy_tokenizer"], ["proxy_base_checkpoint"],
+                                                            ["iteration_1", "mixture_candidates"]])  # fmt: skip
+    proxies = iteration_dir(home, 1) / "proxies"
+    log = tmp_path / "child.log"
+    env = {**os.environ, "CLIMB_HOME": str(home.root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(home.root), dagster_dir],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: list(proxies.glob("*.json")), 240, child, log, "the first proxy result")
+
+        def training_unfinished_candidate():
+            finished = {p.stem for p in proxies.glob("*.json")}
+            running = [r for r in proxy_runs(home) if r.info.status == "RUNNING"]
+            return [r for r in running if r.data.tags["climb.candidate"] not in finished]
+
+        wait_for(training_unfinished_candidate, 120, child, log, "a proxy run in training")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    return home, dagster_dir
+
+
+def test_killed_proxy_run_is_rerun_alone(killed_search):
+    home, dagster_dir = killed_search
+    proxies = iteration_dir(home, 1) / "proxies"
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in proxies.glob("*.json")}
+    assert 1 <= len(finished) < CANDIDATES
+    left_running = {r.info.run_id: r.data.tags["climb.candidate"] for r in proxy_runs(home) if r.info.status == "RUNNING"}
+    assert left_running and not {f"{c}.json" for c in left_running.values()} & set(finished)
+
+    assert materialize_search(str(home.root), dagster_dir, [PROXY_RESULTS.path])
+
+    # finished proxies were not trained again: their result files are byte-identical and untouched
+    for name, (mtime, content) in finished.items():
+        assert (proxies / name).stat().st_mtime_ns == mtime and (proxies / name).read_bytes() == content
+    candidates = pl.read_parquet(iteration_dir(home, 1) / "candidates.parquet")["candidate_id"].to_list()
+    assert len(candidates) == CANDIDATES
+    assert sorted(p.stem for p in proxies.glob("*.json")) == sorted(candidates)
+    results = pl.read_parquet(iteration_dir(home, 1) / "results.parquet")
+    assert sorted(results["candidate_id"]) == sorted(candidates) and results["objective"].is_finite().all()
+
+    runs = proxy_runs(home)
+    by_id = {r.info.run_id: r for r in runs}
+    for run_id in left_running:
+        assert by_id[run_id].info.status == "FAILED"
+    for cid in candidates:
+        mine = [r for r in runs if r.data.tags["climb.candidate"] == cid]
+        done = [r for r in mine if r.info.status == "FINISHED"]
+        assert len(done) == 1, (cid, [r.info.status for r in mine])
+        assert json.loads((proxies / f"{cid}.json").read_text())["mlflow_run_id"] == done[0].info.run_id
+        # a finished proxy has its one run; a killed one has that run (now FAILED) and the re-run
+        assert len(mine) == (1 if f"{cid}.json" in finished else 1 + (cid in left_running.values()))
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+    # the resumed Dagster run succeeded and recorded the iteration's results
+    with dg.instance_for_test(temp_dir=dagster_dir) as instance:
+        event = instance.get_latest_materialization_event(PROXY_RESULTS)
+        assert event.asset_materialization.metadata["proxies"].value == CANDIDATES
