@@ -24,10 +24,54 @@ telemetry:
 
 
 def prepare_instance(home: ClimbHome) -> dg.DagsterInstance:
-    """Point DAGSTER_HOME at ``CLIMB_HOME/dagster``, write its dagster.yaml once, and open the instance."""
+    """Point DAGSTER_HOME at ``CLIMB_HOME/dagster``, write its dagster.yaml once, open the instance and release
+    the runs a killed process left behind."""
     home.ensure()
     config = home.dagster / "dagster.yaml"
     if not config.exists():
         config.write_text(INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home.dagster)
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    release_dead_runs(instance)
+    return instance
+
+
+UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The process that executed the run: the first engine event naming a pid (in-process or run worker)."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        data = entry.dagster_event.engine_event_data
+        pid = data.metadata.get("pid") if data else None
+        if pid is not None:
+            return int(pid.value)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed every unfinished run whose process is gone, and free the pool slots it held.
+
+    A run killed mid-step (SIGKILL, OOM, a closed laptop) never reports its end: it stays STARTED and keeps its
+    ``gpu`` slot, so the next GPU step of any run waits forever. Run monitoring only frees the slots of runs that
+    ended, and cannot see that an in-process run died. Local instance only: a pid means something on this machine.
+    """
+    released = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+        pid = _run_pid(instance, run.run_id)
+        if pid is None or _alive(pid):
+            continue
+        instance.report_run_failed(run, f"Its process (pid {pid}) is gone: it was killed before it could finish.")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released

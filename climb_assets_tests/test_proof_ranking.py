@@ -72,7 +72,7 @@ def test_clearly_better_mixture_ranks_first(proof, corpus):
     assert [(r.mixture, r.seed) for r in runs] == [(m, s) for s in (0, 1) for m in MIXTURES]
     # every run really trained for the budget, on the mixture it was given
     for run, outcome in outcomes:
-        assert outcome.metrics == run.metrics and outcome.tokens_seen >= SETTINGS.token_budget
+        assert outcome.tokens_seen >= SETTINGS.token_budget and run.seconds == outcome.seconds > 0
         shares = outcome.mixture["realised_shares"]
         tolerance = longest_doc(corpus) / outcome.mixture["total_tokens"]
         assert [shares[str(g)] for g in range(3)] == pytest.approx(MIXTURES[run.mixture], abs=tolerance)
@@ -123,7 +123,9 @@ def test_climbmix_dataset_follows_its_weights_and_sources(corpus, tmp_path):
         assert manifest["sampled"][str(g)]["tokens"] == per_group[g]
         assert abs(per_group[g] / total - w) <= longest_doc(corpus) / total
     # every document is the corpus document it names, from the raw shard that holds it
-    source = {(g, d): (s, t) for g in corpus.groups for d, s, t in zip(corpus.doc_ids[g], corpus.shards[g], corpus.texts[g])}
+    source = {
+        (g, d): (s, t) for g in corpus.groups for d, s, t in zip(corpus.doc_ids[g], corpus.shards[g], corpus.texts[g])
+    }
     for row in rows.iter_rows(named=True):
         assert source[(row["super_cluster_id"], row["doc_id"])] == (row["source_shard"], row["text"])
     assert manifest["provenance"]["documents_per_raw_shard"] == dict(Counter(rows["source_shard"]))
@@ -146,7 +148,9 @@ def test_scarce_group_is_capped_and_reported(corpus, tmp_path):
     assert manifest["tokens"] >= 60_000
     rest = (1 - manifest["sampled"]["2"]["token_share"]) / 2
     for g in ("0", "1"):
-        assert manifest["sampled"][g]["token_share"] == pytest.approx(rest, abs=longest_doc(corpus) / manifest["tokens"])
+        assert manifest["sampled"][g]["token_share"] == pytest.approx(
+            rest, abs=longest_doc(corpus) / manifest["tokens"]
+        )
 
 
 class Unprintable:
@@ -156,7 +160,7 @@ class Unprintable:
 
 def test_output_directory_is_replaced_atomically(corpus, tmp_path):
     out = tmp_path / "climbmix"
-    kwargs = dict(token_budget=30_000, max_repeats=4.0, docs_per_shard=10)
+    kwargs = {"token_budget": 30_000, "max_repeats": 4.0, "docs_per_shard": 10}
     first = write_climbmix(out, corpus, np.array([0.4, 0.4, 0.2]), seed=0, manifest_extra={}, **kwargs)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(before) == {"manifest.json", *first["shards"]}
@@ -170,6 +174,9 @@ def test_output_directory_is_replaced_atomically(corpus, tmp_path):
     # a successful rewrite replaces the whole directory: no shard of the old dataset survives
     second = write_climbmix(out, corpus, np.array([0.1, 0.1, 0.8]), seed=1, manifest_extra={}, docs_per_shard=1000,
                             token_budget=30_000, max_repeats=4.0)  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *second["shards"]]) and len(second["shards"]) == 1
+    assert (
+        sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *second["shards"]])
+        and len(second["shards"]) == 1
+    )
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["climbmix"]

@@ -2,8 +2,10 @@
 
 A tiny search state is written by hand (raw shards, super-clusters, a target set), the tokenizer and the iteration-1
 candidates are materialized in-process, then ``iteration_1/proxy_results`` runs in a child process that is SIGKILLed
-while it trains a proxy. Re-materializing must keep every finished proxy's result file untouched, train only the
-rest, and mark the MLflow run the killed process left RUNNING as FAILED.
+while it trains a proxy. Everything runs on the platform's own instance (``prepare_instance``: one slot per pool), so
+the killed run leaves its ``gpu`` slot claimed, as it would for a user. Re-materializing must release that slot, keep
+every finished proxy's result file untouched, train only the rest, and mark the MLflow run the killed process left
+RUNNING as FAILED.
 """
 
 import json
@@ -21,14 +23,16 @@ from mlflow.tracking import MlflowClient
 
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
+from climb_assets.instance import prepare_instance, release_dead_runs
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.assets import SearchSettings, iteration_dir, search_assets
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
+from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = 4
-# Proxies long enough (~1 s each) that the child is reliably caught in the middle of one.
+# Proxies long enough (about a second each) that the child is reliably caught in the middle of one.
 SETTINGS = {**TINY_SEARCH, "proxies_per_iteration": [CANDIDATES, 3, 3], "token_budget": 32_000,
             "base_token_budget": 0, "max_repeats": 20.0}  # fmt: skip
 PROXY_RESULTS = dg.AssetKey(["iteration_1", "proxy_results"])
@@ -39,19 +43,19 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 from climb_assets_tests.test_resume import materialize_search
-materialize_search(sys.argv[1], sys.argv[2], [["iteration_1", "proxy_results"]])
+materialize_search(sys.argv[1], [["iteration_1", "proxy_results"]])
 """
 
 
-def materialize_search(root: str, dagster_dir: str, keys: list[list[str]]) -> bool:
-    """Materialize the given search assets of the tiny search, in this process, on the instance in ``dagster_dir``."""
+def materialize_search(root: str, keys: list[list[str]]) -> bool:
+    """Materialize some assets of the tiny search in this process, on the platform instance in CLIMB_HOME/dagster."""
     home = ClimbHome(Path(root))
     resources = {
         "climb": ClimbHomeResource(root=root),
         "search": SearchSettings(**SETTINGS),
         "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home)),
     }
-    with dg.instance_for_test(temp_dir=dagster_dir) as instance:
+    with prepare_instance(home) as instance:
         result = dg.materialize(
             search_assets, selection=[dg.AssetKey(k) for k in keys], resources=resources, instance=instance
         )
@@ -63,7 +67,9 @@ def write_search_state(home: ClimbHome) -> None:
     prose = [d.text for d in _kind_docs("shakespeare", 0, 30)]
     code = [d.text for d in _kind_docs("code", 0, 20)]
     digits = [" ".join(str((i * 7919 + j * 31) % 1000) for j in range(150)) for i in range(20)]
-    rows = [(g, f"g{g}-{i:03d}", text) for g, texts in enumerate([prose[:24], code, digits]) for i, text in enumerate(texts)]
+    rows = [
+        (g, f"g{g}-{i:03d}", text) for g, texts in enumerate([prose[:24], code, digits]) for i, text in enumerate(texts)
+    ]
     docs = pl.DataFrame(
         {
             "doc_id": [doc_id for _, doc_id, _ in rows],
@@ -85,9 +91,9 @@ def write_search_state(home: ClimbHome) -> None:
     supers = home.lake_dir("super_clusters")
     supers.mkdir(parents=True)
     docs.select("doc_id", "super_cluster_id").write_parquet(supers / "documents.parquet")
-    pl.DataFrame({"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v1"] * 3}).write_parquet(
-        supers / "super_clusters.parquet"
-    )
+    pl.DataFrame(
+        {"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v1"] * 3}
+    ).write_parquet(supers / "super_clusters.parquet")
     (home.targets / "target.jsonl").write_text("".join(json.dumps({"text": t[:1500]}) + "\n" for t in prose[24:]))
 
 
@@ -112,31 +118,33 @@ def wait_for(condition, timeout: float, child: subprocess.Popen, log: Path, what
 
 
 @pytest.fixture
-def killed_search(home, tmp_path):
+def killed_search(home, tmp_path, monkeypatch):
     """The search state with iteration 1's proxy training killed by SIGKILL part way through."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))  # prepare_instance sets it; restored after the test
     write_search_state(home)
-    dagster_dir = str(tmp_path / "dagster")
-    os.mkdir(dagster_dir)
-    assert materialize_search(str(home.root), dagster_dir, [["proxy_tokenizer"], ["proxy_base_checkpoint"],
-                                                            ["iteration_1", "mixture_candidates"]])  # fmt: skip
+    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_base_checkpoint"],
+                                               ["iteration_1", "mixture_candidates"]])  # fmt: skip
     proxies = iteration_dir(home, 1) / "proxies"
     log = tmp_path / "child.log"
     env = {**os.environ, "CLIMB_HOME": str(home.root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(home.root), dagster_dir],
+            [sys.executable, "-c", CHILD, str(home.root)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         wait_for(lambda: list(proxies.glob("*.json")), 240, child, log, "the first proxy result")
 
-        def training_unfinished_candidate():
+        def in_training():
+            """Proxy runs opened but with no metrics yet: the proxy is training, its result seconds away."""
             finished = {p.stem for p in proxies.glob("*.json")}
-            running = [r for r in proxy_runs(home) if r.info.status == "RUNNING"]
-            return [r for r in running if r.data.tags["climb.candidate"] not in finished]
+            return [r for r in proxy_runs(home) if r.info.status == "RUNNING" and not r.data.metrics
+                    and r.data.tags["climb.candidate"] not in finished]  # fmt: skip
 
-        wait_for(training_unfinished_candidate, 120, child, log, "a proxy run in training")
+        with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
+            assert release_dead_runs(instance) == []  # the child's run is alive: never released
+        wait_for(in_training, 120, child, log, "a proxy run in training")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -144,18 +152,30 @@ def killed_search(home, tmp_path):
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-    return home, dagster_dir
+    return home
 
 
 def test_killed_proxy_run_is_rerun_alone(killed_search):
-    home, dagster_dir = killed_search
+    home = killed_search
     proxies = iteration_dir(home, 1) / "proxies"
     finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in proxies.glob("*.json")}
     assert 1 <= len(finished) < CANDIDATES
-    left_running = {r.info.run_id: r.data.tags["climb.candidate"] for r in proxy_runs(home) if r.info.status == "RUNNING"}
+    left_running = {
+        r.info.run_id: r.data.tags["climb.candidate"] for r in proxy_runs(home) if r.info.status == "RUNNING"
+    }
     assert left_running and not {f"{c}.json" for c in left_running.values()} & set(finished)
+    # the killed Dagster run never reported its end and still holds the only gpu slot
+    with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
+        (killed,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        slots = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+        assert slots.slot_count == 1
+        assert [(s.run_id, s.step_key) for s in slots.claimed_slots] == [(killed.run_id, "iteration_1__proxy_results")]
+    # opening the platform instance releases it (else the resumed step would wait for the slot forever)
+    with prepare_instance(home) as instance:
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots == []
 
-    assert materialize_search(str(home.root), dagster_dir, [PROXY_RESULTS.path])
+    assert materialize_search(str(home.root), [PROXY_RESULTS.path])
 
     # finished proxies were not trained again: their result files are byte-identical and untouched
     for name, (mtime, content) in finished.items():
@@ -179,7 +199,12 @@ def test_killed_proxy_run_is_rerun_alone(killed_search):
         assert len(mine) == (1 if f"{cid}.json" in finished else 1 + (cid in left_running.values()))
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
-    # the resumed Dagster run succeeded and recorded the iteration's results
-    with dg.instance_for_test(temp_dir=dagster_dir) as instance:
+    # the resume is a new, successful Dagster run, and it gave its slot back
+    with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
+        resumed, failed = instance.get_runs(limit=2)
+        assert failed.run_id == killed.run_id and failed.status == dg.DagsterRunStatus.FAILURE
+        assert resumed.status == dg.DagsterRunStatus.SUCCESS
         event = instance.get_latest_materialization_event(PROXY_RESULTS)
+        assert event.run_id == resumed.run_id
         assert event.asset_materialization.metadata["proxies"].value == CANDIDATES
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots == []

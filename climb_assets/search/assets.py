@@ -80,6 +80,7 @@ class SearchSettings(dg.ConfigurableResource):
     batch_size: int = 16
     lr: float = 2e-3
     max_repeats: float = 4.0
+    num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
     # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
     pool_size: int = 100_000
     predictor_min_child_samples: int = 2
@@ -90,7 +91,7 @@ class SearchSettings(dg.ConfigurableResource):
             model_preset=self.model_preset, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
             block_size=self.block_size,
             token_budget=self.token_budget, batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 10,
-            max_repeats=self.max_repeats,
+            max_repeats=self.max_repeats, num_threads=self.num_threads or None,
         )  # fmt: skip
 
     def target_spec(self) -> TargetSpec:

@@ -105,6 +105,7 @@ class ProxySettings:
     warmup_frac: float = 0.05
     schedule: str = "cosine"
     max_repeats: float = 4.0
+    num_threads: int | None = None  # CPU threads for training; None = all cores (set 1 when runs share the cores)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         shape = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd}
@@ -121,6 +122,7 @@ class ProxySettings:
             warmup_frac=self.warmup_frac,
             schedule=self.schedule,
             seed=seed,
+            num_threads=self.num_threads,
         )
 
     def params(self) -> dict[str, object]:
