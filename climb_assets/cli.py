@@ -85,15 +85,22 @@ def run_job(defs, instance, name: str, run_config: dict | None = None) -> None:
         raise SystemExit(f"{name} failed: {failures}")
 
 
-def demo(args: argparse.Namespace) -> None:
+def open_platform():
+    """CLIMB_HOME, its Dagster instance and the code location, with the environment every step expects."""
     home = ClimbHome.from_env().ensure()
     os.environ.update(platform_env(home))
-    from climb_assets.demo.corpus import build_demo_corpus
     from climb_assets.instance import prepare_instance
 
     instance = prepare_instance(home)
-    from climb_assets.definitions import defs
+    from climb_assets.definitions import defs  # after the environment is set: resources read it at import
 
+    return home, instance, defs
+
+
+def demo(args: argparse.Namespace) -> None:
+    from climb_assets.demo.corpus import build_demo_corpus
+
+    home, instance, defs = open_platform()
     timer = Timer()
     started = time.perf_counter()
     with timer.step("demo corpus, wave 1"):
@@ -136,14 +143,9 @@ def demo(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run one job of the code location against the local instance (e.g. re-run the search after a change)."""
-    home = ClimbHome.from_env().ensure()
-    os.environ.update(platform_env(home))
-    from climb_assets.instance import prepare_instance
-
-    instance = prepare_instance(home)
-    from climb_assets.definitions import defs
-
     import yaml
+
+    _, instance, defs = open_platform()
 
     run_job(defs, instance, args.job, yaml.safe_load(Path(args.config).read_text()) if args.config else None)
 

@@ -151,7 +151,9 @@ def test_proof_table_comes_from_real_training_runs(searched):
     runs = pl.read_parquet(home.climbmix / "proof_runs.parquet")
     assert sorted(runs["mixture"].unique()) == ["best_random_candidate", "climbmix", "natural", "uniform"]
     assert runs.group_by("mixture").len()["len"].to_list() == [2, 2, 2, 2]
-    assert runs["bpb"].is_finite().all() and runs["bpb"].n_unique() == runs.height
+    assert runs["bpb"].is_finite().all()
+    # each seed is its own training run (two mixtures may coincide on a tiny corpus once the repetition cap bites)
+    assert (runs.group_by("mixture").agg(pl.col("bpb").n_unique())["bpb"] == 2).all()
     report = (home.climbmix / "proof.md").read_text()
-    for name in ("climbmix", "natural", "uniform", "best_random_candidate"):
-        assert name in report
+    for name, bpb in runs.group_by("mixture").agg(pl.col("bpb").mean()).iter_rows():
+        assert f"| {name} | 2 | {bpb:.4f} ± " in report
