@@ -11,6 +11,7 @@ import torch
 from climb_assets.embed import (
     build_static_model,
     bundled_minilm_path,
+    embed_documents,
     embed_texts,
     load_model,
     read_embeddings,
@@ -111,6 +112,14 @@ def test_static_model_builds_offline_from_bundled_minilm_and_embeds(static_dir):
     np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=2e-3)
     np.testing.assert_array_equal(vectors, embed_texts(static, list(TEXTS), batch_size=3))
     assert cosine(vectors[2], vectors[5]) > cosine(vectors[2], vectors[0])
+
+    # a text with no token in the static vocabulary has no vector: reported by position, not a failed shard
+    hieroglyphs = "𓀀𓀁𓀂 𓀃"
+    kept, empty = embed_documents(static, [TEXTS[0], hieroglyphs, TEXTS[2]], batch_size=2)
+    assert empty.tolist() == [1] and kept.shape == (2, 256)
+    np.testing.assert_array_equal(kept, embed_texts(static, [TEXTS[0], TEXTS[2]], batch_size=2))
+    with pytest.raises(ValueError, match="zero or non-finite"):
+        embed_texts(static, [hieroglyphs])
 
 
 def test_embeddings_file_round_trip(tmp_path, minilm):

@@ -153,6 +153,19 @@ def test_scarce_group_is_capped_and_reported(corpus, tmp_path):
         )
 
 
+def test_budget_beyond_the_repetition_cap_is_lowered_and_reported(corpus, tmp_path):
+    out = tmp_path / "climbmix"
+    weights = np.array([0.0, 0.0, 1.0])  # everything on the small digits group
+    digits = int(corpus.tokens_per_group()[2])
+    manifest = write_climbmix(out, corpus, weights, token_budget=100 * digits, max_repeats=2.0, seed=0,
+                              docs_per_shard=100, manifest_extra={})  # fmt: skip
+    assert manifest["token_budget"] == 100 * digits and manifest["token_budget_used"] < 2 * digits
+    assert "budget lowered" in manifest["budget_note"]
+    rows = read_shards(out, manifest)
+    assert set(rows["super_cluster_id"]) == {2}
+    assert max(Counter(rows["doc_id"]).values()) <= 2
+
+
 class Unprintable:
     def __str__(self) -> str:
         raise RuntimeError("cannot serialise")

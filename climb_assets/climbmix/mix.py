@@ -29,10 +29,13 @@ def write_climbmix(
 ) -> dict:
     """Sample documents by ``weights`` up to ``token_budget`` (same sampler and repetition cap as the proxies),
     in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically."""
-    sampler = MixtureSampler(
-        corpus.pools(), {g: float(w) for g, w in zip(corpus.groups, weights)},
-        token_budget=token_budget, max_repeats=max_repeats, seed=seed,
-    )  # fmt: skip
+    pools = corpus.pools()
+    weighted = {g: float(w) for g, w in zip(corpus.groups, weights)}
+    # Under the repetition cap the weighted groups hold at most max_repeats x their tokens: a larger budget would
+    # have to repeat data more than the proxies did, so ClimbMix stops there and says so in the manifest.
+    ceiling = int(0.999 * max_repeats * sum(pools[g].total_tokens for g, w in weighted.items() if w > 0))
+    budget = min(token_budget, ceiling)
+    sampler = MixtureSampler(pools, weighted, token_budget=budget, max_repeats=max_repeats, seed=seed)
     plan = sampler.plan()
     groups = np.asarray(plan.groups)
     indices = np.asarray(plan.doc_indices)
@@ -58,6 +61,10 @@ def write_climbmix(
             for r in per_group.iter_rows(named=True)
         },
         "token_budget": token_budget,
+        "token_budget_used": budget,
+        "budget_note": "" if budget == token_budget else (
+            f"the weighted super-clusters hold {ceiling:,} tokens at {max_repeats:g} repeats: budget lowered"
+        ),
         "tokens": tokens_total,
         "documents": rows.height,
         "unique_documents": rows["doc_id"].n_unique(),

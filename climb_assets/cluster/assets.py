@@ -72,8 +72,9 @@ def load_all_embeddings(home: ClimbHome) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.concatenate(ids), np.concatenate(vectors).astype(np.float32), np.concatenate(shards), models.pop()
 
 
-def update_clusters(home: ClimbHome, config: ClusterConfig) -> tuple[str, ClusterResult, dict]:
-    ids, vectors, shards, model = load_all_embeddings(home)
+def update_clusters(home: ClimbHome, config: ClusterConfig, embedded) -> tuple[str, ClusterResult, dict]:
+    """``embedded``: ``load_all_embeddings(home)``, loaded once by the caller (it also feeds the plots)."""
+    ids, vectors, shards, model = embedded
     previous = current_version(home)
     info: dict = {"model": model, "previous_version": previous or ""}
     result = None
@@ -131,17 +132,18 @@ def cluster_plots(result: ClusterResult, vectors_sample: np.ndarray, labels_samp
 
 
 @dg.asset(deps=[embeddings], group_name="cluster", pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"faiss"})
-def clusters(context: dg.AssetExecutionContext, config: ClusterConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+def clusters(config: ClusterConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
     """Fine K-means clusters over the whole corpus (CLIMB step 2), versioned, with ids stable across re-clusterings."""
     home = climb.home()
     started = time.perf_counter()
-    version, result, info = update_clusters(home, config)
+    embedded = load_all_embeddings(home)
+    version, result, info = update_clusters(home, config, embedded)
     seconds = time.perf_counter() - started
     assignments = result.assignments
     rng = np.random.default_rng(0)
     sample = rng.choice(assignments.height, size=min(3000, assignments.height), replace=False)
     sample_ids = assignments["doc_id"].gather(sample)
-    ids, vectors, _, _ = load_all_embeddings(home)
+    ids, vectors, _, _ = embedded
     lookup = {doc_id: row for row, doc_id in enumerate(ids)}
     sample_vectors = vectors[[lookup[d] for d in sample_ids]]
     sizes = result.clusters["size"]

@@ -1,6 +1,6 @@
 """Document embeddings: offline models (MiniLM, static distilled MiniLM, any sentence-transformers model)."""
 
-from climb_assets.embed.encode import Embeddings, embed_texts, read_embeddings, write_embeddings
+from climb_assets.embed.encode import Embeddings, embed_documents, embed_texts, read_embeddings, write_embeddings
 from climb_assets.embed.models import (
     DEFAULT_MODEL,
     EmbeddingModel,
@@ -18,6 +18,7 @@ __all__ = [
     "build_static_model",
     "bundled_minilm_path",
     "default_device",
+    "embed_documents",
     "embed_texts",
     "load_model",
     "read_embeddings",

@@ -3,14 +3,15 @@
 import time
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
-from climb_assets.embed.encode import embed_texts, write_embeddings
+from climb_assets.embed.encode import embed_documents, write_embeddings
 from climb_assets.embed.models import load_model
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.assets import raw_shards, shard_documents_path, shard_partitions
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import lake_file
+from climb_assets.storage import lake_file, write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
@@ -50,12 +51,18 @@ def embeddings(
     docs = pl.read_parquet(shard_documents_path(home, shard), columns=["doc_id", "text"])
     model = embedder.load(home)
     started = time.perf_counter()
-    vectors = embed_texts(model, docs["text"].to_list(), batch_size=embedder.batch_size)
+    vectors, empty = embed_documents(model, docs["text"].to_list(), batch_size=embedder.batch_size)
     seconds = time.perf_counter() - started
-    path = write_embeddings(embeddings_path(home, shard), docs["doc_id"].to_list(), vectors, model.name)
+    rejected = docs[empty].select(
+        "doc_id", reason=pl.lit(f"empty_embedding: {model.name} has no vector for any token of the text")
+    )
+    write_parquet_atomic(rejected, lake_file(home.lake_dir("embedding_quarantine"), shard, ".parquet"))
+    kept_ids = docs["doc_id"].to_numpy()[np.setdiff1d(np.arange(len(docs)), empty)]
+    path = write_embeddings(embeddings_path(home, shard), kept_ids, vectors, model.name)
     return dg.MaterializeResult(
         metadata={
             "docs": len(docs),
+            "quarantined_unembeddable": len(rejected),
             "docs_per_second": round(len(docs) / max(seconds, 1e-9), 1),
             "seconds": round(seconds, 2),
             "model": model.name,

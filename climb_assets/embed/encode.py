@@ -19,7 +19,18 @@ class Embeddings:
 
 
 def embed_texts(model: EmbeddingModel, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Embed ``texts`` in input order as L2-normalised float16 rows.
+    """Embed ``texts`` in input order as L2-normalised float16 rows; a text the model cannot embed is an error."""
+    vectors, empty = embed_documents(model, texts, batch_size)
+    if empty.size:
+        raise ValueError(f"{model.name} produced {empty.size} zero or non-finite vectors (rows {empty[:10].tolist()})")
+    return vectors
+
+
+def embed_documents(model: EmbeddingModel, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised float16 rows for the texts the model can embed, and the positions of those it cannot.
+
+    A static model returns a zero vector for a text with no token in its vocabulary: such a document has no place
+    in the semantic space, so the caller quarantines it instead of failing the whole shard.
 
     Texts are encoded in length order so each batch pads to a similar length (a transformer's cost is set by
     the longest text in the batch), then put back in the caller's order. The order of equal-length texts is
@@ -31,22 +42,16 @@ def embed_texts(model: EmbeddingModel, texts: list[str], batch_size: int = 64) -
     if bad:
         raise TypeError(f"texts must be str; positions {bad[:10]} are not")
     if not texts:
-        return np.zeros((0, model.dim), dtype=np.float16)
+        return np.zeros((0, model.dim), dtype=np.float16), np.zeros(0, dtype=np.int64)
     order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
     out = np.empty((len(texts), model.dim), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
         out[rows] = model.encode([texts[i] for i in rows], batch_size=len(rows))
-    return _normalise(out, model.name).astype(np.float16)
-
-
-def _normalise(vectors: np.ndarray, model_name: str) -> np.ndarray:
-    """Unit rows, so cosine similarity is a dot product and k-means distances are comparable across docs."""
-    norms = np.linalg.norm(vectors, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        raise ValueError(f"{model_name} produced {bad.size} zero or non-finite vectors (rows {bad[:10].tolist()})")
-    return vectors / norms[:, None]
+    # Unit rows, so cosine similarity is a dot product and k-means distances are comparable across docs.
+    norms = np.linalg.norm(out, axis=1)
+    usable = np.isfinite(norms) & (norms > 0)
+    return (out[usable] / norms[usable, None]).astype(np.float16), np.flatnonzero(~usable)
 
 
 def write_embeddings(path: Path, ids: list[str] | np.ndarray, vectors: np.ndarray, model_name: str) -> Path:

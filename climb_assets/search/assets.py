@@ -238,7 +238,7 @@ def propose_candidates(home: ClimbHome, search: SearchSettings, iteration: int) 
 
 
 def _log_proxy(
-    tracking: MlflowTracking, home: ClimbHome, parent: str, experiment: str, client, cid: str, tags: dict,
+    tracking: MlflowTracking, parent: str, experiment: str, client, cid: str, tags: dict,
     weights: dict[str, float], settings: ProxySettings, seed: int,
 ) -> str:  # fmt: skip
     """Open the proxy's MLflow run; a run left RUNNING by a killed attempt is marked FAILED first."""
@@ -281,7 +281,7 @@ def train_candidates(
             weights = np.array([row[c] for c in weight_columns(corpus.groups)])
             named = weight_params(corpus.groups, weights)
             seed = search.seed * 1000 + iteration
-            run_id = _log_proxy(tracking, home, parent, experiment, client, cid, dagster_tags, named, settings, seed)
+            run_id = _log_proxy(tracking, parent, experiment, client, cid, dagster_tags, named, settings, seed)
             outcome, _ = run_proxy(corpus, tokenizer, weights, settings, target, seed=seed, init_state=init_state)
             log_run(client, run_id, metrics=outcome.metrics, curves={"train_loss_curve": outcome.loss_curve})
             client.set_terminated(run_id)
