@@ -25,7 +25,7 @@ from climb_assets.search.assets import (  # noqa: E402
     weight_columns,
 )
 from climb_assets.search.candidates import best_predicted_mixture, token_prior  # noqa: E402
-from climb_assets.search.predictor import Predictor, cross_validate  # noqa: E402
+from climb_assets.search.predictor import Predictor  # noqa: E402
 from climb_assets.search.proxy_runs import ProxySettings  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking, log_run, weight_params  # noqa: E402
 from climb_assets.storage import atomic_path  # noqa: E402
@@ -143,18 +143,19 @@ def _proof_plot(runs_frame: pl.DataFrame, table: pl.DataFrame, metric: str):
     return figure_markdown(figure)
 
 
-def _search_plot(home, corpus, search: SearchSettings):
+def _search_plot(home):
+    """Targets per proxy run by iteration, and the final predictor's held-out predictions against them."""
     results = read_results(home, SEARCH_ITERATIONS)
-    X = results.select(weight_columns(corpus.groups)).to_numpy()
     y = results["objective"].to_numpy()
-    cv = cross_validate(X, y, k=search.predictor_folds, seed=search.seed, params=search.predictor_params())
+    final = Predictor.load(predictor_path(home, SEARCH_ITERATIONS)).extra
+    predicted = np.array([np.nan if v is None else v for v in final["cv_predictions"]], dtype=np.float64)
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for k in range(1, SEARCH_ITERATIONS + 1):
         values = results.filter(pl.col("iteration") == k)["objective"].to_numpy()
         axes[0].scatter(np.full(len(values), k), values, s=12)
     axes[0].set(xlabel="iteration", ylabel="objective", title="target per proxy run")
-    axes[1].scatter(y, cv.predictions, s=12)
-    axes[1].set(xlabel="actual", ylabel="predicted (held out)", title=f"predictor: Spearman {cv.spearman:.2f}")
+    axes[1].scatter(y, predicted, s=12)
+    axes[1].set(xlabel="actual", ylabel="predicted (held out)", title=f"predictor: Spearman {final['spearman']:.2f}")
     figure.tight_layout()
     return figure_markdown(figure)
 
@@ -228,7 +229,7 @@ def climbmix_proof(
             "table": markdown_table(table),
             "report": dg.MetadataValue.md(report),
             "proof_plot": _proof_plot(runs_frame, table, metric),
-            "search_plot": _search_plot(home, corpus, search),
+            "search_plot": _search_plot(home),
             "climbmix_rank": table["mixture"].to_list().index("climbmix") + 1,
             "seconds": float(sum(r.seconds for r in runs)),
         }

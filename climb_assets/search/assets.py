@@ -132,16 +132,16 @@ def predictor_path(home: ClimbHome, iteration: int) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _cached_corpus(home_root: str, tokenizer_file: str, stamp: tuple) -> SearchCorpus:
+def _cached_inputs(home_root: str, stamp: tuple):
     home = ClimbHome(Path(home_root))
-    return load_search_corpus(home, load_tokenizer(tokenizer_file))
+    tokenizer = load_tokenizer(tokenizer_path(home))
+    return tokenizer, load_search_corpus(home, tokenizer)
 
 
 def search_inputs(home: ClimbHome):
     """Tokenizer and tokenized corpus, loaded once per process (keyed by the files' modification times)."""
-    tok_file = tokenizer_path(home)
-    stamp = (tok_file.stat().st_mtime_ns, super_cluster_documents_path(home).stat().st_mtime_ns)
-    return load_tokenizer(tok_file), _cached_corpus(str(home.root), str(tok_file), stamp)
+    stamp = (tokenizer_path(home).stat().st_mtime_ns, super_cluster_documents_path(home).stat().st_mtime_ns)
+    return _cached_inputs(str(home.root), stamp)
 
 
 def weight_columns(groups: list[int]) -> list[str]:
@@ -309,7 +309,12 @@ def fit_iteration_predictor(home: ClimbHome, search: SearchSettings, tracking: M
     params = search.predictor_params()
     predictor = fit_predictor(X, y, seed=search.seed, params=params, feature_names=columns)
     cv = cross_validate(X, y, k=search.predictor_folds, seed=search.seed, params=params)
-    predictor.extra |= {"spearman": cv.spearman, "cv": {k: v for k, v in cv.to_dict().items() if k != "predictions"}}
+    predictor.extra |= {
+        "spearman": cv.spearman,
+        "cv": cv.to_dict(),
+        # kept so reports can plot predicted vs. actual without re-running the cross-validation
+        "cv_predictions": [None if np.isnan(v) else float(v) for v in cv.predictions],
+    }
     predictor.save(predictor_path(home, iteration))
     client = tracking.client(home)
     experiment = tracking.experiment_id(client, home, search_id(corpus))
