@@ -2,6 +2,10 @@
 
     climb demo        build the demo corpus (two waves), ingest it through the landing sensor, embed, cluster,
                       score, search mixtures with proxies, write ClimbMix and the proof; print where it all is
+    climb ingest      process everything newly landed in CLIMB_HOME/landing (the real landing sensor, one run per
+                      new shard), without the UI
+    climb crawl       your own crawl end to end, headless: ingest what landed, re-cluster, search for the target you
+                      name, write ClimbMix and the proof; print where it all is (`climb demo` minus the demo corpus)
     climb run JOB     run one job (recluster_job, search_job) on the local instance
     climb ui          the Dagster UI (dagster dev) on the same CLIMB_HOME
     climb mlflow-ui   the MLflow UI on the local tracking store
@@ -21,20 +25,10 @@ from climb_assets.home import ClimbHome
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def choose_embedding_model() -> str:
-    """MiniLM on a GPU; on CPU the static model keeps the demo inside its time budget (set the env var to override)."""
-    if os.environ.get("CLIMB_EMBEDDING_MODEL"):
-        return os.environ["CLIMB_EMBEDDING_MODEL"]
-    import torch
-
-    return "minilm" if torch.cuda.is_available() else "static"
-
-
 def platform_env(home: ClimbHome) -> dict[str, str]:
     return {
         "CLIMB_HOME": str(home.root),
         "DAGSTER_HOME": str(home.dagster),
-        "CLIMB_EMBEDDING_MODEL": choose_embedding_model(),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
@@ -97,6 +91,49 @@ def open_platform():
     return home, instance, defs
 
 
+def search_config(args: argparse.Namespace) -> dict:
+    """Run config for search_job: the user's YAML, with the target named on the command line on top."""
+    import yaml
+
+    config = yaml.safe_load(Path(args.config).read_text()) if getattr(args, "config", None) else {}
+    target = {
+        "target_texts_path": str(Path(args.target_texts).resolve()) if getattr(args, "target_texts", None) else None,
+        "target_mc_path": str(Path(args.target_mc).resolve()) if getattr(args, "target_mc", None) else None,
+        "target_kind": getattr(args, "target_kind", None),
+    }
+    for key, path in target.items():
+        if key.endswith("_path") and path and not Path(path).is_file():
+            raise SystemExit(f"{key.removesuffix('_path').replace('_', ' ')}: no such file {path}")
+    chosen = {k: v for k, v in target.items() if v}
+    if chosen:
+        search = config.setdefault("resources", {}).setdefault("search", {}).setdefault("config", {})
+        search.update(chosen)
+    return config
+
+
+def print_locations(home: ClimbHome, total: float, summary_path: Path) -> None:
+    proof = home.climbmix / "proof.md"
+    if proof.exists():
+        print("\n" + proof.read_text())
+    print(f"\nDone in {total}s. Everything is under {home.root}:")
+    print(f"  lake (Parquet per asset)  {home.lake}")
+    print(f"  ClimbMix + manifest.json  {home.climbmix}")
+    print(f"  proof report              {proof}")
+    print(f"  Dagster instance          {home.dagster}    -> `make ui` (or `climb ui`) to browse runs, assets, checks")
+    print(f"  MLflow store              {home.mlflow}     -> `make mlflow-ui` (or `climb mlflow-ui`) to compare proxies")
+    print(f"  timings                   {summary_path}")
+
+
+def write_summary(home: ClimbHome, name: str, summary: dict) -> Path:
+    path = home.root / name
+    path.write_text(json.dumps(summary | {
+        "climbmix": str(home.climbmix),
+        "proof_report": str(home.climbmix / "proof.md"),
+        "mlflow_tracking_uri": f"sqlite:///{home.mlflow / 'mlflow.db'}",
+    }, indent=2, default=str))  # fmt: skip
+    return path
+
+
 def demo(args: argparse.Namespace) -> None:
     from climb_assets.demo.corpus import build_demo_corpus
 
@@ -118,36 +155,50 @@ def demo(args: argparse.Namespace) -> None:
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
-    summary = {
-        "climb_home": str(home.root),
-        "wave_1_shards": first,
-        "wave_2_shards": second,
-        "corpus": {"wave_1": wave1, "wave_2": wave2},
+    summary = write_summary(home, "demo_summary.json", {
+        "climb_home": str(home.root), "wave_1_shards": first, "wave_2_shards": second,
+        "corpus": {"wave_1": wave1, "wave_2": wave2}, "timings_seconds": timer.steps | {"total": total},
+    })  # fmt: skip
+    print_locations(home, total, summary)
+
+
+def ingest(args: argparse.Namespace) -> None:
+    """Process what has landed, exactly as the sensor does under `dagster dev`; print what was ingested."""
+    home, instance, defs = open_platform()
+    shards = ingest_landed(defs, instance, home)
+    print(f"ingested {len(shards)} new shard(s) from {home.landing}: {shards}" if shards else f"nothing new in {home.landing}")
+
+
+def crawl(args: argparse.Namespace) -> None:
+    """`climb demo` on the user's own landed shards: ingest new files, re-cluster, search for the named target."""
+    run_config = search_config(args)
+    home, instance, defs = open_platform()
+    named = run_config.get("resources", {}).get("search", {}).get("config", {})
+    if not (named.get("target_texts_path") or named.get("target_mc_path") or (home.targets / "target.jsonl").exists()):
+        raise SystemExit(f"name a target: --target-texts FILE (or --target-mc FILE), or put it at {home.targets / 'target.jsonl'}")
+    timer = Timer()
+    started = time.perf_counter()
+    with timer.step(f"ingest + embed + score what landed in {home.landing}"):
+        shards = ingest_landed(defs, instance, home)
+    if not instance.get_dynamic_partitions("raw_shards"):
+        raise SystemExit(f"no shards ingested yet: drop jsonl, jsonl.gz or Parquet files into {home.landing}")
+    with timer.step("cluster + quality + super-clusters"):
+        run_job(defs, instance, "recluster_job")
+    with timer.step("CLIMB search, ClimbMix and proof"):
+        run_job(defs, instance, "search_job", run_config)
+    total = round(time.perf_counter() - started, 1)
+    summary = write_summary(home, "crawl_summary.json", {
+        "climb_home": str(home.root), "new_shards": shards, "search_config": run_config,
         "timings_seconds": timer.steps | {"total": total},
-        "climbmix": str(home.climbmix),
-        "proof_report": str(home.climbmix / "proof.md"),
-        "mlflow_tracking_uri": f"sqlite:///{home.mlflow / 'mlflow.db'}",
-    }
-    (home.root / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    proof = home.climbmix / "proof.md"
-    if proof.exists():
-        print("\n" + proof.read_text())
-    print(f"\nDone in {total}s. Everything is under {home.root}:")
-    print(f"  lake (Parquet per asset)  {home.lake}")
-    print(f"  ClimbMix + manifest.json  {home.climbmix}")
-    print(f"  proof report              {proof}")
-    print(f"  Dagster instance          {home.dagster}    -> `make ui` (or `climb ui`) to browse runs, assets, checks")
-    print(f"  MLflow store              {home.mlflow}     -> `make mlflow-ui` (or `climb mlflow-ui`) to compare proxies")
-    print(f"  timings                   {home.root / 'demo_summary.json'}")
+    })  # fmt: skip
+    print_locations(home, total, summary)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run one job of the code location against the local instance (e.g. re-run the search after a change)."""
-    import yaml
-
+    run_config = search_config(args)
     _, instance, defs = open_platform()
-
-    run_job(defs, instance, args.job, yaml.safe_load(Path(args.config).read_text()) if args.config else None)
+    run_job(defs, instance, args.job, run_config)
 
 
 def ui(args: argparse.Namespace) -> None:
@@ -168,6 +219,13 @@ def mlflow_ui(args: argparse.Namespace) -> None:
     raise SystemExit(subprocess.call(command))
 
 
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="Dagster run config (YAML), e.g. resources: {search: {config: {...}}}")
+    parser.add_argument("--target-texts", help="held-out texts (jsonl or Parquet with a text field) the search targets")
+    parser.add_argument("--target-mc", help="multiple-choice items (jsonl: context, choices, answer)")
+    parser.add_argument("--target-kind", choices=["bpb", "mc", "blend"], help="what the search maximises")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="climb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,9 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     run_demo.add_argument("--scale", type=float, default=float(os.environ.get("CLIMB_DEMO_SCALE", "1.0")))
     run_demo.add_argument("--seed", type=int, default=0)
     run_demo.set_defaults(func=demo)
-    run_one = commands.add_parser("run", help="run one job (ingest_shard_job needs a partition: use the UI)")
+    run_ingest = commands.add_parser("ingest", help="process everything newly landed (no UI needed)")
+    run_ingest.set_defaults(func=ingest)
+    run_crawl = commands.add_parser("crawl", help="your own crawl end to end: ingest, re-cluster, search, ClimbMix")
+    add_target_arguments(run_crawl)
+    run_crawl.set_defaults(func=crawl)
+    run_one = commands.add_parser("run", help="run one job (`climb ingest` processes landed shards)")
     run_one.add_argument("job", choices=["recluster_job", "search_job"])
-    run_one.add_argument("--config", help="Dagster run config (YAML), e.g. resources: {search: {config: {...}}}")
+    add_target_arguments(run_one)
     run_one.set_defaults(func=run)
     run_ui = commands.add_parser("ui", help="start the Dagster UI on this CLIMB_HOME")
     run_ui.add_argument("--port", type=int, default=3000)

@@ -1,6 +1,5 @@
 """The climb code location: every stage's assets, checks, jobs, sensors and resources."""
 
-import os
 import warnings
 
 import dagster as dg
@@ -8,7 +7,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from climb_assets.climbmix.assets import climbmix, climbmix_proof  # noqa: E402
+from climb_assets.climbmix.assets import build_climbmix_assets  # noqa: E402
 from climb_assets.cluster.assets import build_recluster_sensor, clusters  # noqa: E402
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
 from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
@@ -24,8 +23,12 @@ from climb_assets.quality.super_clusters import (  # noqa: E402
     super_clusters_partition_check,
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
-from climb_assets.search.assets import SearchSettings, search_assets  # noqa: E402
+from climb_assets.search.assets import SearchSettings, build_search_assets  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
+
+# The number of search iterations (the paper's 3) shapes the asset graph (iteration_1 ... iteration_N), so it is part
+# of the code location itself, defined here once: the code server and every run worker load the same graph.
+SEARCH_ITERATIONS = 3
 
 per_shard = dg.AssetSelection.assets(raw_shards, embeddings, quality_signals)
 
@@ -42,17 +45,10 @@ recluster_job = dg.define_asset_job(
     description="Re-cluster the whole corpus, re-run dbt_quality, prune and merge into super-clusters.",
 )
 
-search_job = dg.define_asset_job(
-    "search_job",
-    selection=dg.AssetSelection.assets(*search_assets, climbmix, climbmix_proof),
-    description="The CLIMB search (all iterations), then ClimbMix and its proof.",
-)
-
-
 def default_resources() -> dict:
     return {
         "climb": ClimbHomeResource(),
-        "embedder": EmbeddingModelResource(model=os.environ.get("CLIMB_EMBEDDING_MODEL", "minilm")),
+        "embedder": EmbeddingModelResource(),
         "quality_scorer": QualityScorerResource(),
         "dbt": dbt_resource(),
         "search": SearchSettings(),
@@ -60,15 +56,25 @@ def default_resources() -> dict:
     }
 
 
-def build_definitions(**resource_overrides) -> dg.Definitions:
-    """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings)."""
+def build_search_job(search_assets: list):
+    return dg.define_asset_job(
+        "search_job",
+        selection=dg.AssetSelection.assets(*search_assets),
+        description="The CLIMB search (all iterations), then ClimbMix and its proof.",
+    )
+
+
+def build_definitions(search_iterations: int = SEARCH_ITERATIONS, **resource_overrides) -> dg.Definitions:
+    """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings) and may
+    unroll fewer search iterations."""
+    search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
     return dg.Definitions(
         assets=[
             raw_shards, embeddings, quality_signals, clusters, dbt_quality_models, quality_filtered_clusters,
-            *search_assets, climbmix, climbmix_proof,
+            *search_assets,
         ],  # fmt: skip
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-        jobs=[ingest_shard_job, recluster_job, search_job],
+        jobs=[ingest_shard_job, recluster_job, build_search_job(search_assets)],
         sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
         resources=default_resources() | resource_overrides,
     )

@@ -20,6 +20,8 @@ run_monitoring:
   free_slots_after_run_end_seconds: 30
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
 
 

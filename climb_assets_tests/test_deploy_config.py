@@ -32,7 +32,7 @@ from dagster_k8s.job import (
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
 from climb_assets.definitions import defs
-from climb_assets.search.assets import SEARCH_ITERATIONS
+from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -14,7 +14,8 @@ import pytest
 
 from climb_assets.cluster.assets import build_recluster_sensor
 from climb_assets.embed.encode import read_embeddings
-from climb_assets.search.assets import SEARCH_ITERATIONS
+from climb_assets.definitions import SEARCH_ITERATIONS
+from climb_assets.search.assets import SearchPlan, SearchSettings
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
 
@@ -117,11 +118,11 @@ def test_every_proxy_is_an_mlflow_run_with_params_metrics_and_tags(searched):
 
 
 def test_later_iterations_use_the_previous_predictor(searched):
-    home = searched.home
+    plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
     for k in range(1, SEARCH_ITERATIONS + 1):
-        results = pl.read_parquet(home.lake_dir("search") / f"iteration_{k}" / "results.parquet")
+        results = pl.read_parquet(plan.iteration_dir(k) / "results.parquet")
         assert results.height == TINY_SEARCH["proxies_per_iteration"][k - 1]
-        assert (home.lake_dir("search") / f"iteration_{k}" / "predictor" / "model.txt").exists()
+        assert (plan.predictor_path(k) / "model.txt").exists()
     event = searched.instance.get_latest_materialization_event(dg.AssetKey(["iteration_2", "mixture_candidates"]))
     assert event.asset_materialization.metadata["top"].value == 128
 

@@ -25,7 +25,7 @@ from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance, release_dead_runs
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.assets import SearchSettings, iteration_dir, search_assets
+from climb_assets.search.assets import SearchPlan, SearchSettings, build_search_assets, proxy_markers_dir
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH
@@ -57,7 +57,7 @@ def materialize_search(root: str, keys: list[list[str]]) -> bool:
     }
     with prepare_instance(home) as instance:
         result = dg.materialize(
-            search_assets, selection=[dg.AssetKey(k) for k in keys], resources=resources, instance=instance
+            build_search_assets(1), selection=[dg.AssetKey(k) for k in keys], resources=resources, instance=instance
         )
         return result.success
 
@@ -124,7 +124,7 @@ def killed_search(home, tmp_path, monkeypatch):
     write_search_state(home)
     assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_base_checkpoint"],
                                                ["iteration_1", "mixture_candidates"]])  # fmt: skip
-    proxies = iteration_dir(home, 1) / "proxies"
+    proxies = proxy_markers_dir(home)
     log = tmp_path / "child.log"
     env = {**os.environ, "CLIMB_HOME": str(home.root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -140,7 +140,7 @@ def killed_search(home, tmp_path, monkeypatch):
             """Proxy runs opened but with no metrics yet: the proxy is training, its result seconds away."""
             finished = {p.stem for p in proxies.glob("*.json")}
             return [r for r in proxy_runs(home) if r.info.status == "RUNNING" and not r.data.metrics
-                    and r.data.tags["climb.candidate"] not in finished]  # fmt: skip
+                    and r.data.tags["climb.fingerprint"] not in finished]  # fmt: skip
 
         with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
             assert release_dead_runs(instance) == []  # the child's run is alive: never released
@@ -157,13 +157,14 @@ def killed_search(home, tmp_path, monkeypatch):
 
 def test_killed_proxy_run_is_rerun_alone(killed_search):
     home = killed_search
-    proxies = iteration_dir(home, 1) / "proxies"
+    plan = SearchPlan(home, SearchSettings(**SETTINGS))
+    proxies = proxy_markers_dir(home)
     finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in proxies.glob("*.json")}
     assert 1 <= len(finished) < CANDIDATES
     left_running = {
-        r.info.run_id: r.data.tags["climb.candidate"] for r in proxy_runs(home) if r.info.status == "RUNNING"
+        r.info.run_id: r.data.tags["climb.fingerprint"] for r in proxy_runs(home) if r.info.status == "RUNNING"
     }
-    assert left_running and not {f"{c}.json" for c in left_running.values()} & set(finished)
+    assert left_running and not {f"{key}.json" for key in left_running.values()} & set(finished)
     # the killed Dagster run never reported its end and still holds the only gpu slot
     with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
         (killed,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
@@ -180,23 +181,26 @@ def test_killed_proxy_run_is_rerun_alone(killed_search):
     # finished proxies were not trained again: their result files are byte-identical and untouched
     for name, (mtime, content) in finished.items():
         assert (proxies / name).stat().st_mtime_ns == mtime and (proxies / name).read_bytes() == content
-    candidates = pl.read_parquet(iteration_dir(home, 1) / "candidates.parquet")["candidate_id"].to_list()
+    candidates = pl.read_parquet(plan.iteration_dir(1) / "candidates.parquet")["candidate_id"].to_list()
     assert len(candidates) == CANDIDATES
-    assert sorted(p.stem for p in proxies.glob("*.json")) == sorted(candidates)
-    results = pl.read_parquet(iteration_dir(home, 1) / "results.parquet")
+    results = pl.read_parquet(plan.iteration_dir(1) / "results.parquet")
     assert sorted(results["candidate_id"]) == sorted(candidates) and results["objective"].is_finite().all()
+    keys = results["fingerprint"].to_list()
+    assert sorted(p.stem for p in proxies.glob("*.json")) == sorted(keys)
+    # exactly the finished ones were reused; the rest were trained by the resumed run
+    assert {f"{k}.json" for k in results.filter(pl.col("reused"))["fingerprint"]} == set(finished)
 
     runs = proxy_runs(home)
     by_id = {r.info.run_id: r for r in runs}
     for run_id in left_running:
         assert by_id[run_id].info.status == "FAILED"
-    for cid in candidates:
-        mine = [r for r in runs if r.data.tags["climb.candidate"] == cid]
+    for key in keys:
+        mine = [r for r in runs if r.data.tags["climb.fingerprint"] == key]
         done = [r for r in mine if r.info.status == "FINISHED"]
-        assert len(done) == 1, (cid, [r.info.status for r in mine])
-        assert json.loads((proxies / f"{cid}.json").read_text())["mlflow_run_id"] == done[0].info.run_id
+        assert len(done) == 1, (key, [r.info.status for r in mine])
+        assert json.loads((proxies / f"{key}.json").read_text())["mlflow_run_id"] == done[0].info.run_id
         # a finished proxy has its one run; a killed one has that run (now FAILED) and the re-run
-        assert len(mine) == (1 if f"{cid}.json" in finished else 1 + (cid in left_running.values()))
+        assert len(mine) == (1 if f"{key}.json" in finished else 1 + (key in left_running.values()))
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
     # the resume is a new, successful Dagster run, and it gave its slot back

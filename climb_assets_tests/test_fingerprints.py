@@ -1,0 +1,171 @@
+"""No cached result is reused for work it does not describe.
+
+A tiny search state is materialized once; then every ingredient of the fingerprint is changed in turn (a training
+setting, the seed, the base checkpoint, the tokenizer, the target file, the super-clusters, the code's algorithm
+version) and the test asserts that exactly the work that depends on it is redone, that the new records describe the
+new settings, and that changing nothing redoes nothing.
+"""
+
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search import fingerprint as fingerprint_module
+from climb_assets.search.assets import SearchPlan, SearchSettings, build_search_assets, proxy_markers_dir
+from climb_assets.search.fingerprint import fingerprint
+from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
+from climb_assets_tests.conftest import TINY_SEARCH
+from climb_assets_tests.test_resume import write_search_state
+
+BASE = {**TINY_SEARCH, "proxies_per_iteration": [3], "token_budget": 2_000, "base_token_budget": 2_000,
+        "max_repeats": 20.0, "predictor_folds": 3}  # fmt: skip
+ITERATION_1 = [["proxy_tokenizer"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
+               ["iteration_1", "proxy_results"], ["iteration_1", "predictor"]]  # fmt: skip
+
+
+def materialize(home, instance, **changes) -> dict[str, dict]:
+    """Run iteration 1 of the search with ``changes`` on top of the tiny settings; each asset's metadata."""
+    resources = {
+        "climb": ClimbHomeResource(root=str(home.root)),
+        "search": SearchSettings(**(BASE | changes)),
+        "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home)),
+    }
+    result = dg.materialize(
+        build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1], resources=resources, instance=instance
+    )
+    assert result.success
+    return {
+        m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
+        for m in result.asset_materializations_for_node("iteration_1__proxy_results")
+        + result.asset_materializations_for_node("proxy_tokenizer")
+        + result.asset_materializations_for_node("proxy_base_checkpoint")
+    }
+
+
+def proxy_records(home, plan: SearchPlan) -> list[dict]:
+    results = pl.read_parquet(plan.iteration_dir(1) / "results.parquet")
+    return [json.loads((proxy_markers_dir(home) / f"{k}.json").read_text()) for k in results["fingerprint"]]
+
+
+def proxy_run_count(home) -> int:
+    client = MlflowClient(local_tracking_uri(home))
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("climb-search/")]
+    return len([r for r in client.search_runs(experiments, max_results=1000) if "climb.fingerprint" in r.data.tags])
+
+
+@pytest.fixture
+def searched(home, instance):
+    write_search_state(home)
+    first = materialize(home, instance)
+    assert first["iteration_1/proxy_results"]["trained"] == 3
+    return home, instance
+
+
+def test_nothing_changed_nothing_redone(searched):
+    home, instance = searched
+    plan = SearchPlan(home, SearchSettings(**BASE))
+    before = {p.name: p.stat().st_mtime_ns for p in proxy_markers_dir(home).glob("*.json")}
+    runs = proxy_run_count(home)
+    again = materialize(home, instance)
+    assert again["proxy_tokenizer"]["reused"] and again["proxy_base_checkpoint"]["reused"]
+    assert (again["iteration_1/proxy_results"]["trained"], again["iteration_1/proxy_results"]["reused"]) == (0, 3)
+    assert {p.name: p.stat().st_mtime_ns for p in proxy_markers_dir(home).glob("*.json")} == before
+    assert proxy_run_count(home) == runs
+    assert again["iteration_1/proxy_results"]["search_key"] == plan.search_key
+
+
+def test_a_new_token_budget_retrains_every_proxy_and_records_it(searched):
+    """The reported scenario: a smaller budget must not read back results trained on the larger one."""
+    home, instance = searched
+    old_plan = SearchPlan(home, SearchSettings(**BASE))
+    old = proxy_records(home, old_plan)
+    runs = proxy_run_count(home)
+    changed = materialize(home, instance, token_budget=1_000, base_token_budget=1_500)
+    assert changed["proxy_tokenizer"]["reused"] and not changed["proxy_base_checkpoint"]["reused"]
+    assert changed["iteration_1/proxy_results"]["trained"] == 3
+    new_plan = SearchPlan(home, SearchSettings(**(BASE | {"token_budget": 1_000, "base_token_budget": 1_500})))
+    assert new_plan.search_key != old_plan.search_key and new_plan.base_key != old_plan.base_key
+    new = proxy_records(home, new_plan)
+    assert all(r["settings"]["token_budget"] == 1_000 and 1_000 <= r["tokens_seen"] < 2_000 for r in new)
+    assert all(r["tokens_seen"] >= 2_000 for r in old)
+    assert {r["mlflow_run_id"] for r in new}.isdisjoint(r["mlflow_run_id"] for r in old)
+    assert proxy_run_count(home) == runs + 3
+    # the old search's results and records are still on disk, untouched, and the old key finds them again
+    assert proxy_records(home, old_plan) == old
+    back = materialize(home, instance)
+    assert back["iteration_1/proxy_results"]["trained"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "redone"),
+    [
+        ({"seed": 1}, {"tokenizer", "base", "proxies"}),
+        ({"lr": 1e-3}, {"base", "proxies"}),
+        ({"block_size": 32}, {"base", "proxies"}),
+        ({"base_token_budget": 0}, {"proxies"}),  # proxies from scratch instead of from the base
+        ({"tokenizer_vocab_size": 300}, {"tokenizer", "base", "proxies"}),
+        ({"max_target_texts": 3}, {"proxies"}),
+        ({"num_threads": 1}, set()),  # speed only: the same results
+    ],
+)
+def test_each_setting_redoes_exactly_what_depends_on_it(searched, change, redone):
+    home, instance = searched
+    metadata = materialize(home, instance, **change)
+    assert (not metadata["proxy_tokenizer"]["reused"]) == ("tokenizer" in redone)
+    assert (not metadata["proxy_base_checkpoint"].get("reused", False)) == ("base" in redone or change.get("base_token_budget") == 0)
+    assert metadata["iteration_1/proxy_results"]["trained"] == (3 if "proxies" in redone else 0)
+
+
+def test_a_new_target_file_retrains_proxies_but_not_the_base(searched):
+    home, instance = searched
+    target = home.targets / "target.jsonl"
+    extra = json.dumps({"text": "A new held-out document: what the user cares about changed, so must the proxies."})
+    target.write_text(extra + "\n" + target.read_text())
+    metadata = materialize(home, instance)
+    assert metadata["proxy_base_checkpoint"]["reused"]
+    assert metadata["iteration_1/proxy_results"]["trained"] == 3
+
+
+def test_new_super_clusters_start_a_new_search(searched):
+    home, instance = searched
+    old_key = SearchPlan(home, SearchSettings(**BASE)).search_key
+    table = home.lake_dir("super_clusters") / "super_clusters.parquet"
+    pl.read_parquet(table).with_columns(version=pl.lit("v2")).write_parquet(table)
+    metadata = materialize(home, instance)
+    assert not metadata["proxy_tokenizer"]["reused"]  # the tokenizer is trained on the new version's documents
+    assert metadata["iteration_1/proxy_results"]["trained"] == 3
+    assert metadata["iteration_1/proxy_results"]["search_key"] != old_key
+    client = MlflowClient(local_tracking_uri(home))
+    assert {e.name for e in client.search_experiments()} >= {"climb-search/v1", "climb-search/v2"}
+    for experiment in client.search_experiments():
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_new_algorithm_version_retrains(searched, monkeypatch):
+    home, instance = searched
+    monkeypatch.setitem(fingerprint_module.ALGORITHM_VERSIONS, "proxy", "proxy-test-bump")
+    metadata = materialize(home, instance)
+    assert not metadata["proxy_base_checkpoint"]["reused"]
+    assert metadata["iteration_1/proxy_results"]["trained"] == 3
+
+
+def test_predictor_refit_with_other_settings_does_not_collide_in_mlflow(searched):
+    """MLflow refuses to change a logged param: a new search key gets its own parent run instead."""
+    home, instance = searched
+    materialize(home, instance, predictor_min_child_samples=1, predictor_folds=2)
+    client = MlflowClient(local_tracking_uri(home))
+    experiment = client.get_experiment_by_name("climb-search/v1").experiment_id
+    parents = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and len({r.data.tags["climb.search_key"] for r in parents}) == 2
+    assert {r.data.params["predictor.min_child_samples"] for r in parents} == {"1", "2"}
+
+
+def test_fingerprints_are_exact_and_order_free():
+    assert fingerprint({"a": 1, "b": [0.1, 0.2]}) == fingerprint({"b": [0.1, 0.2], "a": 1})
+    assert fingerprint({"w": 0.30000000000000004}) != fingerprint({"w": 0.3})
+    with pytest.raises(ValueError, match="non-finite"):
+        fingerprint({"w": float("nan")})
