@@ -46,6 +46,7 @@ from climb_assets.search.tokenizer import load_tokenizer, train_bpe_tokenizer  #
 from climb_assets.search.tracking import (  # noqa: E402
     MlflowTracking,
     label_params,
+    log_lightgbm_model,
     log_run,
     run_url,
     tag_run,
@@ -528,10 +529,7 @@ def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteratio
         metrics={"predictor_spearman": spearman, "predictor_num_rounds": predictor.num_rounds,
                  "runs_so_far": len(y), "best_objective_so_far": float(y.max())},
     )  # fmt: skip
-    import mlflow.lightgbm
-
-    with mlflow.start_run(run_id=parent):
-        mlflow.lightgbm.log_model(predictor.booster, name="predictor")
+    log_lightgbm_model(client, parent, predictor.booster, "predictor")
     client.set_terminated(parent)
     return predictor, cv, results
 

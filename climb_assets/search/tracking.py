@@ -5,11 +5,11 @@ its own run, and every iteration logs the same metric names so the MLflow UI com
 """
 
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -34,9 +34,9 @@ class MlflowTracking(dg.ConfigurableResource):
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(home)
 
     def client(self, home: ClimbHome) -> MlflowClient:
-        uri = self.uri(home)
-        mlflow.set_tracking_uri(uri)  # for mlflow.<flavor>.log_model, which uses the fluent API
-        return MlflowClient(tracking_uri=uri)
+        # No mlflow.set_tracking_uri: it writes $MLFLOW_TRACKING_URI, which would point every later client in the
+        # process (another CLIMB_HOME, a test) at this store.
+        return MlflowClient(tracking_uri=self.uri(home))
 
     def experiment_id(self, client: MlflowClient, home: ClimbHome, search_id: str) -> str:
         name = f"{self.experiment_prefix}/{search_id}"
@@ -86,6 +86,16 @@ def log_run(
         client.log_batch(run_id, params=params[start : start + 100])
     for start in range(0, len(points), 1000):
         client.log_batch(run_id, metrics=points[start : start + 1000])
+
+
+def log_lightgbm_model(client: MlflowClient, run_id: str, booster, name: str) -> None:
+    """Save the booster in MLflow's lightgbm flavour and attach it to ``run_id`` through the client (the fluent
+    ``log_model`` would need the process-global tracking URI)."""
+    import mlflow.lightgbm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.lightgbm.save_model(booster, f"{tmp}/{name}")
+        client.log_artifacts(run_id, f"{tmp}/{name}", artifact_path=name)
 
 
 def weight_params(groups, weights) -> dict[str, float]:
