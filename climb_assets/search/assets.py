@@ -32,7 +32,13 @@ from climb_assets.search.candidates import (  # noqa: E402
     token_prior,
 )
 from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, content_hash, fingerprint  # noqa: E402
-from climb_assets.search.predictor import Predictor, PredictorParams, cross_validate, fit_predictor  # noqa: E402
+from climb_assets.search.predictor import (  # noqa: E402
+    PREDICTOR_KINDS,
+    Predictor,
+    PredictorKind,
+    PredictorParams,
+    select_predictor,
+)
 from climb_assets.search.proxy_runs import (  # noqa: E402
     ProxySettings,
     TargetData,
@@ -92,6 +98,9 @@ class SearchSettings(dg.ConfigurableResource):
     pool_size: int = 100_000
     predictor_min_child_samples: int = 2
     predictor_folds: int = 5
+    # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, and their average; keep the
+    # best each iteration. LightGBM's held-out score is reported either way.
+    predictor_kind: Literal["auto"] | PredictorKind = "auto"
 
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings(
@@ -136,6 +145,12 @@ class SearchSettings(dg.ConfigurableResource):
 
     def predictor_params(self) -> PredictorParams:
         return PredictorParams(min_child_samples=self.predictor_min_child_samples)
+
+    def predictor_kinds(self) -> tuple[PredictorKind, ...]:
+        """The kinds cross-validated each iteration: all with ``auto``, else the chosen one and LightGBM for parity."""
+        if self.predictor_kind == "auto":
+            return PREDICTOR_KINDS
+        return tuple(dict.fromkeys([self.predictor_kind, "lightgbm"]))
 
     def proxies(self, iteration: int) -> int:
         counts = self.proxies_per_iteration
@@ -503,15 +518,17 @@ def train_candidates(
 
 
 def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteration: int):
-    """Refit LightGBM on every proxy run so far; report its k-fold held-out Spearman."""
+    """Refit the predictor on every proxy run so far; report each kind's k-fold held-out Spearman."""
     search = plan.search
     _, corpus = search_inputs(plan)
     results = read_results(plan, iteration)
     columns = weight_columns(corpus.groups)
     X, y = results.select(columns).to_numpy(), results["objective"].to_numpy()
     params = search.predictor_params()
-    predictor = fit_predictor(X, y, seed=search.seed, params=params, feature_names=columns)
-    cv = cross_validate(X, y, k=search.predictor_folds, seed=search.seed, params=params)
+    predictor, scores = select_predictor(
+        X, y, search.seed, k=search.predictor_folds, params=params, feature_names=columns, kinds=search.predictor_kinds()
+    )
+    cv = scores[predictor.kind]
     predictor.extra |= {
         "spearman": cv.spearman,
         "cv": cv.to_dict(),
@@ -521,17 +538,21 @@ def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteratio
     }
     predictor.save(plan.predictor_path(iteration))
     client, _, parent, _ = iteration_parent_run(plan, tracking, iteration)
-    spearman = cv.spearman if np.isfinite(cv.spearman) else float("nan")
+    by_kind = {f"predictor_spearman_{kind}": score.spearman for kind, score in scores.items()}
     log_run(
         client, parent,
-        params={f"predictor.{k}": v for k, v in asdict(params).items()},
-        # rounds are chosen by the data: a metric, so a refit on other results never conflicts with a logged param
-        metrics={"predictor_spearman": spearman, "predictor_num_rounds": predictor.num_rounds,
-                 "runs_so_far": len(y), "best_objective_so_far": float(y.max())},
+        params={f"predictor.{k}": v for k, v in asdict(params).items()} | {"predictor.kinds": ",".join(scores)},
+        # rounds and the chosen kind follow the data: metrics and tags, so a refit never conflicts with a param
+        metrics={"predictor_spearman": cv.spearman, "predictor_num_rounds": predictor.num_rounds,
+                 "runs_so_far": len(y), "best_objective_so_far": float(y.max()), **by_kind},
     )  # fmt: skip
-    log_lightgbm_model(client, parent, predictor.booster, "predictor")
+    tag_run(client, parent, {"climb.predictor_kind": predictor.kind})
+    if predictor.booster is not None:
+        log_lightgbm_model(client, parent, predictor.booster, "predictor")
+    if predictor.linear is not None:
+        client.log_dict(parent, predictor.linear.to_dict(), "predictor/linear.json")
     client.set_terminated(parent)
-    return predictor, cv, results
+    return predictor, scores, results
 
 
 def _objective_plot(results: pl.DataFrame, predicted: np.ndarray | None):
@@ -601,13 +622,17 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
     @dg.asset(name="predictor", key_prefix=prefix, group_name="search", deps=[proxy_results, *previous_predictor],
               kinds={"lightgbm", "mlflow"}, code_version=ALGORITHM_VERSIONS["predictor"])  # fmt: skip
     def predictor(climb: ClimbHomeResource, search: SearchSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-        """LightGBM from mixture weights to target, refit on all proxy runs so far (paper settings)."""
+        """Mixture weights → target, refit on all proxy runs so far: LightGBM (paper settings), ridge or both,
+        whichever ranks held-out runs best."""
         plan = SearchPlan(climb.home(), search)
-        fitted, cv, results = fit_iteration_predictor(plan, mlflow_tracking, iteration)
+        fitted, scores, results = fit_iteration_predictor(plan, mlflow_tracking, iteration)
+        cv = scores[fitted.kind]
         importance = fitted.feature_importance()
         return dg.MaterializeResult(
             metadata={
                 "spearman_heldout": dg.MetadataValue.float(float(cv.spearman)),
+                "predictor_kind": fitted.kind,
+                **{f"spearman_{kind}": dg.MetadataValue.float(float(score.spearman)) for kind, score in scores.items()},
                 "cv_folds": cv.folds,
                 "cv_note": cv.reason or "",
                 "runs": cv.n,

@@ -1,9 +1,13 @@
-"""The CLIMB predictor: LightGBM regression from mixture weights to the proxies' target.
+"""The CLIMB predictor: regression from mixture weights to the proxies' target.
 
-Defaults are the paper's (max_depth 4, min_child_samples 5, L1 = L2 = 1.0, lr 0.01, up to 1000 rounds, early
+``lightgbm`` is the paper's (max_depth 4, min_child_samples 5, L1 = L2 = 1.0, lr 0.01, up to 1000 rounds, early
 stopping on a held-out split). With only 8–16 runs, min_child_samples 5 leaves almost no room to split and the
 model can come out constant; the settings are configurable for that reason, and the cross-validated Spearman says
 so explicitly instead of reporting a meaningless number.
+
+Trees need many runs; a mixing-law-shaped linear model (``ridge``: ridge regression on the weights and their logs,
+i.e. a per-domain diminishing return) needs few, and ``ensemble`` averages both. ``select_predictor``
+cross-validates each and keeps the best, always reporting LightGBM's score for parity with the paper.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -21,7 +25,12 @@ from scipy.stats import spearmanr
 from climb_assets.storage import atomic_path
 
 MODEL_FILE = "model.txt"
+LINEAR_FILE = "linear.json"
 META_FILE = "meta.json"
+PredictorKind = Literal["lightgbm", "ridge", "ensemble"]
+PREDICTOR_KINDS: tuple[PredictorKind, ...] = ("lightgbm", "ridge", "ensemble")
+RIDGE_ALPHAS = np.logspace(-3, 3, 25)
+LOG_FLOOR = 1e-3  # log(w + floor): a zero weight is a large but finite penalty, not -inf
 MIN_RUNS_TO_FIT = 3
 MIN_RUNS_TO_SCORE = 4
 LEAVE_ONE_OUT_BELOW = 10
@@ -73,28 +82,79 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+@dataclass(frozen=True)
+class LinearMixtureModel:
+    """Ridge regression on [w, log(w + floor)], standardised: a mixing law with a diminishing return per domain."""
+
+    coef: list[float]
+    intercept: float
+    mean: list[float]
+    scale: list[float]
+    alpha: float
+
+    @staticmethod
+    def features(X: np.ndarray) -> np.ndarray:
+        return np.hstack([X, np.log(X + LOG_FLOOR)])
+
+    @classmethod
+    def fit(cls, X: np.ndarray, z: np.ndarray) -> LinearMixtureModel:
+        from sklearn.linear_model import RidgeCV
+
+        F = cls.features(X)
+        mean, scale = F.mean(axis=0), F.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        model = RidgeCV(alphas=RIDGE_ALPHAS).fit((F - mean) / scale, z)
+        return cls(model.coef_.tolist(), float(model.intercept_), mean.tolist(), scale.tolist(), float(model.alpha_))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        F = (self.features(X) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return F @ np.asarray(self.coef) + self.intercept
+
+    def importance(self) -> np.ndarray:
+        coef = np.abs(np.asarray(self.coef))
+        k = len(coef) // 2
+        return coef[:k] + coef[k:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LinearMixtureModel:
+        return cls(**data)
+
+
 @dataclass
 class Predictor:
     """A fitted booster plus what is needed to reproduce and audit it."""
 
-    booster: lgb.Booster
+    booster: lgb.Booster | None
     num_rounds: int
     params: PredictorParams
     seed: int
     n_train: int
     feature_names: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: PredictorKind = "lightgbm"
+    linear: LinearMixtureModel | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if X.shape[1] != len(self.feature_names):
             raise ValueError(f"expected {len(self.feature_names)} weights per row, got {X.shape[1]}")
-        standardised = np.asarray(self.booster.predict(X, num_threads=self.params.num_threads), dtype=np.float64)
+        parts = []
+        if self.booster is not None:
+            parts.append(np.asarray(self.booster.predict(X, num_threads=self.params.num_threads), dtype=np.float64))
+        if self.linear is not None:
+            parts.append(self.linear.predict(X))
+        standardised = np.mean(parts, axis=0)
         return standardised * self.extra.get("y_std", 1.0) + self.extra.get("y_mean", 0.0)
 
     def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
-        """Per-group importance ('gain' or 'split'): which super-clusters move the target."""
-        values = self.booster.feature_importance(importance_type=importance_type)
+        """Per-group importance: LightGBM's 'gain' or 'split', else the linear model's summed |coefficients|."""
+        if self.booster is not None:
+            values = self.booster.feature_importance(importance_type=importance_type)
+        else:
+            values = self.linear.importance()
         return {name: float(v) for name, v in zip(self.feature_names, values)}
 
     def save(self, path: Path | str) -> Path:
@@ -102,8 +162,12 @@ class Predictor:
         final = Path(path)
         with atomic_path(final) as tmp:
             tmp.mkdir()
-            (tmp / MODEL_FILE).write_text(self.booster.model_to_string())
+            if self.booster is not None:
+                (tmp / MODEL_FILE).write_text(self.booster.model_to_string())
+            if self.linear is not None:
+                (tmp / LINEAR_FILE).write_text(json.dumps(self.linear.to_dict()))
             meta = {
+                "kind": self.kind,
                 "num_rounds": self.num_rounds,
                 "params": asdict(self.params),
                 "seed": self.seed,
@@ -119,7 +183,10 @@ class Predictor:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         return cls(
-            booster=lgb.Booster(model_str=(path / MODEL_FILE).read_text()),
+            booster=lgb.Booster(model_str=(path / MODEL_FILE).read_text()) if (path / MODEL_FILE).exists() else None,
+            kind=meta.get("kind", "lightgbm"),
+            linear=LinearMixtureModel.from_dict(json.loads((path / LINEAR_FILE).read_text()))
+            if (path / LINEAR_FILE).exists() else None,
             num_rounds=meta["num_rounds"],
             params=PredictorParams(**meta["params"]),
             seed=meta["seed"],
@@ -169,11 +236,11 @@ def fit_predictor(
     *,
     params: PredictorParams | None = None,
     feature_names: list[str] | None = None,
+    kind: PredictorKind = "lightgbm",
 ) -> Predictor:
-    """Fit on all runs so far: pick the round count by early stopping on a held-out split, then refit on everything.
-
-    Refitting on all data matters when runs are scarce: the held-out split only decides how long to train.
-    """
+    """Fit on all runs so far. LightGBM picks its round count by early stopping on a held-out split, then refits on
+    everything (when runs are scarce the split only decides how long to train); ridge picks its penalty by
+    leave-one-out (RidgeCV); an ensemble fits both and averages them."""
     X, y = _check_xy(X, y)
     params = params or PredictorParams()
     n, k = X.shape
@@ -186,12 +253,16 @@ def fit_predictor(
     # zero every leaf and the model never splits. Fitting the z-scored target makes them scale-free.
     y_mean, y_std = float(y.mean()), float(y.std()) or 1.0
     z = (y - y_mean) / y_std
-    rounds, how = _choose_rounds(X, z, params, seed, names)
-    booster = _train(X, z, params, seed, rounds, names)
+    booster, rounds, how = None, 0, "no trees"
+    if kind in ("lightgbm", "ensemble"):
+        rounds, how = _choose_rounds(X, z, params, seed, names)
+        booster = _train(X, z, params, seed, rounds, names)
+    linear = LinearMixtureModel.fit(X, z) if kind in ("ridge", "ensemble") else None
+    extra = {"rounds_chosen_by": how, "y_mean": y_mean, "y_std": y_std}
+    predictor = Predictor(booster, rounds, params, seed, n, names, extra=extra, kind=kind, linear=linear)
     # A constant model (too few runs to split) ranks every candidate equally; callers should say so.
-    constant = bool(np.ptp(booster.predict(X, num_threads=params.num_threads)) == 0)
-    extra = {"rounds_chosen_by": how, "constant": constant, "y_mean": y_mean, "y_std": y_std}
-    return Predictor(booster, rounds, params, seed, n, names, extra=extra)
+    predictor.extra["constant"] = bool(np.ptp(predictor.predict(X)) == 0)
+    return predictor
 
 
 @dataclass(frozen=True)
@@ -209,7 +280,8 @@ class CrossValidation:
 
 
 def cross_validate(
-    X: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0, *, params: PredictorParams | None = None
+    X: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0, *, params: PredictorParams | None = None,
+    kind: PredictorKind = "lightgbm",
 ) -> CrossValidation:
     """k-fold out-of-fold predictions and their pooled Spearman with y (leave-one-out below 10 runs)."""
     X, y = _check_xy(X, y)
@@ -224,7 +296,7 @@ def cross_validate(
     constant_folds = 0
     for held_out in np.array_split(np.random.default_rng(seed).permutation(n), folds):
         train = np.setdiff1d(np.arange(n), held_out)
-        model = fit_predictor(X[train], y[train], seed, params=params)
+        model = fit_predictor(X[train], y[train], seed, params=params, kind=kind)
         predictions[held_out] = model.predict(X[held_out])
         constant_folds += model.extra["constant"]
     if constant_folds:
@@ -246,3 +318,30 @@ def cross_validated_spearman(
 ) -> float:
     """Held-out Spearman of the predictor (NaN when undefined; ``cross_validate`` gives the reason)."""
     return cross_validate(X, y, k, seed, params=params).spearman
+
+
+def select_predictor(
+    X: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    *,
+    k: int = 5,
+    params: PredictorParams | None = None,
+    feature_names: list[str] | None = None,
+    kinds: tuple[PredictorKind, ...] = PREDICTOR_KINDS,
+) -> tuple[Predictor, dict[str, CrossValidation]]:
+    """Cross-validate every kind on the same folds, fit the one with the best held-out Spearman on all runs.
+
+    Ties and undefined scores go to the earlier kind (LightGBM first, the paper's choice). The chosen kind's score is
+    the best of a few, so it is slightly optimistic; every kind's score is returned so reports can show all of them.
+    """
+    scores = {kind: cross_validate(X, y, k, seed, params=params, kind=kind) for kind in kinds}
+    ranked = sorted(kinds, key=lambda kind: -scores[kind].spearman if np.isfinite(scores[kind].spearman) else math.inf)
+    chosen = ranked[0]
+    predictor = fit_predictor(X, y, seed, params=params, feature_names=feature_names, kind=chosen)
+    predictor.extra["spearman_by_kind"] = {kind: _finite_or_none(cv.spearman) for kind, cv in scores.items()}
+    return predictor, scores
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
