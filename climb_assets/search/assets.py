@@ -100,7 +100,7 @@ class SearchSettings(dg.ConfigurableResource):
     predictor_folds: int = 5
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, and their average; keep the
     # best each iteration. LightGBM's held-out score is reported either way.
-    predictor_kind: Literal["auto"] | PredictorKind = "auto"
+    predictor_kind: Literal["auto", "lightgbm", "ridge", "ensemble"] = "auto"
 
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings(
