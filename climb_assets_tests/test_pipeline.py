@@ -16,6 +16,7 @@ from climb_assets.cluster.assets import build_recluster_sensor
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.search.assets import SearchPlan, SearchSettings
+from climb_assets.search.predictor import Predictor
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
 
@@ -122,7 +123,13 @@ def test_later_iterations_use_the_previous_predictor(searched):
     for k in range(1, SEARCH_ITERATIONS + 1):
         results = pl.read_parquet(plan.iteration_dir(k) / "results.parquet")
         assert results.height == TINY_SEARCH["proxies_per_iteration"][k - 1]
-        assert (plan.predictor_path(k) / "model.txt").exists()
+        predictor = Predictor.load(plan.predictor_path(k))
+        assert predictor.n_train == sum(TINY_SEARCH["proxies_per_iteration"][:k])
+        event = searched.instance.get_latest_materialization_event(dg.AssetKey([f"iteration_{k}", "predictor"]))
+        metadata = event.asset_materialization.metadata
+        # LightGBM's held-out score is reported whichever kind was chosen
+        assert {"spearman_lightgbm", "spearman_ridge", "spearman_ensemble"} <= set(metadata)
+        assert metadata["predictor_kind"].value == predictor.kind
     event = searched.instance.get_latest_materialization_event(dg.AssetKey(["iteration_2", "mixture_candidates"]))
     assert event.asset_materialization.metadata["top"].value == 128
 
