@@ -36,7 +36,7 @@ from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-GPU_ASSETS = {"embeddings", "clusters", "proxy_base_checkpoint", "climbmix_proof"} | {
+GPU_ASSETS = {"embeddings", "clusters", "proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"} | {
     f"iteration_{k}/proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)
 }
 
@@ -112,7 +112,7 @@ def test_k8s_job_executor_puts_gpu_steps_on_gpu_nodes_and_celery_queues_them_on_
 
     plan = create_execution_plan(k8s_defs.resolve_job_def("search_job"))
     gpu_steps = {f"iteration_{k}__proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)}
-    gpu_steps |= {"proxy_base_checkpoint", "climbmix_proof"}
+    gpu_steps |= {"proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"}
     assert {s.key for s in plan.steps if s.pool == GPU_POOL} == gpu_steps
     for step in plan.steps:
         pod = k8s_job_for(step.tags).spec.template.spec

@@ -103,8 +103,12 @@ def test_every_proxy_is_an_mlflow_run_with_params_metrics_and_tags(searched):
     experiments = [e for e in client.search_experiments() if e.name.startswith("climb-search/") and "proof" not in e.name]
     assert len(experiments) == 1
     runs = client.search_runs([experiments[0].experiment_id], max_results=500)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    proxies = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "climb.iteration" in r.data.tags]
+    proxies = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in {p.info.run_id for p in parents}]
+    baseline = [r for r in runs if r.data.tags.get("climb.stage") == "random_search_baseline"]
+    # the random-search baseline's own runs are the extra proxies only (iteration 1's are reused, not re-run)
+    extra = sum(TINY_SEARCH["proxies_per_iteration"][1:])
+    assert len([r for r in baseline if "mlflow.parentRunId" in r.data.tags]) == extra
     assert sorted(r.data.tags["climb.iteration"] for r in parents) == [str(k) for k in range(1, SEARCH_ITERATIONS + 1)]
     assert len(proxies) == sum(TINY_SEARCH["proxies_per_iteration"])
     for run in proxies:
@@ -157,11 +161,25 @@ def test_climbmix_manifest_matches_the_sampled_shards(searched):
 def test_proof_table_comes_from_real_training_runs(searched):
     home = searched.home
     runs = pl.read_parquet(home.climbmix / "proof_runs.parquet")
-    assert sorted(runs["mixture"].unique()) == ["best_random_candidate", "climbmix", "natural", "uniform"]
-    assert runs.group_by("mixture").len()["len"].to_list() == [2, 2, 2, 2]
+    assert sorted(runs["mixture"].unique()) == ["best_random_proxy", "climbmix", "natural", "regmix", "uniform"]
+    assert runs.group_by("mixture").len()["len"].to_list() == [2] * 5
     assert runs["bpb"].is_finite().all()
     # each seed is its own training run (two mixtures may coincide on a tiny corpus once the repetition cap bites)
     assert (runs.group_by("mixture").agg(pl.col("bpb").n_unique())["bpb"] == 2).all()
     report = (home.climbmix / "proof.md").read_text()
     for name, bpb in runs.group_by("mixture").agg(pl.col("bpb").mean()).iter_rows():
         assert f"| {name} | 2 | {bpb:.4f} ± " in report
+    # every baseline has its paired difference, computed from the same seeds' runs
+    objective = {(m, s): o for m, s, o in runs.select("mixture", "seed", "objective").iter_rows()}
+    for name in ("best_random_proxy", "natural", "regmix", "uniform"):
+        delta = sum(objective[("climbmix", s)] - objective[(name, s)] for s in (0, 1)) / 2
+        assert f"| {name} | 2 | {delta:+.4f} |" in report
+
+
+def test_random_search_baseline_spends_the_search_budget_reusing_iteration_1(searched):
+    event = searched.instance.get_latest_materialization_event(dg.AssetKey("random_search_baseline"))
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert metadata["proxies"] == sum(TINY_SEARCH["proxies_per_iteration"])
+    # iteration 1's candidates are random draws with the same settings and seed: their proxies are reused
+    assert metadata["reused"] == TINY_SEARCH["proxies_per_iteration"][0]
+    assert metadata["trained"] == metadata["proxies"] - metadata["reused"]

@@ -193,3 +193,18 @@ def test_output_directory_is_replaced_atomically(corpus, tmp_path):
     )
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["climbmix"]
+
+
+def test_paired_comparison_separates_a_real_gap_from_a_tie():
+    from climb_assets.climbmix.baselines import paired_comparison
+
+    seeds = range(5)
+    noise = [0.03, -0.02, 0.05, -0.04, 0.01]  # shared by every mixture of a seed: pairing cancels it
+    rows = [{"mixture": "climbmix", "seed": s, "objective": -3.0 + noise[s]} for s in seeds]
+    rows += [{"mixture": "worse", "seed": s, "objective": -3.1 + noise[s] + 0.001 * (-1) ** s} for s in seeds]
+    rows += [{"mixture": "same", "seed": s, "objective": -3.0 + noise[s] + 0.002 * (-1) ** s} for s in seeds]
+    table = {r["baseline"]: r for r in paired_comparison(pl.DataFrame(rows)).iter_rows(named=True)}
+    assert table["worse"]["verdict"] == "beats" and table["worse"]["mean_delta"] == pytest.approx(0.1, abs=1e-3)
+    assert table["worse"]["ci_low"] > 0
+    assert table["same"]["verdict"] == "tie" and table["same"]["ci_low"] < 0 < table["same"]["ci_high"]
+    assert table["same"]["seeds"] == 5

@@ -2,6 +2,8 @@
 
 import json
 from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import matplotlib
@@ -11,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from climb_assets.climbmix.baselines import paired_comparison, random_search_weights  # noqa: E402
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix  # noqa: E402
 from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
@@ -21,6 +24,7 @@ from climb_assets.search.assets import (  # noqa: E402
     TrainingRun,
     final_predictor_key,
     proof_markers_dir,
+    proxy_markers_dir,
     read_results,
     search_inputs,
     train_or_reuse,
@@ -28,10 +32,10 @@ from climb_assets.search.assets import (  # noqa: E402
 )
 from climb_assets.search.candidates import best_predicted_mixture, token_prior  # noqa: E402
 from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, content_hash, fingerprint  # noqa: E402
-from climb_assets.search.predictor import Predictor  # noqa: E402
+from climb_assets.search.predictor import Predictor, select_predictor  # noqa: E402
 from climb_assets.search.proxy_runs import ProxySettings  # noqa: E402
-from climb_assets.search.tracking import MlflowTracking  # noqa: E402
-from climb_assets.storage import atomic_path  # noqa: E402
+from climb_assets.search.tracking import MlflowTracking, log_run  # noqa: E402
+from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic  # noqa: E402
 from climb_assets.tags import GPU_POOL, GPU_TAGS  # noqa: E402
 
 
@@ -78,8 +82,89 @@ def choose_climbmix(config: "ClimbMixConfig", plan: SearchPlan, iterations: int)
     return weights, predicted, key
 
 
+def baseline_path(plan: SearchPlan) -> Path:
+    return plan.state_dir / "random_search" / "baselines.json"
+
+
+def run_random_search(
+    context: dg.AssetExecutionContext, plan: SearchPlan, tracking: MlflowTracking, config: ClimbMixConfig, iterations: int
+) -> tuple[pl.DataFrame, dict]:
+    """N random proxies (N = every proxy the search trains), the best of them, and RegMix's one-shot pick from a
+    predictor fitted on them; iteration 1's proxies are the first n1 and are reused by fingerprint."""
+    search = plan.search
+    _, corpus = search_inputs(plan)
+    prior = token_prior(corpus.tokens_per_group())
+    columns = weight_columns(corpus.groups)
+    first = pl.read_parquet(plan.iteration_dir(1) / "candidates.parquet").select(columns).to_numpy()
+    total = sum(search.proxies(k) for k in range(1, iterations + 1))
+    weights = random_search_weights(first, prior, total, search.seed)
+    client = tracking.client(plan.home)
+    experiment = tracking.experiment_id(client, plan.home, plan.cluster_version)
+    tags = plan.mlflow_tags() | {"climb.stage": "random_search_baseline"}
+    parent = tracking.open_run(client, experiment, "random-search-baseline", tags, reuse=True)
+    sink = RunLog(tracking, client, experiment, parent, tags | {"dagster.run_id": context.run_id}, context.log)
+    # the iteration-1 seed and settings: the first n1 runs are exactly iteration 1's proxies
+    seed = search.seed * 1000 + 1
+    records = [
+        train_or_reuse(plan, TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed,
+                                         plan.base_path), proxy_markers_dir(plan.home), sink)
+        for j, w in enumerate(weights)
+    ]  # fmt: skip
+    y = np.array([r["metrics"]["objective"] for r in records])
+    results = pl.DataFrame(weights, schema=columns, orient="row").with_columns(
+        objective=pl.Series(y), fingerprint=pl.Series([r["fingerprint"] for r in records]),
+        reused=pl.Series([r["reused"] for r in records]),
+    )  # fmt: skip
+    predictor, scores = select_predictor(weights, y, search.seed, k=search.predictor_folds,
+                                         params=search.predictor_params(), feature_names=columns,
+                                         kinds=search.predictor_kinds())  # fmt: skip
+    regmix, regmix_predicted = best_predicted_mixture(
+        predictor, prior, config.seed, pool_size=config.pool_size, top_k=config.top_k_average
+    )
+    summary = {
+        "proxies": total,
+        "best_random": weights[int(np.argmax(y))].tolist(),
+        "best_random_objective": float(y.max()),
+        "regmix": regmix.tolist(),
+        "regmix_predicted_objective": regmix_predicted,
+        "regmix_predictor_kind": predictor.kind,
+        "regmix_spearman_by_kind": predictor.extra["spearman_by_kind"],
+        "groups": corpus.groups,
+    }
+    log_run(client, parent, metrics={"best_random_objective": float(y.max()), "runs": total,
+                                     **{f"predictor_spearman_{k}": cv.spearman for k, cv in scores.items()}})  # fmt: skip
+    client.set_terminated(parent)
+    write_parquet_atomic(results, baseline_path(plan).with_name("results.parquet"))
+    write_json_atomic(summary, baseline_path(plan))
+    return results, summary
+
+
 def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
-    """``climbmix`` and ``climbmix_proof`` downstream of the final iteration's predictor."""
+    """``random_search_baseline``, ``climbmix`` and ``climbmix_proof`` downstream of the search."""
+
+    @dg.asset(deps=[dg.AssetKey(["iteration_1", "proxy_results"])], group_name="climbmix", pool=GPU_POOL,
+              op_tags=GPU_TAGS, kinds={"pytorch", "mlflow"}, code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
+    def random_search_baseline(
+        context: dg.AssetExecutionContext, config: ClimbMixConfig, climb: ClimbHomeResource, search: SearchSettings,
+        mlflow_tracking: MlflowTracking,
+    ) -> dg.MaterializeResult:  # fmt: skip
+        """The same proxy budget spent without iterating: the best of N random mixtures, and RegMix's one-shot
+        predictor pick from them (the baselines the proof compares ClimbMix with)."""
+        plan = SearchPlan(climb.home(), search)
+        results, summary = run_random_search(context, plan, mlflow_tracking, config, iterations)
+        return dg.MaterializeResult(
+            metadata={
+                "proxies": summary["proxies"],
+                "trained": int((~results["reused"]).sum()),
+                "reused": int(results["reused"].sum()),
+                "best_random_objective": summary["best_random_objective"],
+                "regmix_predicted_objective": summary["regmix_predicted_objective"],
+                "regmix_predictor_kind": summary["regmix_predictor_kind"],
+                "path": dg.MetadataValue.path(str(baseline_path(plan))),
+            },
+            data_version=dg.DataVersion(fingerprint({"runs": sorted(results["fingerprint"].to_list()),
+                                                     "config": config.model_dump()})),  # fmt: skip
+        )
 
     @dg.asset(deps=[final_predictor_key(iterations)], group_name="climbmix", kinds={"parquet"},
               code_version=ALGORITHM_VERSIONS["climbmix"])  # fmt: skip
@@ -142,20 +227,21 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(key),
         )
 
-    @dg.asset(deps=[climbmix], group_name="climbmix", pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch", "mlflow"},
-              code_version=ALGORITHM_VERSIONS["proof"])  # fmt: skip
+    @dg.asset(deps=[climbmix, random_search_baseline], group_name="climbmix", pool=GPU_POOL, op_tags=GPU_TAGS,
+              kinds={"pytorch", "mlflow"}, code_version=ALGORITHM_VERSIONS["proof"])  # fmt: skip
     def climbmix_proof(
         context: dg.AssetExecutionContext, config: ProofConfig, climb: ClimbHomeResource, search: SearchSettings,
         mlflow_tracking: MlflowTracking,
     ) -> dg.MaterializeResult:  # fmt: skip
-        """Equal-budget training on ClimbMix vs natural, uniform and best-random mixtures, several seeds each; every
-        run is fingerprinted, so a re-run with the same mixtures and settings trains nothing."""
+        """Equal-budget training on ClimbMix vs natural, uniform, the best random proxy and RegMix's pick, paired by
+        seed; every run is fingerprinted, so a re-run with the same mixtures and settings trains nothing."""
         plan = SearchPlan(climb.home(), search)
         home = plan.home
         _, corpus = search_inputs(plan)
         manifest = json.loads((home.climbmix / "manifest.json").read_text())
         mixtures = proof_mixtures(plan, corpus, manifest)
         settings = proof_settings(search, config)
+        init = plan.base_path if config.start == "base" else None
         client = mlflow_tracking.client(home)
         experiment = mlflow_tracking.experiment_id(client, home, f"{plan.cluster_version}-proof")
         sink = RunLog(mlflow_tracking, client, experiment, None,
@@ -163,13 +249,20 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         runs, records = [], []
         for seed in config.seeds:
             for name, weights in mixtures.items():
-                job = TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed)
+                job = TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, init)
                 record = train_or_reuse(plan, job, proof_markers_dir(home), sink)
                 runs.append(ProofRun(name, seed, record["metrics"], record["seconds"]))
                 records.append(record)
         table = proof_table(runs)
         runs_frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
-        report = proof_markdown(table, search.target_kind, config.seeds, settings)
+        paired = paired_comparison(runs_frame)
+        report = proof_markdown(table, paired, search.target_kind, config, settings)
+        summary_run = mlflow_tracking.open_run(client, experiment, "proof-summary", sink.tags)
+        log_run(client, summary_run, metrics={
+            f"{stat}_{row['baseline']}": row[column] for row in paired.iter_rows(named=True)
+            for stat, column in (("delta", "mean_delta"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))
+        })  # fmt: skip
+        client.set_terminated(summary_run)
         with atomic_path(home.climbmix / "proof.md") as tmp:
             tmp.write_text(report)
         with atomic_path(home.climbmix / "proof_runs.parquet") as tmp:
@@ -178,6 +271,8 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "table": markdown_table(table),
+                "paired_differences": markdown_table(paired),
+                "beats": [row["baseline"] for row in paired.iter_rows(named=True) if row["verdict"] == "beats"],
                 "report": dg.MetadataValue.md(report),
                 "proof_plot": _proof_plot(runs_frame, table, metric),
                 "search_plot": _search_plot(plan, iterations),
@@ -189,35 +284,40 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(fingerprint({"runs": sorted(r["fingerprint"] for r in records)})),
         )
 
-    return [climbmix, climbmix_proof]
+    return [random_search_baseline, climbmix, climbmix_proof]
 
 
 class ProofConfig(dg.Config):
-    """Evaluation models: the proxy code, somewhat larger, from scratch, same token budget for every mixture."""
+    """Evaluation runs: every mixture trained at the same token budget with the same seeds (paired: same data order
+    and initialisation). ``base`` continues from the search's base checkpoint, like the proxies, which gives an
+    evaluation model at least as good as a proxy with far less seed noise than ``scratch``."""
 
-    seeds: list[int] = [0, 1, 2]
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    token_budget: int = 150_000
+    seeds: list[int] = [0, 1, 2, 3, 4]
+    start: Literal["base", "scratch"] = "base"
+    n_layer: int = 0  # 0: the proxies' shape (the only shape that can start from the base)
+    n_head: int = 0
+    n_embd: int = 0
+    token_budget: int = 100_000
 
 
 def proof_settings(search: SearchSettings, config: ProofConfig) -> ProxySettings:
-    return ProxySettings(
-        **{**asdict(search.proxy_settings()), "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-           "token_budget": config.token_budget}  # fmt: skip
-    )
+    proxy = search.proxy_settings()
+    shape = {k: getattr(config, k) or getattr(proxy, k) for k in ("n_layer", "n_head", "n_embd")}
+    if config.start == "base" and search.base_token_budget > 0 and any(shape[k] != getattr(proxy, k) for k in shape):
+        raise dg.Failure(f"proof runs start from the base checkpoint, so their shape must be the proxies' "
+                         f"({[getattr(proxy, k) for k in shape]}); got {list(shape.values())}: set start: scratch")  # fmt: skip
+    return ProxySettings(**{**asdict(proxy), **shape, "token_budget": config.token_budget})
 
 
 def proof_mixtures(plan: SearchPlan, corpus, manifest: dict) -> dict[str, np.ndarray]:
-    """ClimbMix against the natural mixture, the uniform mixture, and the best random (iteration-1) candidate."""
-    first = read_results(plan, 1).sort("objective", descending=True)
-    best_random = first.select(weight_columns(corpus.groups)).row(0)
+    """ClimbMix against natural, uniform, the best of N random proxies and RegMix's one-shot pick (same N)."""
+    baselines = json.loads(baseline_path(plan).read_text())
     return {
         "climbmix": np.array([manifest["weights"][str(g)]["weight"] for g in corpus.groups]),
         "natural": corpus.natural_weights(),
         "uniform": np.full(len(corpus.groups), 1.0 / len(corpus.groups)),
-        "best_random_candidate": np.asarray(best_random, dtype=np.float64),
+        "best_random_proxy": np.asarray(baselines["best_random"], dtype=np.float64),
+        "regmix": np.asarray(baselines["regmix"], dtype=np.float64),
     }
 
 
@@ -254,14 +354,17 @@ def _search_plot(plan: SearchPlan, iterations: int):
     return figure_markdown(figure)
 
 
-def proof_markdown(table: pl.DataFrame, target: str, seeds: list[int], settings: ProxySettings) -> str:
+def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofConfig,
+                   settings: ProxySettings) -> str:  # fmt: skip
     metric_columns = [c for c in table.columns if c.endswith("_mean")]
+    start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"
     lines = [
         "# ClimbMix proof",
         "",
         f"Target: `{target}` (objective: higher is better; for bpb the objective is -bits per byte). "
-        f"Seeds: {seeds}. Evaluation model: {settings.model_preset} preset, n_layer={settings.n_layer}, "
-        f"n_embd={settings.n_embd}, {settings.token_budget:,} training tokens per run, trained from scratch.",
+        f"Seeds: {config.seeds}, paired (same data order and initialisation for every mixture). Evaluation model: "
+        f"{settings.model_preset} preset, n_layer={settings.n_layer}, n_embd={settings.n_embd}, "
+        f"{settings.token_budget:,} training tokens per run, {start}.",
         "",
         "| mixture | seeds | " + " | ".join(c.removesuffix("_mean") + " (mean ± sd)" for c in metric_columns) + " |",
         "|---|---|" + "---|" * len(metric_columns),
@@ -269,16 +372,16 @@ def proof_markdown(table: pl.DataFrame, target: str, seeds: list[int], settings:
     for row in table.iter_rows(named=True):
         cells = [f"{row[c]:.4f} ± {row[c.removesuffix('_mean') + '_std']:.4f}" for c in metric_columns]
         lines.append(f"| {row['mixture']} | {row['seeds']} | " + " | ".join(cells) + " |")
-    climb = table.filter(pl.col("mixture") == "climbmix").row(0, named=True)
-    lines.append("")
-    for row in table.filter(pl.col("mixture") != "climbmix").iter_rows(named=True):
-        delta = climb["objective_mean"] - row["objective_mean"]
-        spread = max(climb["objective_std"], row["objective_std"])
-        verdict = "beats" if delta > 0 else "does not beat"
+    lines += [
+        "",
+        "Paired differences, ClimbMix minus baseline, in objective (positive: ClimbMix is better), 95% t-interval:",
+        "",
+        "| baseline | seeds | mean difference | sd | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in paired.iter_rows(named=True):
         lines.append(
-            f"- ClimbMix {verdict} **{row['mixture']}** by {delta:+.4f} objective "
-            f"({'more' if abs(delta) > spread else 'less'} than the larger seed spread, {spread:.4f})."
+            f"| {row['baseline']} | {row['seeds']} | {row['mean_delta']:+.4f} | {row['sd_delta']:.4f} | "
+            f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] | {row['verdict']} |"
         )
     return "\n".join(lines) + "\n"
-
-

@@ -256,8 +256,13 @@ class SearchPlan:
             "base": self.base_key, "target": self.target_ingredients, "settings": self.search.result_settings(),
         })  # fmt: skip
 
+    @property
+    def state_dir(self) -> Path:
+        """This search's own state: its iterations and its baselines."""
+        return search_dir(self.home) / "searches" / self.search_key
+
     def iteration_dir(self, iteration: int) -> Path:
-        return search_dir(self.home) / "searches" / self.search_key / f"iteration_{iteration}"
+        return self.state_dir / f"iteration_{iteration}"
 
     def predictor_path(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "predictor"
