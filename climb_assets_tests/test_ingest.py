@@ -62,6 +62,9 @@ def test_sensor_registers_new_files_and_ignores_seen_ones(home, climb_resource, 
 
     first = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
     assert sorted(r.partition_key for r in first.run_requests) == ["a.jsonl", "b.jsonl.gz"]
+    # a file that is not a shard is refused visibly, with its reason
+    (refused,) = [e for e in first.asset_events if "rejected_files" in e.metadata]
+    assert refused.metadata["newly_rejected"].value == ["notes.txt"]
     assert sorted(first.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", "b.jsonl.gz"]
     instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl", "b.jsonl.gz"])
 

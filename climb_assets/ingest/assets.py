@@ -16,7 +16,8 @@ from climb_assets.ingest.shards import (
     load_seen,
 )
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import lake_file, safe_name, write_parquet_atomic
+from climb_assets.ingest.landing import landed_path
+from climb_assets.storage import lake_file, write_parquet_atomic
 from climb_assets.tags import LAKE_WRITER_POOL
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="raw_shards")
@@ -46,10 +47,6 @@ def shard_duplicates_path(home: ClimbHome, shard: str) -> Path:
     return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
 
 
-def landed_file(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.landing, shard, "")
-
-
 def earlier_shards(registered: list[str], shard: str) -> list[str]:
     """Shards registered before ``shard``: the ones it is de-duplicated against.
 
@@ -61,7 +58,7 @@ def earlier_shards(registered: list[str], shard: str) -> list[str]:
 
 def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]):
     """Ingest one landed file; quarantine and duplicates are written first, the documents file last."""
-    source = landed_file(home, safe_name(shard))
+    source = landed_path(home, shard)
     if not source.exists():
         raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
     seen_paths = [p for p in (shard_documents_path(home, s) for s in earlier) if p.exists()]
@@ -76,7 +73,7 @@ def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlie
 def conservation(home: ClimbHome, shard: str, settings: IngestSettings) -> dict[str, int]:
     """Rows in the landed file vs. rows in the three lake outputs, counted independently of ingestion."""
     counts = {
-        "rows_read": count_shard_rows(landed_file(home, shard), settings),
+        "rows_read": count_shard_rows(landed_path(home, shard), settings),
         "accepted": pl.scan_parquet(shard_documents_path(home, shard)).select(pl.len()).collect().item(),
         "quarantined": pl.scan_parquet(shard_quarantine_path(home, shard)).select(pl.len()).collect().item(),
         "duplicates": pl.scan_parquet(shard_duplicates_path(home, shard)).select(pl.len()).collect().item(),
@@ -107,10 +104,11 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
             "quarantined": len(result.quarantine),
             "duplicates": len(result.duplicates),
             "quarantine_reasons": dg.MetadataValue.json(result.reasons),
-            "bytes_in": landed_file(home, shard).stat().st_size,
+            "bytes_in": landed_path(home, shard).stat().st_size,
             "text_bytes": int(docs["text"].str.len_bytes().sum() or 0),
             "tokens": int(docs["n_tokens"].sum() or 0),
             "file_sha256": result.file_sha256,
+            "landed_file": landed_path(home, shard).name,
             "path": dg.MetadataValue.path(str(shard_documents_path(home, shard))),
             "preview": markdown_table(
                 docs.head(5).select("doc_id", pl.col("text").str.slice(0, 120), "n_tokens", "source_kind")

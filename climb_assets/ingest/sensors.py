@@ -1,54 +1,16 @@
-"""The landing sensor: new crawl files become ``raw_shards`` partitions and get their runs requested."""
-
+"""The landing sensor: new crawl files become ``raw_shards`` partitions and get their runs requested; files that
+cannot be ingested are refused visibly (lake table + asset observation), never skipped in silence."""
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 
 from climb_assets.ingest.assets import shard_partitions
-from climb_assets.ingest.shards import file_sha256, is_shard_file
+from climb_assets.ingest.landing import LandedFile, record_rejections, register, rejected_path, scan_landing
+from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import safe_name
 
-
-@dataclass
-class LandingScan:
-    new: list[str] = field(default_factory=list)
-    changed: list[tuple[str, str, str]] = field(default_factory=list)  # (name, old sha256, new sha256)
-    unsafe: list[str] = field(default_factory=list)
-    files: dict[str, dict] = field(default_factory=dict)
-
-
-def scan_landing(landing: Path, known: dict[str, dict]) -> LandingScan:
-    """Compare the landing directory with what the cursor has seen.
-
-    Size and mtime are the fast path; the content hash decides, so a touched-but-identical file is not "changed"
-    and a rewritten file under an old name is reported instead of silently ignored.
-    """
-    scan = LandingScan(files=dict(known))
-    if not landing.exists():
-        return scan
-    for path in sorted(landing.iterdir()):
-        if not is_shard_file(path):
-            continue
-        try:
-            safe_name(path.name)
-        except ValueError:
-            scan.unsafe.append(path.name)
-            continue
-        stat = path.stat()
-        seen = known.get(path.name)
-        if seen and seen["size"] == stat.st_size and seen["mtime_ns"] == stat.st_mtime_ns:
-            continue
-        digest = file_sha256(path)
-        scan.files[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-        if seen is None:
-            scan.new.append(path.name)
-        elif seen["sha256"] != digest:
-            scan.changed.append((path.name, seen["sha256"], digest))
-    return scan
+RAW_SHARDS = dg.AssetKey("raw_shards")
 
 
 def build_landing_sensor(job) -> dg.SensorDefinition:
@@ -57,34 +19,51 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Registers each new file in CLIMB_HOME/landing as a raw_shards partition and ingests it.",
+        description="Registers each new file in CLIMB_HOME/landing as a raw_shards partition and ingests it; "
+        "refused files go to lake/landing_rejected with their reason.",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, climb: ClimbHomeResource) -> dg.SensorResult:
         home = climb.home()
-        known = json.loads(context.cursor) if context.cursor else {}
-        scan = scan_landing(home.landing, known)
-        # A lost cursor must not re-ingest the whole landing directory: registered shards are not new.
-        registered = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-        to_ingest = [name for name in scan.new if name not in registered]
-        for name in scan.unsafe:
-            context.log.warning(f"Ignoring {name!r}: not a safe shard name (letters, digits, . _ - only)")
-        events = []
-        for name, old, new in scan.changed:
-            context.log.warning(f"{name} changed after ingestion (sha256 {old[:12]} -> {new[:12]}); not re-ingested")
-            events.append(
-                dg.AssetObservation(
-                    asset_key=dg.AssetKey("raw_shards"),
-                    partition=name,
-                    metadata={"changed_after_ingestion": True, "old_sha256": old, "new_sha256": new},
-                )
-            )
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+        scan = scan_landing(home, cursor, known)
+        for landed in scan.new:
+            register(home, landed)
+        events = [_changed_event(context, landed, size, mtime) for landed, size, mtime in scan.changed]
+        if scan.rejected:
+            table = record_rejections(home, scan.rejected)
+            for rejection in scan.rejected:
+                context.log.warning(f"Refused {rejection.name!r}: {rejection.reason}")
+            events.append(dg.AssetObservation(asset_key=RAW_SHARDS, metadata={
+                "rejected_files": markdown_table(table.tail(50)),
+                "rejected_total": table.height,
+                "newly_rejected": [r.name for r in scan.rejected],
+                "rejected_table": dg.MetadataValue.path(str(rejected_path(home))),
+            }))  # fmt: skip
+        keys = [landed.key for landed in scan.new]
         return dg.SensorResult(
             run_requests=[
-                dg.RunRequest(partition_key=name, run_key=f"{name}:{scan.files[name]['sha256']}") for name in to_ingest
+                dg.RunRequest(
+                    partition_key=landed.key,
+                    run_key=f"{landed.key}:{landed.size}:{landed.mtime_ns}",
+                    tags={"climb/landed_file": landed.name[:200]},
+                )
+                for landed in scan.new
             ],
-            dynamic_partitions_requests=[shard_partitions.build_add_request(to_ingest)] if to_ingest else [],
+            dynamic_partitions_requests=[shard_partitions.build_add_request(keys)] if keys else [],
             asset_events=events,
-            cursor=json.dumps(scan.files, sort_keys=True),
+            cursor=json.dumps(scan.cursor, sort_keys=True),
         )
 
     return landing_sensor
+
+
+def _changed_event(context, landed: LandedFile, size: int, mtime_ns: int) -> dg.AssetObservation:
+    """A file rewritten under a name that was already ingested: reported, never silently re-ingested."""
+    context.log.warning(f"{landed.name!r} changed after ingestion (size {landed.size} -> {size}); not re-ingested")
+    return dg.AssetObservation(
+        asset_key=RAW_SHARDS,
+        partition=landed.key,
+        metadata={"changed_after_ingestion": True, "landed_file": landed.name, "registered_size": landed.size,
+                  "size_now": size, "registered_mtime_ns": landed.mtime_ns, "mtime_ns_now": mtime_ns},
+    )  # fmt: skip

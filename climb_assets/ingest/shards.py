@@ -59,8 +59,9 @@ class ShardResult:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def is_shard_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.endswith(SHARD_SUFFIXES)
+def shard_suffix(name: str) -> str | None:
+    """The shard format a file name says it has (case-insensitive: crawlers write ``.JSONL`` too)."""
+    return next((s for s in SHARD_SUFFIXES if name.lower().endswith(s)), None)
 
 
 def file_sha256(path: Path) -> str:
@@ -88,7 +89,7 @@ def _truncate(value: str, limit: int) -> str:
 
 def _read_jsonl_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    if not path.name.endswith(".gz"):
+    if shard_suffix(path.name) != ".jsonl.gz":
         return data
     try:
         return gzip.decompress(data)
@@ -138,16 +139,17 @@ def _iter_parquet(path: Path, settings: IngestSettings) -> Iterator[RawRow]:
 
 
 def read_shard_rows(path: Path, settings: IngestSettings) -> Iterator[RawRow]:
-    if path.name.endswith(".parquet"):
+    suffix = shard_suffix(path.name)
+    if suffix == ".parquet":
         return _iter_parquet(path, settings)
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
+    if suffix in (".jsonl", ".jsonl.gz"):
         return _iter_jsonl(path)
     raise UnreadableShardError(f"{path.name}: unsupported file type (expected one of {', '.join(SHARD_SUFFIXES)})")
 
 
 def count_shard_rows(path: Path, settings: IngestSettings) -> int:
     """Rows in a landed file, counted independently of validation (for the conservation check)."""
-    if path.name.endswith(".parquet"):
+    if shard_suffix(path.name) == ".parquet":
         return pq.ParquetFile(path).metadata.num_rows
     data = _read_jsonl_bytes(path)
     return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
