@@ -101,3 +101,15 @@ def test_best_predicted_mixture_maximises_the_predictor() -> None:
     weights, score = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000)
     assert score == pytest.approx(weights[1])
     assert score >= objective.predict(sample_dirichlet_candidates(PRIOR, 500, 1)).max() - 0.05
+
+
+def test_best_predicted_mixture_stays_within_the_trained_weights() -> None:
+    objective = LinearObjective(np.eye(len(PRIOR))[1])  # more of group 1 always predicts better
+    bounds = np.full(len(PRIOR), 0.3)
+    weights, score = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000, upper_bounds=bounds)
+    assert weights.max() <= 0.3 + 1e-9
+    assert 0.2 < weights[1] <= 0.3  # as far as the bound allows, not past it
+    unbounded, _ = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000)
+    assert unbounded[1] > 0.3
+    with pytest.raises(ValueError, match="bounds"):
+        best_predicted_mixture(objective, PRIOR, 0, pool_size=200, upper_bounds=np.full(len(PRIOR), 0.01))

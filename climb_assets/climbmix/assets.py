@@ -70,9 +70,10 @@ def choose_climbmix(config: "ClimbMixConfig", plan: SearchPlan, iterations: int)
     """The final mixture and the fingerprint of everything that made it (final predictor, config, corpus)."""
     _, corpus = search_inputs(plan)
     predictor = Predictor.load(plan.predictor_path(iterations))
+    trained = read_results(plan, iterations).select(weight_columns(corpus.groups)).to_numpy()
     weights, predicted = best_predicted_mixture(
         predictor, token_prior(corpus.tokens_per_group()), config.seed,
-        pool_size=config.pool_size, top_k=config.top_k_average,
+        pool_size=config.pool_size, top_k=config.top_k_average, upper_bounds=trained.max(axis=0),
     )  # fmt: skip
     key = fingerprint({
         "algorithm": ALGORITHM_VERSIONS["climbmix"], "search_key": plan.search_key, "config": config.model_dump(),
@@ -119,8 +120,9 @@ def run_random_search(
                                          params=search.predictor_params(), feature_names=columns,
                                          kinds=search.predictor_kinds())  # fmt: skip
     regmix, regmix_predicted = best_predicted_mixture(
-        predictor, prior, config.seed, pool_size=config.pool_size, top_k=config.top_k_average
-    )
+        predictor, prior, config.seed, pool_size=config.pool_size, top_k=config.top_k_average,
+        upper_bounds=weights.max(axis=0),
+    )  # the same selection rule as ClimbMix's, within what its own proxies trained on
     summary = {
         "proxies": total,
         "best_random": weights[int(np.argmax(y))].tolist(),
@@ -358,12 +360,13 @@ def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, confi
                    settings: ProxySettings) -> str:  # fmt: skip
     metric_columns = [c for c in table.columns if c.endswith("_mean")]
     start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"
+    shape = settings.model_config(vocab_size=256)
     lines = [
         "# ClimbMix proof",
         "",
         f"Target: `{target}` (objective: higher is better; for bpb the objective is -bits per byte). "
         f"Seeds: {config.seeds}, paired (same data order and initialisation for every mixture). Evaluation model: "
-        f"{settings.model_preset} preset, n_layer={settings.n_layer}, n_embd={settings.n_embd}, "
+        f"{settings.model_preset} preset, n_layer={shape.n_layer}, n_embd={shape.n_embd}, "
         f"{settings.token_budget:,} training tokens per run, {start}.",
         "",
         "| mixture | seeds | " + " | ".join(c.removesuffix("_mean") + " (mean ± sd)" for c in metric_columns) + " |",

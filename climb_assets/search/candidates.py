@@ -209,11 +209,22 @@ def best_predicted_mixture(
     pool_size: int = 100_000,
     top_k: int = 1,
     maximize: bool = True,
+    upper_bounds: np.ndarray | None = None,
     **sampler_options: Any,
 ) -> tuple[np.ndarray, float]:
     """The final mixture and its prediction: the best vector of a fresh pool under the final predictor, or
-    (as RegMix does) the mean of the ``top_k`` best, which is less sensitive to the predictor's noise."""
+    (as RegMix does) the mean of the ``top_k`` best, which is less sensitive to the predictor's noise.
+
+    ``upper_bounds`` keeps the pick where the predictor has seen data: no group may weigh more than the most any
+    trained proxy gave it. A regressor fitted on tens of runs extrapolates wildly past them (a ridge on log-weights
+    happily predicts its best objective at 50% of a group no proxy ever gave 20%).
+    """
     pool, scores = _scored_pool(predictor, prior, _as_rng(rng), pool_size, None, maximize, sampler_options)
+    if upper_bounds is not None:
+        inside = (pool <= np.asarray(upper_bounds)[None, :] + 1e-12).all(axis=1)
+        if not inside.any():
+            raise ValueError("no pool candidate lies within the trained proxies' weight bounds")
+        pool, scores = pool[inside], scores[inside]
     best = np.argsort(-scores, kind="stable")[: max(1, top_k)]
     weights = pool[best].mean(axis=0)
     weights /= weights.sum()

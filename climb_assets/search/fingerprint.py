@@ -24,7 +24,7 @@ ALGORITHM_VERSIONS = {
     "proxy": "proxy-1",
     "predictor": "lightgbm-1",
     "candidates": "dirichlet-1",
-    "climbmix": "climbmix-1",
+    "climbmix": "climbmix-2",
     "proof": "proof-1",
 }
 
