@@ -7,7 +7,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from climb_assets.climbmix.assets import build_climbmix_assets  # noqa: E402
+from climb_assets.climbmix.assets import ProofSettings, build_climbmix_assets  # noqa: E402
 from climb_assets.cluster.assets import build_recluster_sensor, clusters  # noqa: E402
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
 from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
@@ -52,6 +52,7 @@ def default_resources() -> dict:
         "quality_scorer": QualityScorerResource(),
         "dbt": dbt_resource(),
         "search": SearchSettings(),
+        "proof": ProofSettings(),
         "mlflow_tracking": MlflowTracking(),
     }
 

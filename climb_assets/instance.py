@@ -6,10 +6,12 @@ import os
 
 import dagster as dg
 
+from climb_assets.devices import default_slots
 from climb_assets.home import ClimbHome
+from climb_assets.tags import GPU_POOL
 
-# One slot per pool: GPU steps never share the GPU and lake writers never race each other's de-duplication.
-# Run monitoring frees a slot held by a crashed or cancelled run (a known pool pitfall).
+# One slot per pool by default: lake writers never race each other's de-duplication. The gpu pool is capacity, sized
+# to the machine's devices by ``prepare_instance``. Run monitoring frees a slot held by a crashed or cancelled run (a known pool pitfall).
 INSTANCE_YAML = """\
 concurrency:
   pools:
@@ -25,15 +27,17 @@ nux:
 """
 
 
-def prepare_instance(home: ClimbHome) -> dg.DagsterInstance:
-    """Point DAGSTER_HOME at ``CLIMB_HOME/dagster``, write its dagster.yaml once, open the instance and release
-    the runs a killed process left behind."""
+def prepare_instance(home: ClimbHome, gpu_slots: int = 0) -> dg.DagsterInstance:
+    """Point DAGSTER_HOME at ``CLIMB_HOME/dagster``, write its dagster.yaml once, open the instance, size the ``gpu``
+    pool (``gpu_slots``, or one slot per GPU, one on a CPU-only machine) and release the runs a killed process left
+    behind. Lake pools keep their single slot: they are locks, not capacity."""
     home.ensure()
     config = home.dagster / "dagster.yaml"
     if not config.exists():
         config.write_text(INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home.dagster)
     instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_slots or default_slots())
     release_dead_runs(instance)
     return instance
 

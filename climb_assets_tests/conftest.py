@@ -50,9 +50,8 @@ TINY_SEARCH = dict(
 TINY_SEARCH_RUN_CONFIG = {
     "ops": {
         "climbmix": {"config": {"token_budget": 30_000, "docs_per_shard": 50, "pool_size": 2_000}},
-        "random_search_baseline": {"config": {"pool_size": 2_000}},
-        "climbmix_proof": {"config": {"seeds": [0, 1], "token_budget": 6_000, "n_layer": 1, "n_head": 2, "n_embd": 64}},
-    }
+    },
+    "resources": {"proof": {"config": {"seeds": [0, 1], "token_budget": 6_000}}},
 }
 
 

@@ -36,7 +36,8 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
     target = tmp_path / "my_domain_heldout.jsonl"
     target.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs["news"][-10:]))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY_SEARCH_RUN_CONFIG, "resources": {"search": {"config": TINY_SEARCH}}}))
+    resources = TINY_SEARCH_RUN_CONFIG["resources"] | {"search": {"config": TINY_SEARCH}}
+    config.write_text(yaml.safe_dump({**TINY_SEARCH_RUN_CONFIG, "resources": resources}))
 
     missing = climb(home, "crawl", "--target-texts", str(tmp_path / "nope.jsonl"))
     assert missing.returncode != 0 and "no such file" in missing.stderr

@@ -85,9 +85,12 @@ def test_k8s_gpu_config_passes_the_dagster_k8s_schema_and_kubernetes_models():
 def test_exactly_the_gpu_assets_carry_the_pool_and_tags():
     graph = defs.resolve_asset_graph()
     tagged = set()
-    for key in graph.get_all_asset_keys():
-        op = graph.assets_def_for_key(key).op
-        name = key.to_user_string()
+    ops = [
+        (key.to_user_string(), op)
+        for key in graph.get_all_asset_keys()
+        for op in graph.assets_def_for_key(key).node_def.iterate_op_defs()
+    ]  # a graph-backed asset (one step per proxy) is GPU work when its training op is
+    for name, op in ops:
         if op.tags.get("climb/resource") == "gpu":
             tagged.add(name)
             assert op.pool == GPU_POOL, name
@@ -111,8 +114,9 @@ def test_k8s_job_executor_puts_gpu_steps_on_gpu_nodes_and_celery_queues_them_on_
         assert k8s_defs.resolve_job_def(job).executor_def is k8s_job_executor
 
     plan = create_execution_plan(k8s_defs.resolve_job_def("search_job"))
-    gpu_steps = {f"iteration_{k}__proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)}
-    gpu_steps |= {"proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"}
+    # one mapped step per proxy, per baseline proxy and per proof run (``[?]`` until the candidates are known)
+    gpu_steps = {f"iteration_{k}__proxy_results.iteration_{k}_proxy_train[?]" for k in range(1, SEARCH_ITERATIONS + 1)}
+    gpu_steps |= {"proxy_base_checkpoint", "random_search_baseline.random_search_train[?]", "climbmix_proof.proof_train[?]"}
     assert {s.key for s in plan.steps if s.pool == GPU_POOL} == gpu_steps
     for step in plan.steps:
         pod = k8s_job_for(step.tags).spec.template.spec

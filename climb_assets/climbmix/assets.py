@@ -17,26 +17,23 @@ from climb_assets.climbmix.baselines import paired_comparison, random_search_wei
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix  # noqa: E402
 from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
-from climb_assets.search.assets import (  # noqa: E402
-    RunLog,
+from climb_assets.search.assets import final_predictor_key  # noqa: E402
+from climb_assets.search.candidates import best_predicted_mixture, token_prior  # noqa: E402
+from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, content_hash, fingerprint  # noqa: E402
+from climb_assets.search.plan import (  # noqa: E402
     SearchPlan,
     SearchSettings,
-    TrainingRun,
-    final_predictor_key,
     proof_markers_dir,
     proxy_markers_dir,
     read_results,
     search_inputs,
-    train_or_reuse,
     weight_columns,
 )
-from climb_assets.search.candidates import best_predicted_mixture, token_prior  # noqa: E402
-from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, content_hash, fingerprint  # noqa: E402
 from climb_assets.search.predictor import Predictor, select_predictor  # noqa: E402
 from climb_assets.search.proxy_runs import ProxySettings  # noqa: E402
+from climb_assets.search.runs import RunLog, TrainingRun, dynamic_runs, training_step  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking, log_run  # noqa: E402
 from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic  # noqa: E402
-from climb_assets.tags import GPU_POOL, GPU_TAGS  # noqa: E402
 
 
 class ClimbMixConfig(dg.Config):
@@ -87,30 +84,35 @@ def baseline_path(plan: SearchPlan) -> Path:
     return plan.state_dir / "random_search" / "baselines.json"
 
 
-def run_random_search(
-    context: dg.AssetExecutionContext, plan: SearchPlan, tracking: MlflowTracking, config: ClimbMixConfig, iterations: int
-) -> tuple[pl.DataFrame, dict]:
-    """N random proxies (N = every proxy the search trains), the best of them, and RegMix's one-shot pick from a
-    predictor fitted on them; iteration 1's proxies are the first n1 and are reused by fingerprint."""
+def random_search_runs(plan: SearchPlan, iterations: int) -> list[TrainingRun]:
+    """N random proxies, N = every proxy the search trains; iteration 1's seed and settings, so its n1 proxies are
+    the first n1 here and are reused by fingerprint."""
     search = plan.search
     _, corpus = search_inputs(plan)
-    prior = token_prior(corpus.tokens_per_group())
     columns = weight_columns(corpus.groups)
     first = pl.read_parquet(plan.iteration_dir(1) / "candidates.parquet").select(columns).to_numpy()
     total = sum(search.proxies(k) for k in range(1, iterations + 1))
-    weights = random_search_weights(first, prior, total, search.seed)
+    weights = random_search_weights(first, token_prior(corpus.tokens_per_group()), total, search.seed)
+    seed = search.seed * 1000 + 1
+    return [TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed, plan.base_path)
+            for j, w in enumerate(weights)]  # fmt: skip
+
+
+def random_search_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
     client = tracking.client(plan.home)
     experiment = tracking.experiment_id(client, plan.home, plan.cluster_version)
     tags = plan.mlflow_tags() | {"climb.stage": "random_search_baseline"}
     parent = tracking.open_run(client, experiment, "random-search-baseline", tags, reuse=True)
-    sink = RunLog(tracking, client, experiment, parent, tags | {"dagster.run_id": context.run_id}, context.log)
-    # the iteration-1 seed and settings: the first n1 runs are exactly iteration 1's proxies
-    seed = search.seed * 1000 + 1
-    records = [
-        train_or_reuse(plan, TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed,
-                                         plan.base_path), proxy_markers_dir(plan.home), sink)
-        for j, w in enumerate(weights)
-    ]  # fmt: skip
+    return RunLog(tracking, client, experiment, parent, tags | {"dagster.run_id": context.run_id}, context.log)
+
+
+def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records: list[dict], context) -> tuple[pl.DataFrame, dict]:
+    """The best of the N random proxies, and RegMix's one-shot pick: one predictor fitted on them, its best mixture
+    under the same selection rule as ClimbMix (search pool, within the weights its proxies trained on)."""
+    search = plan.search
+    _, corpus = search_inputs(plan)
+    columns = weight_columns(corpus.groups)
+    weights = np.array([[r["weights"][f"w_{int(g):02d}"] for g in corpus.groups] for r in records])
     y = np.array([r["metrics"]["objective"] for r in records])
     results = pl.DataFrame(weights, schema=columns, orient="row").with_columns(
         objective=pl.Series(y), fingerprint=pl.Series([r["fingerprint"] for r in records]),
@@ -120,11 +122,11 @@ def run_random_search(
                                          params=search.predictor_params(), feature_names=columns,
                                          kinds=search.predictor_kinds())  # fmt: skip
     regmix, regmix_predicted = best_predicted_mixture(
-        predictor, prior, config.seed, pool_size=config.pool_size, top_k=config.top_k_average,
+        predictor, token_prior(corpus.tokens_per_group()), search.seed, pool_size=search.pool_size,
         upper_bounds=weights.max(axis=0),
-    )  # the same selection rule as ClimbMix's, within what its own proxies trained on
+    )  # fmt: skip
     summary = {
-        "proxies": total,
+        "proxies": len(records),
         "best_random": weights[int(np.argmax(y))].tolist(),
         "best_random_objective": float(y.max()),
         "regmix": regmix.tolist(),
@@ -133,28 +135,55 @@ def run_random_search(
         "regmix_spearman_by_kind": predictor.extra["spearman_by_kind"],
         "groups": corpus.groups,
     }
-    log_run(client, parent, metrics={"best_random_objective": float(y.max()), "runs": total,
-                                     **{f"predictor_spearman_{k}": cv.spearman for k, cv in scores.items()}})  # fmt: skip
-    client.set_terminated(parent)
+    sink = random_search_run_log(plan, tracking, context)
+    log_run(sink.client, sink.parent, metrics={"best_random_objective": float(y.max()), "runs": len(records),
+                                               **{f"predictor_spearman_{k}": cv.spearman for k, cv in scores.items()}})  # fmt: skip
+    sink.client.set_terminated(sink.parent)
     write_parquet_atomic(results, baseline_path(plan).with_name("results.parquet"))
     write_json_atomic(summary, baseline_path(plan))
     return results, summary
 
 
-def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
-    """``random_search_baseline``, ``climbmix`` and ``climbmix_proof`` downstream of the search."""
+def proof_runs_of(plan: SearchPlan, proof: "ProofSettings") -> list[TrainingRun]:
+    """Every mixture × seed, paired: the same seeds (data order, initialisation) for every mixture."""
+    _, corpus = search_inputs(plan)
+    manifest = json.loads((plan.home.climbmix / "manifest.json").read_text())
+    settings = proof.proxy_settings(plan.search)
+    init = plan.base_path if proof.start == "base" else None
+    return [
+        TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, init)
+        for seed in proof.seeds
+        for name, weights in proof_mixtures(plan, corpus, manifest).items()
+    ]
 
-    @dg.asset(deps=[dg.AssetKey(["iteration_1", "proxy_results"])], group_name="climbmix", pool=GPU_POOL,
-              op_tags=GPU_TAGS, kinds={"pytorch", "mlflow"}, code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
-    def random_search_baseline(
-        context: dg.AssetExecutionContext, config: ClimbMixConfig, climb: ClimbHomeResource, search: SearchSettings,
-        mlflow_tracking: MlflowTracking,
-    ) -> dg.MaterializeResult:  # fmt: skip
-        """The same proxy budget spent without iterating: the best of N random mixtures, and RegMix's one-shot
-        predictor pick from them (the baselines the proof compares ClimbMix with)."""
+
+def proof_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
+    client = tracking.client(plan.home)
+    experiment = tracking.experiment_id(client, plan.home, f"{plan.cluster_version}-proof")
+    tags = plan.mlflow_tags() | {"dagster.run_id": context.run_id, "climb.stage": "proof"}
+    return RunLog(tracking, client, experiment, None, tags, context.log)
+
+
+def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
+    """``random_search_baseline``, ``climbmix`` and ``climbmix_proof`` downstream of the search; every baseline and
+    proof run is its own GPU step."""
+
+    @dg.op(name="random_search_runs", ins={"first_iteration": dg.In(dg.Nothing)}, out=dg.DynamicOut(TrainingRun))
+    def list_random(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+                    mlflow_tracking: MlflowTracking):  # fmt: skip
         plan = SearchPlan(climb.home(), search)
-        results, summary = run_random_search(context, plan, mlflow_tracking, config, iterations)
-        return dg.MaterializeResult(
+        random_search_run_log(plan, mlflow_tracking, context)  # the parent run, once
+        yield from dynamic_runs(random_search_runs(plan, iterations))
+
+    train_random = training_step("random_search", lambda plan: proxy_markers_dir(plan.home), random_search_run_log)
+
+    @dg.op(name="random_search_collect")
+    def collect_random(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+                       mlflow_tracking: MlflowTracking, records: list[dict]) -> dg.Output:  # fmt: skip
+        plan = SearchPlan(climb.home(), search)
+        results, summary = summarize_random_search(plan, mlflow_tracking, records, context)
+        return dg.Output(
+            None,
             metadata={
                 "proxies": summary["proxies"],
                 "trained": int((~results["reused"]).sum()),
@@ -165,8 +194,17 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
                 "path": dg.MetadataValue.path(str(baseline_path(plan))),
             },
             data_version=dg.DataVersion(fingerprint({"runs": sorted(results["fingerprint"].to_list()),
-                                                     "config": config.model_dump()})),  # fmt: skip
+                                                     "summary": summary})),  # fmt: skip
         )
+
+    @dg.graph_asset(
+        group_name="climbmix", kinds={"pytorch", "mlflow"},
+        ins={"first_iteration": dg.AssetIn(key=dg.AssetKey(["iteration_1", "proxy_results"]), dagster_type=dg.Nothing)},
+    )  # fmt: skip
+    def random_search_baseline(first_iteration):
+        """The same proxy budget spent without iterating: the best of N random mixtures, and RegMix's one-shot
+        predictor pick from them (the baselines the proof compares ClimbMix with); one GPU step per proxy."""
+        return collect_random(list_random(first_iteration=first_iteration).map(train_random).collect())
 
     @dg.asset(deps=[final_predictor_key(iterations)], group_name="climbmix", kinds={"parquet"},
               code_version=ALGORITHM_VERSIONS["climbmix"])  # fmt: skip
@@ -229,48 +267,37 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(key),
         )
 
-    @dg.asset(deps=[climbmix, random_search_baseline], group_name="climbmix", pool=GPU_POOL, op_tags=GPU_TAGS,
-              kinds={"pytorch", "mlflow"}, code_version=ALGORITHM_VERSIONS["proof"])  # fmt: skip
-    def climbmix_proof(
-        context: dg.AssetExecutionContext, config: ProofConfig, climb: ClimbHomeResource, search: SearchSettings,
-        mlflow_tracking: MlflowTracking,
-    ) -> dg.MaterializeResult:  # fmt: skip
-        """Equal-budget training on ClimbMix vs natural, uniform, the best random proxy and RegMix's pick, paired by
-        seed; every run is fingerprinted, so a re-run with the same mixtures and settings trains nothing."""
+    @dg.op(name="proof_runs", ins={"climbmix": dg.In(dg.Nothing), "baselines": dg.In(dg.Nothing)},
+           out=dg.DynamicOut(TrainingRun))  # fmt: skip
+    def list_proof(climb: ClimbHomeResource, search: SearchSettings, proof: ProofSettings):
+        yield from dynamic_runs(proof_runs_of(SearchPlan(climb.home(), search), proof))
+
+    train_proof = training_step("proof", lambda plan: proof_markers_dir(plan.home), proof_run_log)
+
+    @dg.op(name="proof_collect")
+    def collect_proof(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+                      proof: ProofSettings, mlflow_tracking: MlflowTracking, records: list[dict]) -> dg.Output:  # fmt: skip
         plan = SearchPlan(climb.home(), search)
         home = plan.home
-        _, corpus = search_inputs(plan)
-        manifest = json.loads((home.climbmix / "manifest.json").read_text())
-        mixtures = proof_mixtures(plan, corpus, manifest)
-        settings = proof_settings(search, config)
-        init = plan.base_path if config.start == "base" else None
-        client = mlflow_tracking.client(home)
-        experiment = mlflow_tracking.experiment_id(client, home, f"{plan.cluster_version}-proof")
-        sink = RunLog(mlflow_tracking, client, experiment, None,
-                      plan.mlflow_tags() | {"dagster.run_id": context.run_id, "climb.stage": "proof"}, context.log)  # fmt: skip
-        runs, records = [], []
-        for seed in config.seeds:
-            for name, weights in mixtures.items():
-                job = TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, init)
-                record = train_or_reuse(plan, job, proof_markers_dir(home), sink)
-                runs.append(ProofRun(name, seed, record["metrics"], record["seconds"]))
-                records.append(record)
+        runs = [ProofRun(r["name"].rsplit("-seed", 1)[0], r["seed"], r["metrics"], r["seconds"]) for r in records]
         table = proof_table(runs)
         runs_frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
         paired = paired_comparison(runs_frame)
-        report = proof_markdown(table, paired, search.target_kind, config, settings)
-        summary_run = mlflow_tracking.open_run(client, experiment, "proof-summary", sink.tags)
-        log_run(client, summary_run, metrics={
+        report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search))
+        sink = proof_run_log(plan, mlflow_tracking, context)
+        summary_run = mlflow_tracking.open_run(sink.client, sink.experiment, "proof-summary", sink.tags)
+        log_run(sink.client, summary_run, metrics={
             f"{stat}_{row['baseline']}": row[column] for row in paired.iter_rows(named=True)
             for stat, column in (("delta", "mean_delta"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))
         })  # fmt: skip
-        client.set_terminated(summary_run)
+        sink.client.set_terminated(summary_run)
         with atomic_path(home.climbmix / "proof.md") as tmp:
             tmp.write_text(report)
         with atomic_path(home.climbmix / "proof_runs.parquet") as tmp:
             runs_frame.write_parquet(tmp)
         metric = "bpb" if "bpb_mean" in table.columns else "objective"
-        return dg.MaterializeResult(
+        return dg.Output(
+            None,
             metadata={
                 "table": markdown_table(table),
                 "paired_differences": markdown_table(paired),
@@ -286,10 +313,20 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(fingerprint({"runs": sorted(r["fingerprint"] for r in records)})),
         )
 
+    @dg.graph_asset(
+        group_name="climbmix", kinds={"pytorch", "mlflow"},
+        ins={"climbmix": dg.AssetIn(key=dg.AssetKey("climbmix"), dagster_type=dg.Nothing),
+             "baselines": dg.AssetIn(key=dg.AssetKey("random_search_baseline"), dagster_type=dg.Nothing)},
+    )  # fmt: skip
+    def climbmix_proof(climbmix, baselines):
+        """Equal-budget training on ClimbMix vs natural, uniform, the best random proxy and RegMix's pick, paired by
+        seed, one GPU step per mixture × seed; every run is fingerprinted, so a re-run trains only what changed."""
+        return collect_proof(list_proof(climbmix=climbmix, baselines=baselines).map(train_proof).collect())
+
     return [random_search_baseline, climbmix, climbmix_proof]
 
 
-class ProofConfig(dg.Config):
+class ProofSettings(dg.ConfigurableResource):
     """Evaluation runs: every mixture trained at the same token budget with the same seeds (paired: same data order
     and initialisation). ``base`` continues from the search's base checkpoint, like the proxies, which gives an
     evaluation model at least as good as a proxy with far less seed noise than ``scratch``."""
@@ -301,14 +338,13 @@ class ProofConfig(dg.Config):
     n_embd: int = 0
     token_budget: int = 100_000
 
-
-def proof_settings(search: SearchSettings, config: ProofConfig) -> ProxySettings:
-    proxy = search.proxy_settings()
-    shape = {k: getattr(config, k) or getattr(proxy, k) for k in ("n_layer", "n_head", "n_embd")}
-    if config.start == "base" and search.base_token_budget > 0 and any(shape[k] != getattr(proxy, k) for k in shape):
-        raise dg.Failure(f"proof runs start from the base checkpoint, so their shape must be the proxies' "
-                         f"({[getattr(proxy, k) for k in shape]}); got {list(shape.values())}: set start: scratch")  # fmt: skip
-    return ProxySettings(**{**asdict(proxy), **shape, "token_budget": config.token_budget})
+    def proxy_settings(self, search: SearchSettings) -> ProxySettings:
+        proxy = search.proxy_settings()
+        shape = {k: getattr(self, k) or getattr(proxy, k) for k in ("n_layer", "n_head", "n_embd")}
+        if self.start == "base" and search.base_token_budget > 0 and any(shape[k] != getattr(proxy, k) for k in shape):
+            raise dg.Failure(f"proof runs start from the base checkpoint, so their shape must be the proxies' "
+                             f"({[getattr(proxy, k) for k in shape]}); got {list(shape.values())}: set start: scratch")  # fmt: skip
+        return ProxySettings(**{**asdict(proxy), **shape, "token_budget": self.token_budget})
 
 
 def proof_mixtures(plan: SearchPlan, corpus, manifest: dict) -> dict[str, np.ndarray]:
@@ -356,7 +392,7 @@ def _search_plot(plan: SearchPlan, iterations: int):
     return figure_markdown(figure)
 
 
-def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofConfig,
+def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofSettings,
                    settings: ProxySettings) -> str:  # fmt: skip
     metric_columns = [c for c in table.columns if c.endswith("_mean")]
     start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"

@@ -106,6 +106,7 @@ class ProxySettings:
     schedule: str = "cosine"
     max_repeats: float = 4.0
     num_threads: int | None = None  # CPU threads for training; None = all cores (set 1 when runs share the cores)
+    device: str = "auto"  # "auto": CUDA when present; a step's device lease pins it ("cuda:1", "cpu")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         shape = {"n_layer": self.n_layer, "n_head": self.n_head, "n_embd": self.n_embd}
@@ -123,6 +124,7 @@ class ProxySettings:
             schedule=self.schedule,
             seed=seed,
             num_threads=self.num_threads,
+            device=self.device,
         )
 
     def params(self) -> dict[str, object]:

@@ -1,0 +1,138 @@
+"""Training runs (proxies, baselines, proof runs) as cached units of work, and their fan-out into one Dagster step
+per run.
+
+``train_or_reuse`` is the one place a run is trained: its record is stored under the run's fingerprint, so a
+finished run is never repeated and a changed one is never reused. ``training_fan_out`` turns a list of runs into
+one step per run (Dagster dynamic mapping): each step is in the ``gpu`` pool, holds a device lease for its lifetime,
+and can be retried alone; a collect step gathers the records.
+"""
+
+import json
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from climb_assets.devices import device_lease
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search.fingerprint import content_hash
+from climb_assets.search.plan import SearchPlan, SearchSettings, search_inputs
+from climb_assets.search.proxy_runs import ProxySettings, run_proxy
+from climb_assets.search.tracking import MlflowTracking, log_run, weight_params
+from climb_assets.search.training import load_checkpoint
+from climb_assets.storage import write_json_atomic
+from climb_assets.tags import GPU_POOL, GPU_TAGS
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One proxy or proof training run: its display name, mixture, settings, seed and starting checkpoint."""
+
+    name: str
+    groups: list[int]
+    weights: np.ndarray
+    settings: ProxySettings
+    seed: int
+    init_path: Path | None = None
+
+    def named_weights(self) -> dict[str, float]:
+        return weight_params(self.groups, self.weights)
+
+
+@dataclass
+class RunLog:
+    """Where a training run reports: the MLflow experiment, the parent run and tags, and the step's logger."""
+
+    tracking: MlflowTracking
+    client: object
+    experiment: str
+    parent: str | None
+    tags: dict[str, str]
+    log: object
+
+
+def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: RunLog) -> dict:
+    """The finished record of ``run``: read from its fingerprinted marker, or trained now (as a new MLflow run).
+
+    A run left RUNNING in MLflow by a killed attempt with the same key is marked FAILED first; the marker is written
+    last and atomically, so a killed training leaves no record and is redone, and a finished one is never repeated.
+    """
+    init_sha = content_hash(run.init_path) if run.init_path else None
+    key = plan.run_key(run.named_weights(), run.settings, run.seed, init_sha)
+    marker = marker_dir / f"{key}.json"
+    if marker.exists():
+        return json.loads(marker.read_text()) | {"name": run.name, "reused": True}  # the same work, another name
+    client = sink.client
+    stale = client.search_runs(
+        [sink.experiment], filter_string=f"tags.`climb.fingerprint` = '{key}' and attributes.status = 'RUNNING'"
+    )
+    for old in stale:
+        client.set_terminated(old.info.run_id, status="FAILED")
+    tags = sink.tags | {"climb.candidate": run.name, "climb.fingerprint": key}
+    run_id = sink.tracking.open_run(client, sink.experiment, run.name, tags, parent_run_id=sink.parent)
+    log_run(client, run_id, params={**run.named_weights(), **run.settings.params(), "seed": run.seed,
+                                    "init_sha256": init_sha or "scratch"})  # fmt: skip
+    tokenizer, corpus = search_inputs(plan)
+    init_state = load_checkpoint(run.init_path)[0].state_dict() if run.init_path else None
+    outcome, _ = run_proxy(
+        corpus, tokenizer, run.weights, run.settings, plan.search.target(plan.home), seed=run.seed, init_state=init_state
+    )
+    log_run(client, run_id, metrics=outcome.metrics, curves={"train_loss_curve": outcome.loss_curve})
+    client.set_terminated(run_id)
+    record = {
+        **asdict(outcome), "name": run.name, "fingerprint": key, "mlflow_run_id": run_id, "weights": run.named_weights(),
+        "seed": run.seed, "settings": asdict(run.settings), "init_sha256": init_sha,
+        "tokenizer_sha256": plan.tokenizer_sha, "target": plan.target_ingredients, **plan.corpus_ingredients,
+    }  # fmt: skip
+    write_json_atomic(record, marker)
+    sink.log.info(f"{run.name}: objective {outcome.metrics['objective']:.4f} in {outcome.seconds:.1f}s ({key})")
+    return record | {"reused": False}
+
+
+
+
+def gpu_slots(instance: dg.DagsterInstance) -> int:
+    """The ``gpu`` pool's limit on this instance: the number of devices steps may lease."""
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return max(1, info.slot_count or 1)
+
+
+def step_key(name: str) -> str:
+    """A dynamic mapping key from a run's display name (letters, digits and underscores only)."""
+    return re.sub(r"\W", "_", name)
+
+
+def dynamic_runs(runs: list[TrainingRun]):
+    """One dynamic output per run: the step that trains it is mapped over these."""
+    for run in runs:
+        yield dg.DynamicOutput(run, mapping_key=step_key(run.name))
+
+
+def training_step(
+    name: str,
+    marker_dir_of: Callable[[SearchPlan], Path],
+    sink_of: Callable[[SearchPlan, MlflowTracking, dg.OpExecutionContext], RunLog],
+) -> dg.OpDefinition:
+    """The op that trains or reuses one run on a leased device: in the ``gpu`` pool, tagged for GPU routing, mapped
+    over a list op's ``dynamic_runs`` so every run is its own step (retried alone, run side by side)."""
+
+    @dg.op(name=f"{name}_train", pool=GPU_POOL, tags=GPU_TAGS)
+    def train(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+              mlflow_tracking: MlflowTracking, run: TrainingRun) -> dict:  # fmt: skip
+        plan = SearchPlan(climb.home(), search)
+        with device_lease(plan.home, gpu_slots(context.instance)) as lease:
+            threads = run.settings.num_threads or lease.threads  # a user's explicit thread count wins
+            pinned = replace(run, settings=replace(run.settings, device=lease.device, num_threads=threads))
+            record = train_or_reuse(plan, pinned, marker_dir_of(plan), sink_of(plan, mlflow_tracking, context))
+        context.add_output_metadata(lease.metadata() | {
+            "run": run.name, "fingerprint": record["fingerprint"], "reused": record["reused"],
+            "objective": record["metrics"]["objective"], "host": socket.gethostname(),
+        })  # fmt: skip
+        return {k: record[k] for k in ("name", "fingerprint", "reused", "metrics", "seconds", "tokens_seen",
+                                       "mlflow_run_id", "seed", "weights")}  # fmt: skip
+
+    return train
