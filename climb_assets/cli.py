@@ -75,21 +75,35 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     return [r.partition_key for r in result.run_requests]
 
 
-def run_job(defs, instance, name: str, run_config: dict | None = None) -> None:
+def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_slots: int = 1, asset_selection=None):
+    """Run a job on the local instance. With one GPU slot, in this process; with more, every step in its own process
+    (Dagster's multiprocess executor on the code location's own definitions), up to ``gpu_slots`` GPU steps at once
+    (the instance's ``gpu`` pool limit), each on its own leased device."""
+    import dagster as dg
+
     config = QUIET | (run_config or {})
-    outcome = defs.resolve_job_def(name).execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+    if gpu_slots > 1:
+        job = dg.build_reconstructable_job("climb_assets.definitions", "resolved_job", reconstructable_args=(name,))
+        config |= {"execution": {"config": {"multiprocess": {"max_concurrent": gpu_slots + 1}}}}
+        outcome = dg.execute_job(job, instance, run_config=config, asset_selection=asset_selection)
+    else:
+        outcome = defs.resolve_job_def(name).execute_in_process(
+            instance=instance, run_config=config, raise_on_error=False, asset_selection=asset_selection
+        )
     if not outcome.success:
         failures = [e.message for e in outcome.all_events if e.is_step_failure]
         raise SystemExit(f"{name} failed: {failures}")
+    return outcome
 
 
-def open_platform():
-    """CLIMB_HOME, its Dagster instance and the code location, with the environment every step expects."""
+def open_platform(gpu_slots: int = 0):
+    """CLIMB_HOME, its Dagster instance (``gpu`` pool sized to ``gpu_slots``, default one per GPU) and the code
+    location, with the environment every step expects."""
     home = ClimbHome.from_env().ensure()
     os.environ.update(platform_env(home))
     from climb_assets.instance import prepare_instance
 
-    instance = prepare_instance(home)
+    instance = prepare_instance(home, gpu_slots)
     from climb_assets.definitions import defs  # after the environment is set: resources read it at import
 
     return home, instance, defs
@@ -176,7 +190,7 @@ def ingest(args: argparse.Namespace) -> None:
 def crawl(args: argparse.Namespace) -> None:
     """`climb demo` on the user's own landed shards: ingest new files, re-cluster, search for the named target."""
     run_config = search_config(args)
-    home, instance, defs = open_platform()
+    home, instance, defs = open_platform(args.gpu_slots)
     named = run_config.get("resources", {}).get("search", {}).get("config", {})
     if not (named.get("target_texts_path") or named.get("target_mc_path") or (home.targets / "target.jsonl").exists()):
         raise SystemExit(f"name a target: --target-texts FILE (or --target-mc FILE), or put it at {home.targets / 'target.jsonl'}")
@@ -189,7 +203,7 @@ def crawl(args: argparse.Namespace) -> None:
     with timer.step("cluster + quality + super-clusters"):
         run_job(defs, instance, "recluster_job")
     with timer.step("CLIMB search, ClimbMix and proof"):
-        run_job(defs, instance, "search_job", run_config)
+        run_job(defs, instance, "search_job", run_config, gpu_slots=args.gpu_slots or 1)
     total = round(time.perf_counter() - started, 1)
     summary = write_summary(home, "crawl_summary.json", {
         "climb_home": str(home.root), "new_shards": shards, "search_config": run_config,
@@ -201,8 +215,8 @@ def crawl(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> None:
     """Run one job of the code location against the local instance (e.g. re-run the search after a change)."""
     run_config = search_config(args)
-    _, instance, defs = open_platform()
-    run_job(defs, instance, args.job, run_config)
+    _, instance, defs = open_platform(args.gpu_slots)
+    run_job(defs, instance, args.job, run_config, gpu_slots=args.gpu_slots or 1)
 
 
 def ui(args: argparse.Namespace) -> None:
@@ -228,6 +242,9 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-texts", help="held-out texts (jsonl or Parquet with a text field) the search targets")
     parser.add_argument("--target-mc", help="multiple-choice items (jsonl: context, choices, answer)")
     parser.add_argument("--target-kind", choices=["bpb", "mc", "blend"], help="what the search maximises")
+    parser.add_argument("--gpu-slots", type=int, default=0,
+                        help="proxies trained side by side (default: one per GPU, one on CPU); >1 runs every step "
+                             "in its own process")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

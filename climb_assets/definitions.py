@@ -82,3 +82,8 @@ def build_definitions(search_iterations: int = SEARCH_ITERATIONS, **resource_ove
 
 
 defs = build_definitions()
+
+
+def resolved_job(name: str) -> dg.JobDefinition:
+    """A job of this code location, for executors that rebuild it in every step's process."""
+    return defs.resolve_job_def(name)

@@ -8,6 +8,7 @@ results and predictors live under the search's own key (cluster version + every 
 re-cluster or a settings change starts a new search instead of reading the old one's results.
 """
 
+import json
 import time
 from dataclasses import asdict
 
@@ -32,6 +33,7 @@ from climb_assets.search.plan import (  # noqa: E402
     SearchSettings,
     proxy_markers_dir,
     read_results,
+    result_settings_of,
     search_inputs,
     weight_columns,
 )
@@ -47,8 +49,8 @@ from climb_assets.search.tracking import (  # noqa: E402
     run_url,
     tag_run,
 )
-from climb_assets.search.training import load_checkpoint, save_checkpoint  # noqa: E402
-from climb_assets.storage import atomic_path, write_parquet_atomic  # noqa: E402
+from climb_assets.search.training import save_checkpoint  # noqa: E402
+from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic  # noqa: E402
 from climb_assets.tags import GPU_POOL, GPU_TAGS  # noqa: E402
 
 
@@ -98,19 +100,18 @@ def proxy_base_checkpoint(climb: ClimbHomeResource, search: SearchSettings) -> d
     if plan.base_path is None:
         return dg.MaterializeResult(metadata={"enabled": False}, data_version=dg.DataVersion("disabled"))
     path = plan.base_path
-    if not path.exists():
+    record_path = path.with_suffix(".json")  # how it was made; kept out of the checkpoint so its bytes (and hash)
+    reused = path.exists() and record_path.exists()  # depend on the weights alone
+    if not reused:
         tokenizer, corpus = search_inputs(plan)
         settings = search.base_settings()
         outcome, model = run_proxy(
             corpus, tokenizer, corpus.natural_weights(), settings, search.target(plan.home), seed=search.seed
         )
-        save_checkpoint(path, model, extra={"settings": asdict(settings), "metrics": outcome.metrics,
-                                            "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
-                                            "fingerprint": plan.base_key})  # fmt: skip
-        reused = False
-    else:
-        reused = True
-    extra = load_checkpoint(path)[1]
+        save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
+        write_json_atomic({"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
+                           "fingerprint": plan.base_key}, record_path)  # fmt: skip
+    extra = json.loads(record_path.read_text())
     return dg.MaterializeResult(
         metadata={
             "enabled": True,

@@ -1,0 +1,79 @@
+"""Proxies as parallel steps: with two ``gpu`` slots every proxy is its own process-isolated step, two train at once on
+two different leased devices (CPU stand-ins here), and the results are identical to the one-slot run."""
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from climb_assets.cli import run_job
+from climb_assets.definitions import defs
+from climb_assets.home import ClimbHome
+from climb_assets.instance import prepare_instance
+from climb_assets.search.plan import SearchPlan, SearchSettings
+from climb_assets.search.tracking import local_tracking_uri
+from climb_assets.tags import GPU_POOL
+from climb_assets_tests.conftest import TINY_SEARCH
+from climb_assets_tests.test_resume import write_search_state
+
+CANDIDATES = 4
+# one thread per proxy in both runs, so the two runs compute bit for bit the same thing
+SETTINGS = {**TINY_SEARCH, "proxies_per_iteration": [CANDIDATES], "token_budget": 12_000, "base_token_budget": 4_000,
+            "max_repeats": 20.0, "num_threads": 1}  # fmt: skip
+ITERATION_1 = [["proxy_tokenizer"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
+               ["iteration_1", "proxy_results"]]  # fmt: skip
+
+
+def run_iteration_1(home: ClimbHome, slots: int):
+    run_config = {"resources": {
+        "climb": {"config": {"root": str(home.root)}},
+        "search": {"config": SETTINGS},
+        "mlflow_tracking": {"config": {"tracking_uri": local_tracking_uri(home)}},
+    }}  # fmt: skip
+    with prepare_instance(home, slots) as instance:
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == slots
+        outcome = run_job(defs, instance, "search_job", run_config, gpu_slots=slots,
+                          asset_selection=[dg.AssetKey(k) for k in ITERATION_1])  # fmt: skip
+        steps: dict[str, dict] = {}
+        for entry in instance.all_logs(outcome.run_id):
+            event = entry.dagster_event
+            if event is None or not (entry.step_key or "").startswith("iteration_1__proxy_results.iteration_1_proxy_train["):
+                continue
+            step = steps.setdefault(entry.step_key, {})
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                step["start"] = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                step["end"] = entry.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
+                step["metadata"] = {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    results = pl.read_parquet(SearchPlan(home, SearchSettings(**SETTINGS)).iteration_dir(1) / "results.parquet")
+    return results, steps
+
+
+@pytest.fixture
+def two_homes(tmp_path, monkeypatch):
+    homes = []
+    for name in ("one-slot", "two-slots"):
+        home = ClimbHome(tmp_path / name).ensure()
+        write_search_state(home)
+        homes.append(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(homes[0].dagster))  # prepare_instance sets it; restored afterwards
+    return homes
+
+
+def test_two_slots_train_proxies_side_by_side_with_identical_results(two_homes):
+    one, two = two_homes
+    serial, serial_steps = run_iteration_1(one, 1)
+    parallel, steps = run_iteration_1(two, 2)
+
+    # every proxy is its own step, each ran on a leased device, and two devices were in use at the same time
+    assert len(steps) == len(serial_steps) == CANDIDATES
+    devices = {s["metadata"]["device"] for s in steps.values()}
+    assert devices == {"cpu-slot-0", "cpu-slot-1"}
+    assert len({s["metadata"]["pid"] for s in steps.values()}) == CANDIDATES  # one process per step
+    spans = sorted((s["start"], s["end"]) for s in steps.values())
+    assert any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:])), spans
+    assert {s["metadata"]["device"] for s in serial_steps.values()} == {"cpu-slot-0"}
+
+    # the same proxies, the same results, bit for bit
+    columns = ["candidate_id", "fingerprint", "objective", "bpb", "tokens_seen"]
+    assert parallel.select(columns).equals(serial.select(columns))
