@@ -65,9 +65,11 @@ def build_search_job(search_assets: list):
     )
 
 
-def build_definitions(search_iterations: int = SEARCH_ITERATIONS, **resource_overrides) -> dg.Definitions:
-    """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings) and may
-    unroll fewer search iterations."""
+def build_definitions(
+    search_iterations: int = SEARCH_ITERATIONS, executor: dg.ExecutorDefinition | None = None, **resource_overrides
+) -> dg.Definitions:
+    """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings), may unroll
+    fewer search iterations, and may choose the executor (a distributed one: see deploy/README.md)."""
     search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
     return dg.Definitions(
         assets=[
@@ -78,6 +80,7 @@ def build_definitions(search_iterations: int = SEARCH_ITERATIONS, **resource_ove
         jobs=[ingest_shard_job, recluster_job, build_search_job(search_assets)],
         sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
         resources=default_resources() | resource_overrides,
+        executor=executor,
     )
 
 
