@@ -36,7 +36,7 @@ from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-GPU_ASSETS = {"embeddings", "clusters", "proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"} | {
+GPU_ASSETS = {"embeddings", "proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"} | {
     f"iteration_{k}/proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)
 }
 
@@ -100,7 +100,7 @@ def test_exactly_the_gpu_assets_carry_the_pool_and_tags():
                 k: v for k, v in GPU_TAGS.items() if isinstance(v, str)
             }
         else:
-            assert op.pool != GPU_POOL and USER_DEFINED_K8S_CONFIG_KEY not in op.tags, name
+            assert op.pool != GPU_POOL and "nvidia.com/gpu" not in op.tags.get(USER_DEFINED_K8S_CONFIG_KEY, ""), name
     assert tagged == GPU_ASSETS
 
 
@@ -197,3 +197,15 @@ def test_helm_values_snippet_matches_the_instance_snippet():
     # every pod that runs climb code mounts the same CLIMB_HOME
     assert {m["mountPath"] for m in deployment["volumeMounts"] + launcher["volumeMounts"]} == {"/data/climb"}
     assert "CLIMB_HOME=/data/climb" in launcher["envVars"]
+
+
+def test_clustering_asks_kubernetes_for_memory_not_a_gpu():
+    from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL
+
+    clusters = defs.resolve_asset_graph().assets_def_for_key(dg.AssetKey("clusters")).op
+    assert clusters.pool == CLUSTER_VERSION_POOL and clusters.pool != GPU_POOL
+    assert validate_config(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA, CLUSTER_TAGS["dagster-k8s/config"]).success
+    pod = k8s_job_for(clusters.tags).spec.template.spec
+    resources = pod.containers[0].resources
+    assert resources.requests == {"cpu": "8", "memory": "64Gi"} and resources.limits == {"memory": "64Gi"}
+    assert not pod.node_selector and not pod.tolerations

@@ -27,7 +27,7 @@ from climb_assets.home import ClimbHome  # noqa: E402
 from climb_assets.metadata import figure_markdown  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.storage import atomic_path  # noqa: E402
-from climb_assets.tags import GPU_POOL, GPU_TAGS  # noqa: E402
+from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL  # noqa: E402
 
 
 class ClusterConfig(dg.Config):
@@ -131,7 +131,7 @@ def cluster_plots(result: ClusterResult, vectors_sample: np.ndarray, labels_samp
     return {"cluster_sizes": sizes, "projection": figure_markdown(figure)}
 
 
-@dg.asset(deps=[embeddings], group_name="cluster", pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"faiss"})
+@dg.asset(deps=[embeddings], group_name="cluster", pool=CLUSTER_VERSION_POOL, op_tags=CLUSTER_TAGS, kinds={"faiss"})
 def clusters(config: ClusterConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
     """Fine K-means clusters over the whole corpus (CLIMB step 2), versioned, with ids stable across re-clusterings."""
     home = climb.home()
