@@ -23,10 +23,12 @@ ITERATION_1 = [["proxy_tokenizer"], ["proxy_base_checkpoint"], ["iteration_1", "
                ["iteration_1", "proxy_results"]]  # fmt: skip
 
 
-def run_iteration_1(home: ClimbHome, slots: int):
+def run_iteration_1(home: ClimbHome, slots: int, settings: dict = SETTINGS):
+    """Iteration 1 of the search through the CLI's job runner with ``slots`` gpu slots; the results table and, per
+    proxy step, its start, end and output metadata (device, pid)."""
     run_config = {"resources": {
         "climb": {"config": {"root": str(home.root)}},
-        "search": {"config": SETTINGS},
+        "search": {"config": settings},
         "mlflow_tracking": {"config": {"tracking_uri": local_tracking_uri(home)}},
     }}  # fmt: skip
     with prepare_instance(home, slots) as instance:
@@ -45,7 +47,7 @@ def run_iteration_1(home: ClimbHome, slots: int):
                 step["end"] = entry.timestamp
             elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
                 step["metadata"] = {k: v.value for k, v in event.event_specific_data.metadata.items()}
-    results = pl.read_parquet(SearchPlan(home, SearchSettings(**SETTINGS)).iteration_dir(1) / "results.parquet")
+    results = pl.read_parquet(SearchPlan(home, SearchSettings(**settings)).iteration_dir(1) / "results.parquet")
     return results, steps
 
 
