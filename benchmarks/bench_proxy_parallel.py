@@ -70,7 +70,8 @@ def main() -> None:
     for gpus in (1, 8, 16, 32, 64):
         waves = sum(math.ceil(k / gpus) for k in PAPER_ITERATIONS)
         hours = waves * PAPER_GPU_HOURS_PER_PROXY
-        print(f"| {gpus} ({max(1, gpus // 8)} node{'s' if gpus > 8 else ''} of 8) | {waves} | {hours:,.0f} | {hours / 24:.1f} |")
+        nodes = f" ({gpus // 8} node{'s' if gpus > 8 else ''} of 8 GPUs)" if gpus >= 8 else ""
+        print(f"| {gpus}{nodes} | {waves} | {hours:,.0f} | {hours / 24:.1f} |")
 
 
 if __name__ == "__main__":
