@@ -2,7 +2,7 @@
 
     climb demo        build the demo corpus (two waves), ingest it through the landing sensor, embed, cluster,
                       score, search mixtures with proxies, write ClimbMix and the proof; print where it all is
-    climb run JOB     run one job (recluster_job, search_job) on the local instance
+    climb run JOB     run one job (cluster_fit_job, recluster_job, search_job) on the local instance
     climb ui          the Dagster UI (dagster dev) on the same CLIMB_HOME
     climb mlflow-ui   the MLflow UI on the local tracking store
 """
@@ -85,6 +85,24 @@ def run_job(defs, instance, name: str, run_config: dict | None = None) -> None:
         raise SystemExit(f"{name} failed: {failures}")
 
 
+def bring_clusters_current(defs, instance, home: ClimbHome, *, refit: bool = False) -> list[str]:
+    """What the recluster sensor requests, run in process: a fit when there are no centroids (or ``refit``), an
+    assignment run for each shard missing under the current centroids (only new shards, unless refitted), then
+    the merge (dbt_quality + super-clusters). Returns the shards assigned."""
+    from climb_assets.cluster.lake import current_version, unassigned_shards
+
+    if refit or current_version(home) is None:
+        run_job(defs, instance, "cluster_fit_job")
+    job = defs.resolve_job_def("cluster_assign_job")
+    shards = unassigned_shards(home)
+    for shard in shards:
+        outcome = job.execute_in_process(instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False)
+        if not outcome.success:
+            raise SystemExit(f"cluster_assign_job failed for shard {shard} (see the Dagster UI)")
+    run_job(defs, instance, "recluster_job")
+    return shards
+
+
 def open_platform():
     """CLIMB_HOME, its Dagster instance and the code location, with the environment every step expects."""
     home = ClimbHome.from_env().ensure()
@@ -107,14 +125,14 @@ def demo(args: argparse.Namespace) -> None:
         wave1 = build_demo_corpus(home, wave=1, scale=args.scale, seed=args.seed)
     with timer.step("ingest + embed + score wave 1 (one run per new shard)"):
         first = ingest_landed(defs, instance, home)
-    with timer.step("cluster + quality + super-clusters"):
-        run_job(defs, instance, "recluster_job")
+    with timer.step("fit centroids on a sample, assign every shard, quality + super-clusters"):
+        bring_clusters_current(defs, instance, home)
     with timer.step("demo corpus, wave 2"):
         wave2 = build_demo_corpus(home, wave=2, scale=args.scale, seed=args.seed)
     with timer.step("ingest wave 2 (only the new shards)"):
         second = ingest_landed(defs, instance, home)
-    with timer.step("re-cluster after new shards (assign-only, stable ids)"):
-        run_job(defs, instance, "recluster_job")
+    with timer.step("assign only the new shards (same centroids), quality + super-clusters"):
+        assigned = bring_clusters_current(defs, instance, home)
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
@@ -122,6 +140,7 @@ def demo(args: argparse.Namespace) -> None:
         "climb_home": str(home.root),
         "wave_1_shards": first,
         "wave_2_shards": second,
+        "wave_2_shards_assigned": assigned,
         "corpus": {"wave_1": wave1, "wave_2": wave2},
         "timings_seconds": timer.steps | {"total": total},
         "climbmix": str(home.climbmix),
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     run_demo.add_argument("--seed", type=int, default=0)
     run_demo.set_defaults(func=demo)
     run_one = commands.add_parser("run", help="run one job (ingest_shard_job needs a partition: use the UI)")
-    run_one.add_argument("job", choices=["recluster_job", "search_job"])
+    run_one.add_argument("job", choices=["cluster_fit_job", "recluster_job", "search_job"])
     run_one.add_argument("--config", help="Dagster run config (YAML), e.g. resources: {search: {config: {...}}}")
     run_one.set_defaults(func=run)
     run_ui = commands.add_parser("ui", help="start the Dagster UI on this CLIMB_HOME")
