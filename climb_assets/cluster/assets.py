@@ -111,10 +111,9 @@ def build_recluster_sensor(
         jobs=[fit_job, assign_job, merge_job],
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={"climb"},
     )
-    def recluster_sensor(context: dg.SensorEvaluationContext):
-        home = context.resources.climb.home()
+    def recluster_sensor(context: dg.SensorEvaluationContext, climb: ClimbHomeResource):
+        home = climb.home()
         if not embedded_shards(home):
             return dg.SkipReason("no embeddings yet")
         version = current_version(home)
