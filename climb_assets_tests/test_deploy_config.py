@@ -36,7 +36,7 @@ from climb_assets.search.assets import SEARCH_ITERATIONS
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-GPU_ASSETS = {"embeddings", "clusters", "proxy_base_checkpoint", "climbmix_proof"} | {
+GPU_ASSETS = {"embeddings", "cluster_centroids", "proxy_base_checkpoint", "climbmix_proof"} | {
     f"iteration_{k}/proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)
 }
 
