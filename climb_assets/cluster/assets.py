@@ -26,7 +26,7 @@ from climb_assets.cluster.lake import (  # noqa: E402
     fit_centroids,
     unassigned_shards,
 )
-from climb_assets.cluster.sample import draw_sample, npz_member_memmap  # noqa: E402
+from climb_assets.cluster.sample import draw_sample, shard_shape  # noqa: E402
 from climb_assets.embed.assets import embeddings  # noqa: E402
 from climb_assets.home import ClimbHome  # noqa: E402
 from climb_assets.ingest.assets import shard_partitions  # noqa: E402
@@ -56,7 +56,7 @@ def cluster_plots(home: ClimbHome, version: str, seed: int = 0) -> dict:
     axis.set(xlabel="sampled documents per cluster", ylabel="clusters", title="cluster sizes (fit sample)")
     sizes = figure_markdown(figure)
     paths = list(embedded_shards(home).values())
-    total = sum(len(npz_member_memmap(p)) for p in paths)
+    total = sum(shard_shape(p)[0] for p in paths)
     vectors, _ = draw_sample(paths, min(PLOT_SAMPLE, total), seed + 1)
     rows, _ = assign(vectors, centroids)
     centred = vectors - vectors.mean(axis=0)

@@ -34,7 +34,7 @@ from climb_assets.cluster.kmeans import (
     match_to_previous,
     read_cluster_version,
 )
-from climb_assets.cluster.sample import draw_sample, npz_member_memmap, sample_size
+from climb_assets.cluster.sample import draw_sample, sample_size, shard_shape
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.home import ClimbHome
 from climb_assets.storage import atomic_path, lake_file, write_parquet_atomic
@@ -114,7 +114,7 @@ def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
     models = {_embedding_model(p) for p in shards.values()}
     if len(models) > 1:
         raise ValueError(f"embeddings come from different models {sorted(models)}: re-embed every shard with one")
-    n_docs = sum(len(npz_member_memmap(p)) for p in shards.values())
+    n_docs = sum(shard_shape(p)[0] for p in shards.values())
     k = settings.k or default_k(n_docs)
     size = sample_size(n_docs, k, settings.max_points_per_centroid)
     sample, rows_read = draw_sample(list(shards.values()), size, settings.seed)

@@ -62,15 +62,27 @@ def sample_rows(counts: Sequence[int], size: int, seed: int) -> list[np.ndarray]
     return [chosen[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(counts))]
 
 
+def shard_shape(path: Path) -> tuple[int, ...]:
+    """``(rows, dims)`` of a shard's vectors, from its header alone."""
+    return npz_member_memmap(path).shape
+
+
 def draw_sample(paths: Sequence[Path], size: int, seed: int) -> tuple[np.ndarray, int]:
-    """float32 ``(size, d)`` sample across ``paths`` (in the given order) and the number of rows read."""
-    maps = [npz_member_memmap(p) for p in paths]
-    dims = {m.shape[1] for m in maps}
+    """float32 ``(size, d)`` sample across ``paths`` (in the given order) and the number of rows read.
+
+    One shard is mapped at a time and unmapped before the next, so resident memory is the sample plus the pages
+    of one shard, whatever the number of shards.
+    """
+    shapes = [shard_shape(p) for p in paths]
+    dims = {shape[1] for shape in shapes}
     if len(dims) != 1:
         raise ValueError(f"shards have different embedding dimensions: {sorted(dims)}")
     out = np.empty((size, dims.pop()), dtype=np.float32)
     filled = 0
-    for vectors, rows in zip(maps, sample_rows([len(m) for m in maps], size, seed), strict=True):
-        out[filled : filled + len(rows)] = vectors[rows]
+    for path, rows in zip(paths, sample_rows([shape[0] for shape in shapes], size, seed), strict=True):
+        if len(rows):
+            vectors = npz_member_memmap(path)
+            out[filled : filled + len(rows)] = vectors[rows]
+            del vectors  # unmap: its touched pages leave this process's resident set
         filled += len(rows)
     return out, filled
