@@ -144,3 +144,38 @@ def test_labels_and_examples_read_a_bounded_text_sample():
     assert table["n_docs"].to_list() == [1250, 2500]  # statistics still cover every document
     assert table["label"].to_list() == ["alpha", "beta"]
     assert all(len(examples) == 3 for examples in table["examples"])
+
+
+def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, instance, climb_resource):
+    import dagster as dg
+
+    from climb_assets.cluster.assets import build_recluster_sensor, cluster_assignments
+    from climb_assets.definitions import build_definitions
+
+    defs = build_definitions(climb=climb_resource)
+    jobs = [defs.resolve_job_def(name) for name in ("cluster_fit_job", "cluster_assign_job", "recluster_job")]
+    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
+
+    def evaluate():
+        return sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+
+    write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
+    first = evaluate()
+    assert first.job_name == "cluster_fit_job" and first.run_key == "first-fit"
+    version, _ = fit_centroids(home, SETTINGS)
+    write_shard(home, "alien", centers[N_BLOBS:], seed=5)
+    instance.add_dynamic_partitions("raw_shards", ["old-0", "alien"])
+    assert sorted(r.partition_key for r in evaluate()) == ["alien", "old-0"]
+    for shard in ("old-0", "alien"):
+        assert dg.materialize([cluster_assignments], partition_key=shard, instance=instance,
+                              resources={"climb": climb_resource}).success  # fmt: skip
+
+    refit = evaluate()
+    assert refit.job_name == "cluster_fit_job" and refit.run_key == f"refit-after-{version}"
+    assert "alien" in refit.tags["climb/refit_reason"]
+    assert jobs[0].execute_in_process(instance=instance, run_config={"ops": {"cluster_centroids": {"config": {
+        "k": N_BLOBS, "max_points_per_centroid": 40}}}}).success  # fmt: skip
+    assert current_version(home) != version
+    stale = evaluate()  # every shard is stale under the new centroids
+    assert sorted(r.partition_key for r in stale) == ["alien", "old-0"]
+    assert {r.job_name for r in stale} == {"cluster_assign_job"}
