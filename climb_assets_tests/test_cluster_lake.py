@@ -179,3 +179,14 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     stale = evaluate()  # every shard is stale under the new centroids
     assert sorted(r.partition_key for r in stale) == ["alien", "old-0"]
     assert {r.job_name for r in stale} == {"cluster_assign_job"}
+
+
+def test_super_cluster_version_changes_when_a_new_shard_joins_under_the_same_centroids():
+    from climb_assets.quality.super_clusters import super_clusters_version
+
+    mapping = pl.DataFrame({"cluster_id": [0, 1], "decision": ["keep", "keep"], "super_cluster_id": [0, 0]})
+    docs = pl.DataFrame({"doc_id": ["a", "b", "c"], "cluster_id": [0, 1, 1], "super_cluster_id": [0, 0, 0]})
+    version = super_clusters_version("v0001-x", mapping, docs)
+    assert version.startswith("v0001-x-s") and version == super_clusters_version("v0001-x", mapping, docs.reverse())
+    assert version != super_clusters_version("v0001-x", mapping, docs.head(2))
+    assert version != super_clusters_version("v0001-x", mapping, docs.with_columns(cluster_id=pl.lit(0)))

@@ -3,6 +3,7 @@
 import hashlib
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from climb_assets.cluster.kmeans import read_cluster_version
@@ -35,6 +36,16 @@ def super_clusters_dir(home: ClimbHome):
     return home.lake_dir("super_clusters")
 
 
+def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_super: pl.DataFrame) -> str:
+    """Keyed by the centroids, the fine -> super mapping and which documents are in it (new shards assigned under
+    the same centroids change the version): an order-free digest of every (doc, cluster, super-cluster) row."""
+    digest = hashlib.sha256(mapping.write_csv().encode())
+    row_hashes = doc_super.select(sorted(doc_super.columns)).hash_rows(seed=0).to_numpy()
+    digest.update(str(int(row_hashes.sum(dtype=np.uint64))).encode())  # wraps mod 2**64: order-free
+    digest.update(str(doc_super.height).encode())
+    return f"{centroid_version}-s{digest.hexdigest()[:8]}"
+
+
 def build_super_clusters(home: ClimbHome, config: MergeConfig):
     centroids, cluster_ids, _ = read_cluster_version(current_cluster_dir(home))
     decisions = load_cluster_decisions(cluster_decisions_path(home))
@@ -55,13 +66,17 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
     )
     wanted = text_sample_ids(docs)
     texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
-    version = f"{current_version(home)}-s{hashlib.sha256(result.mapping.write_csv().encode()).hexdigest()[:8]}"
+    version = super_clusters_version(current_version(home), result.mapping, doc_super)
     table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version))
     write_super_clusters(super_clusters_dir(home), result, doc_super, table)
     return result, decisions, docs, table, version
 
 
-@dg.asset(deps=["cluster_centroids", "cluster_assignments", dg.AssetKey(["cluster_decisions"])], group_name="quality", kinds={"scipy"})
+@dg.asset(
+    deps=["cluster_centroids", "cluster_assignments", dg.AssetKey(["cluster_decisions"])],
+    group_name="quality",
+    kinds={"scipy"},
+)
 def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
     """Kept fine clusters merged into super-clusters, the dimensions of the mixture search (CLIMB step 3)."""
     home = climb.home()
