@@ -6,7 +6,7 @@
                       new shard), without the UI
     climb crawl       your own crawl end to end, headless: ingest what landed, re-cluster, search for the target you
                       name, write ClimbMix and the proof; print where it all is (`climb demo` minus the demo corpus)
-    climb run JOB     run one job (recluster_job, search_job) on the local instance
+    climb run JOB     run one job (cluster_fit_job, recluster_job, search_job) on the local instance
     climb ui          the Dagster UI (dagster dev) on the same CLIMB_HOME
     climb mlflow-ui   the MLflow UI on the local tracking store
 """
@@ -96,6 +96,24 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
     return outcome
 
 
+def bring_clusters_current(defs, instance, home: ClimbHome, *, refit: bool = False, merge_config: dict | None = None):
+    """What the recluster sensor requests, run in process: a fit when there are no centroids (or ``refit``), an
+    assignment run for each shard missing under the current centroids (only new shards, unless refitted), then
+    the merge (dbt_quality + super-clusters). Returns the shards assigned."""
+    from climb_assets.cluster.lake import current_version, unassigned_shards
+
+    if refit or current_version(home) is None:
+        run_job(defs, instance, "cluster_fit_job")
+    job = defs.resolve_job_def("cluster_assign_job")
+    shards = unassigned_shards(home)
+    for shard in shards:
+        outcome = job.execute_in_process(instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False)
+        if not outcome.success:
+            raise SystemExit(f"cluster_assign_job failed for shard {shard} (see the Dagster UI)")
+    run_job(defs, instance, "recluster_job", merge_config)
+    return shards
+
+
 def open_platform(gpu_slots: int = 0):
     """CLIMB_HOME, its Dagster instance (``gpu`` pool sized to ``gpu_slots``, default one per GPU) and the code
     location, with the environment every step expects."""
@@ -162,19 +180,20 @@ def demo(args: argparse.Namespace) -> None:
         wave1 = build_demo_corpus(home, wave=1, scale=args.scale, seed=args.seed)
     with timer.step("ingest + embed + score wave 1 (one run per new shard)"):
         first = ingest_landed(defs, instance, home)
-    with timer.step("cluster + quality + super-clusters"):
-        run_job(defs, instance, "recluster_job", DEMO_RECLUSTER)
+    with timer.step("fit centroids on a sample, assign every shard, quality + super-clusters"):
+        bring_clusters_current(defs, instance, home, merge_config=DEMO_RECLUSTER)
     with timer.step("demo corpus, wave 2"):
         wave2 = build_demo_corpus(home, wave=2, scale=args.scale, seed=args.seed)
     with timer.step("ingest wave 2 (only the new shards)"):
         second = ingest_landed(defs, instance, home)
-    with timer.step("re-cluster after new shards (assign-only, stable ids)"):
-        run_job(defs, instance, "recluster_job", DEMO_RECLUSTER)
+    with timer.step("assign only the new shards (same centroids), quality + super-clusters"):
+        assigned = bring_clusters_current(defs, instance, home, merge_config=DEMO_RECLUSTER)
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
     summary = write_summary(home, "demo_summary.json", {
         "climb_home": str(home.root), "wave_1_shards": first, "wave_2_shards": second,
+        "wave_2_shards_assigned": assigned,
         "corpus": {"wave_1": wave1, "wave_2": wave2}, "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
     print_locations(home, total, summary)
@@ -200,8 +219,8 @@ def crawl(args: argparse.Namespace) -> None:
         shards = ingest_landed(defs, instance, home)
     if not instance.get_dynamic_partitions("raw_shards"):
         raise SystemExit(f"no shards ingested yet: drop jsonl, jsonl.gz or Parquet files into {home.landing}")
-    with timer.step("cluster + quality + super-clusters"):
-        run_job(defs, instance, "recluster_job")
+    with timer.step("clusters current (fit if none, assign new shards), quality + super-clusters"):
+        bring_clusters_current(defs, instance, home)
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job", run_config, gpu_slots=args.gpu_slots or 1)
     total = round(time.perf_counter() - started, 1)
@@ -260,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     add_target_arguments(run_crawl)
     run_crawl.set_defaults(func=crawl)
     run_one = commands.add_parser("run", help="run one job (`climb ingest` processes landed shards)")
-    run_one.add_argument("job", choices=["recluster_job", "search_job"])
+    run_one.add_argument("job", choices=["cluster_fit_job", "recluster_job", "search_job"])
     add_target_arguments(run_one)
     run_one.set_defaults(func=run)
     run_ui = commands.add_parser("ui", help="start the Dagster UI on this CLIMB_HOME")

@@ -8,7 +8,12 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from climb_assets.climbmix.assets import ProofSettings, build_climbmix_assets  # noqa: E402
-from climb_assets.cluster.assets import build_recluster_sensor, clusters  # noqa: E402
+from climb_assets.cluster.assets import (  # noqa: E402
+    build_recluster_sensor,
+    build_refit_schedule,
+    cluster_assignments,
+    cluster_centroids,
+)
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
 from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
 from climb_assets.ingest.sensors import build_landing_sensor  # noqa: E402
@@ -23,7 +28,8 @@ from climb_assets.quality.super_clusters import (  # noqa: E402
     super_clusters_partition_check,
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
-from climb_assets.search.assets import SearchSettings, build_search_assets  # noqa: E402
+from climb_assets.search.assets import build_search_assets  # noqa: E402
+from climb_assets.search.plan import SearchSettings  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
 
 # The number of search iterations (the paper's 3) shapes the asset graph (iteration_1 ... iteration_N), so it is part
@@ -39,10 +45,24 @@ ingest_shard_job = dg.define_asset_job(
     description="Everything done once per landed shard: ingest, embed, score. The landing sensor launches it.",
 )
 
+cluster_fit_job = dg.define_asset_job(
+    "cluster_fit_job",
+    selection=dg.AssetSelection.assets(cluster_centroids),
+    description="Fit cluster centroids on a bounded sample across shards (a new version; ids kept stable).",
+)
+
+cluster_assign_job = dg.define_asset_job(
+    "cluster_assign_job",
+    selection=dg.AssetSelection.assets(cluster_assignments),
+    partitions_def=shard_partitions,
+    description="Assign one shard's documents to the current centroids (reads and writes that shard only).",
+)
+
 recluster_job = dg.define_asset_job(
     "recluster_job",
-    selection=dg.AssetSelection.assets(clusters, quality_filtered_clusters) | dg.AssetSelection.assets(dbt_quality_models),
-    description="Re-cluster the whole corpus, re-run dbt_quality, prune and merge into super-clusters.",
+    selection=dg.AssetSelection.assets(quality_filtered_clusters) | dg.AssetSelection.assets(dbt_quality_models),
+    description="Once every shard is assigned: re-run dbt_quality over the assignments, prune and merge into "
+    "super-clusters.",
 )
 
 def default_resources() -> dict:
@@ -73,12 +93,16 @@ def build_definitions(
     search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
     return dg.Definitions(
         assets=[
-            raw_shards, embeddings, quality_signals, clusters, dbt_quality_models, quality_filtered_clusters,
-            *search_assets,
+            raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, dbt_quality_models,
+            quality_filtered_clusters, *search_assets,
         ],  # fmt: skip
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-        jobs=[ingest_shard_job, recluster_job, build_search_job(search_assets)],
-        sensors=[build_landing_sensor(ingest_shard_job), build_recluster_sensor(recluster_job)],
+        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, recluster_job, build_search_job(search_assets)],
+        sensors=[
+            build_landing_sensor(ingest_shard_job),
+            build_recluster_sensor(cluster_fit_job, cluster_assign_job, recluster_job),
+        ],
+        schedules=[build_refit_schedule(cluster_fit_job)],
         resources=default_resources() | resource_overrides,
         executor=executor,
     )

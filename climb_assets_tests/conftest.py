@@ -61,11 +61,11 @@ def tiny_platform(tmp_path_factory):
     dbt_quality, super-clusters, a three-iteration search with a local MLflow store, ClimbMix and its proof."""
     from types import SimpleNamespace
 
-    from climb_assets.cli import ingest_landed, run_job
+    from climb_assets.cli import bring_clusters_current, ingest_landed, run_job
     from climb_assets.definitions import build_definitions
     from climb_assets.demo.corpus import build_demo_corpus
     from climb_assets.embed.assets import EmbeddingModelResource
-    from climb_assets.search.assets import SearchSettings
+    from climb_assets.search.plan import SearchSettings
 
     root = tmp_path_factory.mktemp("platform")
     home = ClimbHome(root / "climb").ensure()
@@ -78,11 +78,11 @@ def tiny_platform(tmp_path_factory):
         )
         build_demo_corpus(home, 1, scale=0.02)
         wave1 = ingest_landed(defs, platform_instance, home)
-        run_job(defs, platform_instance, "recluster_job")
+        bring_clusters_current(defs, platform_instance, home)
         first_clusters = (home.lake_dir("clusters") / "CURRENT").read_text()
         build_demo_corpus(home, 2, scale=0.02)
         wave2 = ingest_landed(defs, platform_instance, home)
         yield SimpleNamespace(
             home=home, instance=platform_instance, defs=defs, wave1=wave1, wave2=wave2,
-            first_clusters=first_clusters, run_job=run_job,
+            first_clusters=first_clusters, run_job=run_job, bring_clusters_current=bring_clusters_current,
         )  # fmt: skip

@@ -42,11 +42,12 @@ def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
         part.select("doc_id", "dup_line_fraction", "dup_5gram_char_fraction", "quality_score").write_parquet(
             home.lake / "quality" / f"{name}.parquet"
         )
-    current = home.lake / "clusters" / "current"
-    current.mkdir(parents=True, exist_ok=True)
-    docs.select("doc_id", "shard", "cluster_id", pl.lit(0.5, dtype=pl.Float32).alias("distance")).write_parquet(
-        current / "assignments.parquet"
-    )
+    assignments = home.lake / "clusters" / "current" / "assignments"  # one file per shard, as cluster_assignments
+    assignments.mkdir(parents=True, exist_ok=True)
+    for shard, part in docs.partition_by("shard", as_dict=True).items():
+        part.select("doc_id", "shard", "cluster_id", pl.lit(0.5, dtype=pl.Float32).alias("distance")).write_parquet(
+            assignments / f"{shard[0]}.parquet"
+        )
 
 
 @dataclass
@@ -120,7 +121,7 @@ def test_build_passes_and_decisions_follow_the_data(home: ClimbHome, dbt: Callab
     }
     assert keys == {
         "quality_signals": ["quality_signals"],
-        "cluster_assignments": ["clusters"],
+        "cluster_assignments": ["cluster_assignments"],
         "raw_docs": ["raw_shards"],
     }
 
@@ -157,13 +158,12 @@ def test_build_fails_when_a_document_was_never_scored(home: ClimbHome, dbt: Call
 
 def test_every_cluster_accounted_for_catches_a_stale_decision_file(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
     assert dbt("run").success
-    # A re-clustering adds cluster 3 but the decisions were not rebuilt: the generic test must notice.
+    # A new shard's assignment brings cluster 3 but the decisions were not rebuilt: the generic test must notice.
     extra = pl.DataFrame(
-        {"doc_id": ["d9"], "shard": ["s2"], "cluster_id": [3], "distance": [0.1]},
+        {"doc_id": ["d9"], "shard": ["s9"], "cluster_id": [3], "distance": [0.1]},
         schema_overrides={"distance": pl.Float32},
     )
-    assignments = home.lake / "clusters" / "current" / "assignments.parquet"
-    pl.concat([pl.read_parquet(assignments), extra]).write_parquet(assignments)
+    extra.write_parquet(home.lake / "clusters" / "current" / "assignments" / "s9.parquet")
     result = dbt("test", "--select", "cluster_decisions")
     assert not result.success
     assert [name.split("_cluster_decisions")[0] for name in result.failed] == ["every_cluster_accounted_for"]

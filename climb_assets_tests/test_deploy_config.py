@@ -202,7 +202,7 @@ def test_helm_values_snippet_matches_the_instance_snippet():
 def test_clustering_asks_kubernetes_for_memory_not_a_gpu():
     from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL
 
-    clusters = defs.resolve_asset_graph().assets_def_for_key(dg.AssetKey("clusters")).op
+    clusters = defs.resolve_asset_graph().assets_def_for_key(dg.AssetKey("cluster_centroids")).op
     assert clusters.pool == CLUSTER_VERSION_POOL and clusters.pool != GPU_POOL
     assert validate_config(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA, CLUSTER_TAGS["dagster-k8s/config"]).success
     pod = k8s_job_for(clusters.tags).spec.template.spec

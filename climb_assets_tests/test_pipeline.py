@@ -3,6 +3,7 @@
 Tests run in file order on one session-scoped platform: ingestion, then re-clustering, then the search.
 """
 
+import hashlib
 import json
 import math
 
@@ -15,7 +16,8 @@ import pytest
 from climb_assets.cluster.assets import build_recluster_sensor
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.definitions import SEARCH_ITERATIONS
-from climb_assets.search.assets import SearchPlan, SearchSettings
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search.plan import SearchPlan, SearchSettings
 from climb_assets.search.predictor import Predictor
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
@@ -44,29 +46,46 @@ def test_embeddings_are_normalised_and_keyed_by_document(tiny_platform):
         assert np.allclose(np.linalg.norm(emb.vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
 
 
-def test_recluster_sensor_fires_after_new_shards_then_keeps_ids(tiny_platform):
+def file_fingerprints(paths) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths}
+
+
+def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
     p = tiny_platform
-    sensor = build_recluster_sensor(p.defs.resolve_job_def("recluster_job"), settle_seconds=0)
-    request = sensor(dg.build_sensor_context(instance=p.instance))
-    assert isinstance(request, dg.RunRequest)
+    jobs = [p.defs.resolve_job_def(name) for name in ("cluster_fit_job", "cluster_assign_job", "recluster_job")]
+    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
+    context = lambda: dg.build_sensor_context(instance=p.instance, resources={"climb": ClimbHomeResource(root=str(p.home.root))})  # noqa: E731
+    version = (p.home.lake_dir("clusters") / "CURRENT").read_text()
+    assert version == p.first_clusters
+    old_files = sorted((p.home.lake_dir("clusters") / version / "assignments").glob("*.parquet"))
+    assert [f.stem for f in old_files] == sorted(p.wave1)
+    before = file_fingerprints(old_files)
 
+    requests = sensor(context())
+    assert {r.job_name for r in requests} == {"cluster_assign_job"}
+    assert sorted(r.partition_key for r in requests) == sorted(p.wave2)  # only the new shards
+    assign_job = p.defs.resolve_job_def("cluster_assign_job")
+    for request in requests:
+        assert assign_job.execute_in_process(instance=p.instance, partition_key=request.partition_key).success
+
+    assert file_fingerprints(old_files) == before  # old shards' assignments untouched (bytes and mtimes)
+    assert (p.home.lake_dir("clusters") / "CURRENT").read_text() == version  # no refit
+    merge = sensor(context())
+    assert isinstance(merge, dg.RunRequest) and merge.job_name == "recluster_job"
     p.run_job(p.defs, p.instance, "recluster_job")
-    assert isinstance(sensor(dg.build_sensor_context(instance=p.instance)), dg.SkipReason)
+    assert isinstance(sensor(context()), dg.SkipReason)
 
-    clusters_root = p.home.lake_dir("clusters")
-    current = (clusters_root / "CURRENT").read_text()
-    assert current != p.first_clusters
-    before = pl.read_parquet(clusters_root / p.first_clusters / "assignments.parquet")
-    after = pl.read_parquet(clusters_root / current / "assignments.parquet")
+    after = pl.read_parquet(p.home.lake_dir("clusters") / "current" / "assignments" / "*.parquet")
     all_docs = pl.scan_parquet(p.home.lake_dir("raw_shards") / "*.parquet").select("doc_id").collect()
     assert sorted(after["doc_id"].to_list()) == sorted(all_docs["doc_id"].to_list())
-    # assign-only: old documents keep their cluster, ids are the same set, new documents got one of them
-    kept = before.join(after, on="doc_id", suffix="_after")
-    assert (kept["cluster_id"] == kept["cluster_id_after"]).all()
-    assert set(after["cluster_id"].unique()) <= set(pl.read_parquet(clusters_root / current / "clusters.parquet")["cluster_id"])
-    event = p.instance.get_latest_materialization_event(dg.AssetKey("clusters")).asset_materialization
-    assert event.metadata["mode"].value == "assign_only"
-    assert event.metadata["new_docs"].value == after.height - before.height > 0
+    clusters = pl.read_parquet(p.home.lake_dir("clusters") / version / "clusters.parquet")
+    assert set(after["cluster_id"].unique()) <= set(clusters["cluster_id"])
+    events = p.instance.fetch_materializations(dg.AssetKey("cluster_assignments"), limit=100).records
+    latest = {r.asset_materialization.partition: r.asset_materialization.metadata for r in reversed(events)}
+    for shard in p.wave2:
+        assert latest[shard]["centroid_version"].value == version
+        assert latest[shard]["docs"].value == after.filter(pl.col("shard") == shard).height > 0
+        assert latest[shard]["drift"].value > 0
 
 
 def test_dbt_models_ran_and_their_tests_passed(tiny_platform):

@@ -25,7 +25,8 @@ from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance, release_dead_runs
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.assets import SearchPlan, SearchSettings, build_search_assets, proxy_markers_dir
+from climb_assets.search.assets import build_search_assets
+from climb_assets.search.plan import SearchPlan, SearchSettings, proxy_markers_dir
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH

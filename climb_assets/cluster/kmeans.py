@@ -13,7 +13,8 @@ Choices (see DESIGN.md's faiss pitfalls):
   matters when K is close to the number of real topics (small demo corpora: use 5-10, it is cheap there)
   and hardly at all at K=1000, where super-clustering merges neighbours anyway (keep 1: each redo is a full fit).
 - **Sampling**: faiss trains on at most ``max_points_per_centroid * k`` points (256 by default, 256k at K=1000);
-  that is plenty to place centroids, and every document is still assigned afterwards by ``assign``.
+  that is plenty to place centroids. ``cluster.sample`` draws exactly that many rows across shards before the fit
+  (the corpus is never loaded), and every shard is assigned afterwards on its own (``cluster.lake.assign_shard``).
 - Distances reported are Euclidean (not squared); inertia is the sum of squared distances.
 """
 

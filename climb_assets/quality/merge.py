@@ -231,33 +231,53 @@ def _snippet(text: str, max_chars: int) -> str:
     return flat if len(flat) <= max_chars else flat[: max_chars - 1].rstrip() + "…"
 
 
-def example_documents(docs: pl.DataFrame, *, n: int = 3, max_chars: int = 300) -> dict[int, list[str]]:
-    """Up to ``n`` representative snippets per super-cluster: best quality first, then closest to the centroid
-    (``distance``), then doc_id. ``docs`` needs super_cluster_id, doc_id, text; quality_score and distance are
-    used when present. Pruned documents (null super-cluster) are ignored."""
+def text_sample_ids(docs: pl.DataFrame, *, n_examples: int = 3, max_label_docs: int = 2000, seed: int = 0) -> pl.Series:
+    """The documents whose text labels and examples need: per super-cluster, ``max_label_docs`` drawn uniformly
+    (by a seeded hash of doc_id, so deterministic) plus its ``n_examples`` best examples. Bounded by the number of
+    super-clusters, never the corpus; the caller reads text for these ids only."""
+    kept = docs.drop_nulls("super_cluster_id")
+    label_ids = (
+        kept.sort(["super_cluster_id", pl.col("doc_id").hash(seed), "doc_id"])
+        .group_by("super_cluster_id", maintain_order=True)
+        .head(max_label_docs)["doc_id"]
+    )
+    return pl.concat([label_ids, _example_rows(kept, n_examples)["doc_id"]]).unique().sort()
+
+
+def _example_rows(docs: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Best quality first, then closest to the centroid (``distance``), then doc_id; pruned docs ignored."""
     sort_cols = [c for c in ("quality_score", "distance") if c in docs.columns] + ["doc_id"]
     descending = [c == "quality_score" for c in sort_cols]
-    top = (
+    return (
         docs.drop_nulls("super_cluster_id")
         .sort(["super_cluster_id", *sort_cols], descending=[False, *descending])
         .group_by("super_cluster_id", maintain_order=True)
         .head(n)
     )
+
+
+def example_documents(docs: pl.DataFrame, *, n: int = 3, max_chars: int = 300) -> dict[int, list[str]]:
+    """Up to ``n`` representative snippets per super-cluster: best quality first, then closest to the centroid
+    (``distance``), then doc_id. ``docs`` needs super_cluster_id, doc_id, text (null where not read);
+    quality_score and distance are used when present. Pruned documents (null super-cluster) are ignored."""
     examples: dict[int, list[str]] = {}
-    for key, text in top.select("super_cluster_id", "text").iter_rows():
-        examples.setdefault(key, []).append(_snippet(text, max_chars))
+    for key, text in _example_rows(docs, n).select("super_cluster_id", "text").iter_rows():
+        examples.setdefault(key, []).append(_snippet(text or "", max_chars))
     return examples
 
 
 def super_cluster_table(
-    docs: pl.DataFrame, *, top_n: int = 5, n_examples: int = 3, max_label_docs: int = 2000
-) -> pl.DataFrame:
+    docs: pl.DataFrame, texts: pl.DataFrame | None = None, *, top_n: int = 5, n_examples: int = 3,
+    max_label_docs: int = 2000, seed: int = 0,
+) -> pl.DataFrame:  # fmt: skip
     """One row per super-cluster: fine clusters, documents, tokens, mean quality, label and example snippets.
 
-    ``docs``: doc_id, cluster_id, super_cluster_id (null = pruned, left out), n_tokens, quality_score, text
-    (distance optional). Labels use at most ``max_label_docs`` documents per super-cluster (the best examples
-    ordering), which bounds memory on large corpora.
+    ``docs``: doc_id, cluster_id, super_cluster_id (null = pruned, left out), n_tokens, quality_score (distance
+    optional) and no text; ``texts``: doc_id, text for at least ``text_sample_ids(docs, ...)`` (when None, docs
+    carries a text column). Labels read at most ``max_label_docs`` uniformly sampled documents per super-cluster.
     """
+    if texts is None:
+        texts, docs = docs.select("doc_id", "text"), docs.drop("text")
     kept = docs.drop_nulls("super_cluster_id")
     stats = (
         kept.group_by("super_cluster_id")
@@ -269,15 +289,13 @@ def super_cluster_table(
         )
         .sort("super_cluster_id")
     )
-    texts = (
-        kept.sort(["super_cluster_id", "doc_id"])
-        .group_by("super_cluster_id", maintain_order=True)
-        .head(max_label_docs)
-        .group_by("super_cluster_id", maintain_order=True)
-        .agg("text")
+    sampled = kept.join(texts.select("doc_id", "text"), on="doc_id", how="left", validate="1:1")
+    label_rows = sampled.filter(
+        pl.col("doc_id").is_in(text_sample_ids(kept, n_examples=0, max_label_docs=max_label_docs, seed=seed).implode())
     )
-    labels = label_super_clusters(dict(zip(texts["super_cluster_id"], texts["text"].to_list(), strict=True)), top_n)
-    examples = example_documents(kept, n=n_examples)
+    grouped = label_rows.group_by("super_cluster_id").agg(pl.col("text").drop_nulls())
+    labels = label_super_clusters(dict(zip(grouped["super_cluster_id"], grouped["text"].to_list(), strict=True)), top_n)
+    examples = example_documents(sampled, n=n_examples)
     ids = stats["super_cluster_id"].to_list()
     return stats.with_columns(
         label=pl.Series([labels[i] for i in ids], dtype=pl.String),

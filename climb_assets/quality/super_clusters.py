@@ -3,10 +3,11 @@
 import hashlib
 
 import dagster as dg
+import numpy as np
 import polars as pl
 
-from climb_assets.cluster.assets import current_cluster_dir, current_version
 from climb_assets.cluster.kmeans import read_cluster_version
+from climb_assets.cluster.lake import current_cluster_dir, current_version, scan_current_assignments
 from climb_assets.home import ClimbHome
 from climb_assets.metadata import markdown_table
 from climb_assets.quality import cluster_decisions_path
@@ -17,6 +18,7 @@ from climb_assets.quality.merge import (
     prune_and_merge,
     purity_table,
     super_cluster_table,
+    text_sample_ids,
     write_super_clusters,
 )
 from climb_assets.resources import ClimbHomeResource
@@ -34,6 +36,16 @@ def super_clusters_dir(home: ClimbHome):
     return home.lake_dir("super_clusters")
 
 
+def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_super: pl.DataFrame) -> str:
+    """Keyed by the centroids, the fine -> super mapping and which documents are in it (new shards assigned under
+    the same centroids change the version): an order-free digest of every (doc, cluster, super-cluster) row."""
+    digest = hashlib.sha256(mapping.write_csv().encode())
+    row_hashes = doc_super.select(sorted(doc_super.columns)).hash_rows(seed=0).to_numpy()
+    digest.update(str(int(row_hashes.sum(dtype=np.uint64))).encode())  # wraps mod 2**64: order-free
+    digest.update(str(doc_super.height).encode())
+    return f"{centroid_version}-s{digest.hexdigest()[:8]}"
+
+
 def build_super_clusters(home: ClimbHome, config: MergeConfig):
     centroids, cluster_ids, _ = read_cluster_version(current_cluster_dir(home))
     decisions = load_cluster_decisions(cluster_decisions_path(home))
@@ -41,24 +53,30 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
         centroids, cluster_ids, decisions,
         distance_threshold=config.distance_threshold, target_count=config.target_count or None,
     )  # fmt: skip
-    assignments = pl.read_parquet(current_cluster_dir(home) / "assignments.parquet")
+    assignments = scan_current_assignments(home).select("doc_id", "cluster_id", "distance").collect()
     doc_super = document_super_map(assignments, result.mapping)
-    raw = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet").select("doc_id", "text", "n_tokens", "source_kind")
+    raw = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet")
     quality = pl.scan_parquet(home.lake_dir("quality") / "*.parquet").select("doc_id", "quality_score")
-    docs = (
+    docs = (  # no text column: labels and examples read text for a bounded sample of ids only
         doc_super.lazy()
         .join(assignments.lazy().select("doc_id", "distance"), on="doc_id", how="left")
-        .join(raw, on="doc_id", how="left")
+        .join(raw.select("doc_id", "n_tokens", "source_kind"), on="doc_id", how="left")
         .join(quality, on="doc_id", how="left")
         .collect()
     )
-    version = f"{current_version(home)}-s{hashlib.sha256(result.mapping.write_csv().encode()).hexdigest()[:8]}"
-    table = super_cluster_table(docs).with_columns(version=pl.lit(version))
+    wanted = text_sample_ids(docs)
+    texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
+    version = super_clusters_version(current_version(home), result.mapping, doc_super)
+    table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version))
     write_super_clusters(super_clusters_dir(home), result, doc_super, table)
     return result, decisions, docs, table, version
 
 
-@dg.asset(deps=["clusters", dg.AssetKey(["cluster_decisions"])], group_name="quality", kinds={"scipy"})
+@dg.asset(
+    deps=["cluster_centroids", "cluster_assignments", dg.AssetKey(["cluster_decisions"])],
+    group_name="quality",
+    kinds={"scipy"},
+)
 def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
     """Kept fine clusters merged into super-clusters, the dimensions of the mixture search (CLIMB step 3)."""
     home = climb.home()
@@ -97,6 +115,6 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
 def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
     home = climb.home()
     doc_super = pl.read_parquet(super_clusters_dir(home) / "documents.parquet")
-    assignments = pl.read_parquet(current_cluster_dir(home) / "assignments.parquet")
+    assignments = scan_current_assignments(home).select("doc_id", "cluster_id").collect()
     passed, message = check_partition(doc_super, assignments)
     return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})

@@ -1,0 +1,196 @@
+"""Cluster state in the lake: versioned centroids fitted on a sample, and per-shard assignments keyed by version.
+
+```
+lake/clusters/
+  vNNNN-<hash>/centroids.npy, clusters.parquet, fit.json   one fit (centroids + stats measured on its sample)
+  vNNNN-<hash>/assignments/<shard>.parquet                 doc_id, shard, cluster_id, distance: one file per shard
+  CURRENT                                                  the current version's name
+  current -> vNNNN-<hash>                                  symlink, what dbt globs
+```
+
+A refit writes a new version: every shard's assignment under it is missing (stale) until that shard is assigned
+again; a new shard under the same centroids writes one file and touches no other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from climb_assets.cluster.kmeans import (
+    DEFAULT_MAX_POINTS_PER_CENTROID,
+    DEFAULT_NITER,
+    assign,
+    assignments_frame,
+    cluster_stats,
+    default_k,
+    fit_kmeans,
+    match_to_previous,
+    read_cluster_version,
+)
+from climb_assets.cluster.sample import draw_sample, sample_size, shard_shape
+from climb_assets.embed.encode import read_embeddings
+from climb_assets.home import ClimbHome
+from climb_assets.storage import atomic_path, lake_file, write_parquet_atomic
+
+
+def clusters_root(home: ClimbHome) -> Path:
+    return home.lake_dir("clusters")
+
+
+def current_version(home: ClimbHome) -> str | None:
+    pointer = clusters_root(home) / "CURRENT"
+    return pointer.read_text().strip() if pointer.exists() else None
+
+
+def current_cluster_dir(home: ClimbHome) -> Path:
+    """A stable path (symlink) to the current version's directory (what dbt and the merge read)."""
+    return clusters_root(home) / "current"
+
+
+def assignments_dir(home: ClimbHome, version: str) -> Path:
+    return clusters_root(home) / version / "assignments"
+
+
+def assignment_path(home: ClimbHome, version: str, shard: str) -> Path:
+    return lake_file(assignments_dir(home, version), shard, ".parquet")
+
+
+def embedded_shards(home: ClimbHome) -> dict[str, Path]:
+    """Shard name -> its embeddings file, sorted by name (the sample's shard order)."""
+    return {p.name.removesuffix(".npz"): p for p in sorted(home.lake_dir("embeddings").glob("*.npz"))}
+
+
+def unassigned_shards(home: ClimbHome, version: str | None = None) -> list[str]:
+    """Embedded shards with no assignment file under ``version`` (default: the current one)."""
+    version = version or current_version(home)
+    shards = list(embedded_shards(home))
+    if version is None:
+        return shards
+    done = {p.stem for p in assignments_dir(home, version).glob("*.parquet")}
+    return [s for s in shards if s not in done]
+
+
+def scan_current_assignments(home: ClimbHome) -> pl.LazyFrame:
+    """Every shard's assignment under the current version; fails clearly while some shard is still unassigned."""
+    version = current_version(home)
+    if version is None:
+        raise FileNotFoundError("no cluster centroids yet: run cluster_fit_job")
+    missing = unassigned_shards(home, version)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} embedded shards have no assignment under {version} (e.g. {missing[:3]}): "
+            "run cluster_assign_job for them (the recluster sensor requests it)"
+        )
+    return pl.scan_parquet(assignments_dir(home, version) / "*.parquet")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    k: int = 0  # 0: scaled to the corpus (paper: 1000 at full scale)
+    seed: int = 0
+    niter: int = DEFAULT_NITER
+    nredo: int = 1
+    max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID
+
+
+def _embedding_model(path: Path) -> str:
+    with np.load(path, allow_pickle=False) as data:  # reads only the small ``model`` member
+        return str(data["model"])
+
+
+def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
+    """Fit centroids on a bounded sample across shards, keep ids stable against the current version, write a new
+    version and make it current. Returns ``(version, fit info)``."""
+    shards = embedded_shards(home)
+    if not shards:
+        raise FileNotFoundError("no embeddings in the lake yet: ingest and embed a shard first")
+    models = {_embedding_model(p) for p in shards.values()}
+    if len(models) > 1:
+        raise ValueError(f"embeddings come from different models {sorted(models)}: re-embed every shard with one")
+    n_docs = sum(shard_shape(p)[0] for p in shards.values())
+    k = settings.k or default_k(n_docs)
+    size = sample_size(n_docs, k, settings.max_points_per_centroid)
+    sample, rows_read = draw_sample(list(shards.values()), size, settings.seed)
+    centroids = fit_kmeans(
+        sample, k, seed=settings.seed, niter=settings.niter, nredo=settings.nredo,
+        max_points_per_centroid=settings.max_points_per_centroid,
+    )  # fmt: skip
+    previous = current_version(home)
+    prior = read_cluster_version(clusters_root(home) / previous)[:2] if previous else None
+    if prior is not None and prior[0].shape[1] == centroids.shape[1]:
+        ids, moved = match_to_previous(centroids, prior[0], prior[1])
+    else:  # first fit, or a different embedding model: nothing to keep ids stable against
+        ids, moved = np.arange(k, dtype=np.int64), 0
+    order = np.argsort(ids)
+    centroids, ids = centroids[order], ids[order]
+    rows, dist = assign(sample, centroids)
+    sizes, inertia = cluster_stats(rows, dist, k)
+    info = {
+        "model": models.pop(),
+        "k": k,
+        "seed": settings.seed,
+        "docs": n_docs,
+        "shards": len(shards),
+        "sample_rows": size,
+        "rows_read": rows_read,
+        "reference_mean_sq_distance": float(inertia.sum() / max(size, 1)),
+        "previous_version": previous or "",
+        "clusters_with_new_id": moved,
+    }
+    digest = hashlib.sha256(centroids.tobytes() + ids.tobytes() + info["model"].encode()).hexdigest()[:8]
+    number = int(previous.split("-")[0][1:]) + 1 if previous else 1
+    version = f"v{number:04d}-{digest}"
+    with atomic_path(clusters_root(home) / version) as tmp:
+        (tmp / "assignments").mkdir(parents=True)
+        np.save(tmp / "centroids.npy", centroids)
+        pl.DataFrame({"cluster_id": ids, "sample_docs": sizes, "sample_inertia": inertia}).write_parquet(
+            tmp / "clusters.parquet"
+        )
+        (tmp / "fit.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    _point_current_at(home, version)
+    return version, info
+
+
+def _point_current_at(home: ClimbHome, version: str) -> None:
+    link = current_cluster_dir(home)
+    tmp = link.with_name(f".current.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version, target_is_directory=True)
+    os.replace(tmp, link)  # atomic swap of the symlink
+    with atomic_path(clusters_root(home) / "CURRENT") as pointer:
+        pointer.write_text(version)
+
+
+def read_fit_info(home: ClimbHome, version: str) -> dict:
+    return json.loads((clusters_root(home) / version / "fit.json").read_text())
+
+
+def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dict:
+    """Assign one shard to ``version``'s centroids (default: current): reads that shard only, writes its file only.
+
+    Returns counts and ``drift``: the shard's mean squared distance to its centroid over the fit sample's.
+    """
+    version = version or current_version(home)
+    if version is None:
+        raise FileNotFoundError("no cluster centroids yet: run cluster_fit_job")
+    centroids, cluster_ids, _ = read_cluster_version(clusters_root(home) / version)
+    info = read_fit_info(home, version)
+    embedded = read_embeddings(embedded_shards(home)[shard])
+    if embedded.model != info["model"]:
+        raise ValueError(f"shard {shard} embedded with {embedded.model}, centroids {version} with {info['model']}")
+    frame = assignments_frame(embedded.ids, np.full(len(embedded.ids), shard), embedded.vectors, centroids, cluster_ids)
+    write_parquet_atomic(frame, assignment_path(home, version, shard))
+    mean_sq = float((frame["distance"].cast(pl.Float64) ** 2).mean()) if frame.height else 0.0
+    return {
+        "centroid_version": version,
+        "docs": frame.height,
+        "drift": round(mean_sq / info["reference_mean_sq_distance"], 4) if frame.height else 1.0,
+    }
+
