@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def write_climbmix(
     manifest_extra: dict,
 ) -> dict:
     """Sample documents by ``weights`` up to ``token_budget`` (same sampler and repetition cap as the proxies),
-    in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically."""
+    in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically.
+
+    Streams: one output shard's texts at a time, fetched from the raw shards by (shard, row); never all of them."""
     pools = corpus.pools()
     weighted = {g: float(w) for g, w in zip(corpus.groups, weights)}
     # Under the repetition cap the weighted groups hold at most max_repeats x their tokens: a larger budget would
@@ -37,54 +40,55 @@ def write_climbmix(
     budget = min(token_budget, ceiling)
     sampler = MixtureSampler(pools, weighted, token_budget=budget, max_repeats=max_repeats, seed=seed)
     plan = sampler.plan()
-    groups = np.asarray(plan.groups)
-    indices = np.asarray(plan.doc_indices)
-    rows = pl.DataFrame(
-        {
-            "text": [corpus.texts[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "doc_id": [corpus.doc_ids[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "super_cluster_id": groups.astype(np.int64),
-            "source_shard": [corpus.shards[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "n_tokens": [len(corpus.token_ids[int(g)][int(i)]) for g, i in zip(groups, indices)],
-        }
-    )
+    groups = np.asarray(plan.groups, dtype=np.int64)
+    indices = np.asarray(plan.doc_indices, dtype=np.int64)
     stats = plan.stats.to_dict()
-    per_group = rows.group_by("super_cluster_id").agg(docs=pl.len(), tokens=pl.col("n_tokens").sum()).sort("super_cluster_id")
-    tokens_total = int(rows["n_tokens"].sum())
-    shards = math.ceil(rows.height / docs_per_shard)
-    manifest = {
-        "weights": {
-            str(g): {"label": corpus.labels.get(g, ""), "weight": float(w)} for g, w in zip(corpus.groups, weights)
-        },
-        "sampled": {
-            str(r["super_cluster_id"]): {"docs": r["docs"], "tokens": int(r["tokens"]), "token_share": r["tokens"] / tokens_total}
-            for r in per_group.iter_rows(named=True)
-        },
-        "token_budget": token_budget,
-        "token_budget_used": budget,
-        "budget_note": "" if budget == token_budget else (
-            f"the weighted super-clusters hold {ceiling:,} tokens at {max_repeats:g} repeats: budget lowered"
-        ),
-        "tokens": tokens_total,
-        "documents": rows.height,
-        "unique_documents": rows["doc_id"].n_unique(),
-        "max_repeats": max_repeats,
-        "capped_groups": stats.get("capped_groups", []),
-        "seed": seed,
-        "cluster_version": corpus.version,
-        "shards": [f"climbmix-{i:05d}.parquet" for i in range(shards)],
-        "provenance": {
-            "raw_shards": sorted(rows["source_shard"].unique().to_list()),
-            "documents_per_raw_shard": dict(rows.group_by("source_shard").len().sort("source_shard").iter_rows()),
-        },
-        **manifest_extra,
-    }
+    shards = math.ceil(len(groups) / docs_per_shard)
+    # One output shard at a time: only its documents' texts are fetched (by raw shard and row) and held.
+    sampled: dict[int, dict[str, int]] = {}
+    per_raw_shard: Counter[str] = Counter()
+    unique: set[tuple[int, int]] = set()
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         for i in range(shards):
-            rows.slice(i * docs_per_shard, docs_per_shard).drop("n_tokens").write_parquet(
-                tmp / f"climbmix-{i:05d}.parquet", compression="zstd"
-            )
+            part = slice(i * docs_per_shard, (i + 1) * docs_per_shard)
+            doc_ids, texts, sources, n_tokens = corpus.records(groups[part], indices[part])
+            pl.DataFrame(
+                {"text": texts, "doc_id": doc_ids, "super_cluster_id": groups[part], "source_shard": sources}
+            ).write_parquet(tmp / f"climbmix-{i:05d}.parquet", compression="zstd")
+            for g, n in zip(groups[part].tolist(), n_tokens.tolist()):
+                entry = sampled.setdefault(g, {"docs": 0, "tokens": 0})
+                entry["docs"] += 1
+                entry["tokens"] += n
+            per_raw_shard.update(sources)
+            unique.update(zip(groups[part].tolist(), indices[part].tolist()))
+        tokens_total = sum(e["tokens"] for e in sampled.values())
+        manifest = {
+            "weights": {
+                str(g): {"label": corpus.labels.get(g, ""), "weight": float(w)} for g, w in zip(corpus.groups, weights)
+            },
+            "sampled": {
+                str(g): {**e, "token_share": e["tokens"] / tokens_total} for g, e in sorted(sampled.items())
+            },
+            "token_budget": token_budget,
+            "token_budget_used": budget,
+            "budget_note": "" if budget == token_budget else (
+                f"the weighted super-clusters hold {ceiling:,} tokens at {max_repeats:g} repeats: budget lowered"
+            ),
+            "tokens": tokens_total,
+            "documents": len(groups),
+            "unique_documents": len(unique),
+            "max_repeats": max_repeats,
+            "capped_groups": stats.get("capped_groups", []),
+            "seed": seed,
+            "cluster_version": corpus.version,
+            "shards": [f"climbmix-{i:05d}.parquet" for i in range(shards)],
+            "provenance": {
+                "raw_shards": sorted(per_raw_shard),
+                "documents_per_raw_shard": dict(sorted(per_raw_shard.items())),
+            },
+            **manifest_extra,
+        }
         (tmp / "manifest.json").write_text(json.dumps(_json_safe(manifest), indent=2, sort_keys=True, default=str))
     return manifest
 
