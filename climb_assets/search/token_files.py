@@ -81,7 +81,10 @@ def is_current(raw_path: Path, directory: Path) -> bool:
     stat = raw_path.stat()
     if (meta["raw_size"], meta["raw_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
         return True
-    return meta["raw_sha256"] == file_sha256(raw_path)
+    if meta["raw_sha256"] != file_sha256(raw_path):
+        return False
+    write_json_atomic(meta | {"raw_size": stat.st_size, "raw_mtime_ns": stat.st_mtime_ns}, meta_path)  # touched only
+    return True
 
 
 def tokenize_shard(raw_path: Path, tokenizer: TextTokenizer, directory: Path) -> dict:
