@@ -8,7 +8,7 @@ from climb_assets.home import ClimbHome
 from climb_assets.search.proxy_runs import ProxySettings, TargetData, load_search_corpus, run_proxy
 from climb_assets.search.targets import TargetSpec
 from climb_assets.search.token_files import decode_shard, ensure_token_files, token_dir, tokenizer_key
-from climb_assets.search.tokenizer import ByteTokenizer, train_bpe_tokenizer
+from climb_assets.search.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -118,3 +118,24 @@ def test_membership_naming_a_missing_document_is_an_error(home, bpe):
     write_membership(home, pl.concat([docs, make_docs("gone", 3, 0)]), n_groups=2)
     with pytest.raises(ValueError, match="3 super-cluster documents are missing"):
         load_search_corpus(home, bpe)
+
+
+def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, bpe):
+    import dagster as dg
+
+    from climb_assets.search.assets import tokenizer_path
+    from climb_assets.search.token_assets import proxy_token_files
+
+    add_shard(home, "s0")
+    bpe.save(tokenizer_path(home))
+    tokenizer = load_tokenizer(tokenizer_path(home))
+
+    def materialize() -> dict:
+        result = dg.materialize([proxy_token_files], resources={"climb": climb_resource})
+        return result.asset_materializations_for_node("proxy_token_files")[0].metadata
+
+    first = materialize()
+    assert first["shards_tokenized"].value == 1 and first["tokenizer_sha256"].value == tokenizer_key(tokenizer)
+    add_shard(home, "s1", seed=1)
+    second = materialize()
+    assert (second["shards_tokenized"].value, second["shards_reused"].value, second["tokenized"].value) == (1, 1, "s1")
