@@ -31,7 +31,8 @@ def write_climbmix(
     """Sample documents by ``weights`` up to ``token_budget`` (same sampler and repetition cap as the proxies),
     in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically.
 
-    Streams: one output shard's texts at a time, fetched from the raw shards by (shard, row); never all of them."""
+    Streams (``_write_shards``): each raw shard is read once and each output shard is held alone; the sampled
+    texts are never all in memory."""
     pools = corpus.pools()
     weighted = {g: float(w) for g, w in zip(corpus.groups, weights)}
     # Under the repetition cap the weighted groups hold at most max_repeats x their tokens: a larger budget would
@@ -44,24 +45,16 @@ def write_climbmix(
     indices = np.asarray(plan.doc_indices, dtype=np.int64)
     stats = plan.stats.to_dict()
     shards = math.ceil(len(groups) / docs_per_shard)
-    # One output shard at a time: only its documents' texts are fetched (by raw shard and row) and held.
-    sampled: dict[int, dict[str, int]] = {}
-    per_raw_shard: Counter[str] = Counter()
-    unique: set[tuple[int, int]] = set()
+    raw_shard, raw_row, n_tokens = corpus.locate(groups, indices)
+    names = np.asarray(corpus.store.shard_names, dtype=object)
+    sampled = {
+        int(g): {"docs": int((groups == g).sum()), "tokens": int(n_tokens[groups == g].sum())} for g in np.unique(groups)
+    }
+    per_raw_shard = Counter(names[raw_shard].tolist())
+    unique = len(np.unique(raw_shard * (int(raw_row.max(initial=0)) + 1) + raw_row))
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        for i in range(shards):
-            part = slice(i * docs_per_shard, (i + 1) * docs_per_shard)
-            doc_ids, texts, sources, n_tokens = corpus.records(groups[part], indices[part])
-            pl.DataFrame(
-                {"text": texts, "doc_id": doc_ids, "super_cluster_id": groups[part], "source_shard": sources}
-            ).write_parquet(tmp / f"climbmix-{i:05d}.parquet", compression="zstd")
-            for g, n in zip(groups[part].tolist(), n_tokens.tolist()):
-                entry = sampled.setdefault(g, {"docs": 0, "tokens": 0})
-                entry["docs"] += 1
-                entry["tokens"] += n
-            per_raw_shard.update(sources)
-            unique.update(zip(groups[part].tolist(), indices[part].tolist()))
+        _write_shards(corpus, raw_shard, raw_row, groups, docs_per_shard, tmp, spill=tmp.parent / "spill")
         tokens_total = sum(e["tokens"] for e in sampled.values())
         manifest = {
             "weights": {
@@ -77,7 +70,7 @@ def write_climbmix(
             ),
             "tokens": tokens_total,
             "documents": len(groups),
-            "unique_documents": len(unique),
+            "unique_documents": unique,
             "max_repeats": max_repeats,
             "capped_groups": stats.get("capped_groups", []),
             "seed": seed,
@@ -91,6 +84,31 @@ def write_climbmix(
         }
         (tmp / "manifest.json").write_text(json.dumps(_json_safe(manifest), indent=2, sort_keys=True, default=str))
     return manifest
+
+
+def _write_shards(corpus, raw_shard, raw_row, groups, docs_per_shard: int, out: Path, *, spill: Path) -> None:
+    """Write draw ``i`` into output shard ``i // docs_per_shard``, in draw order, in two bounded passes.
+
+    (1) For each raw shard touched, read it once and spill its drawn rows, tagged with their draw position and
+    sorted by it, into one Parquet file with small row groups. (2) For each output shard, read its position range
+    back from the spill files (row-group statistics skip the rest) and write it. Memory: one raw shard, then one
+    output shard; reading raw shards by row for every output shard instead would cost output x raw shard reads.
+    """
+    spill.mkdir()
+    for s in np.unique(raw_shard):
+        at = np.flatnonzero(raw_shard == s)
+        name = corpus.store.shard_names[int(s)]
+        raw = pl.read_parquet(corpus.store.raw_dir / f"{name}.parquet", columns=["text", "doc_id"])
+        raw[raw_row[at]].with_columns(
+            super_cluster_id=pl.Series(groups[at], dtype=pl.Int64), source_shard=pl.lit(name), position=pl.Series(at)
+        ).write_parquet(spill / f"{name}.parquet", row_group_size=max(1, docs_per_shard // 4), statistics=True)
+        del raw
+    drawn = pl.scan_parquet(spill / "*.parquet")
+    for i in range(math.ceil(len(groups) / docs_per_shard)):
+        part = drawn.filter(pl.col("position").is_between(i * docs_per_shard, (i + 1) * docs_per_shard - 1))
+        part.sort("position").drop("position").collect().write_parquet(
+            out / f"climbmix-{i:05d}.parquet", compression="zstd"
+        )
 
 
 def _json_safe(value):

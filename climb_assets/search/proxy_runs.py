@@ -52,8 +52,8 @@ class SearchCorpus:
         docs = self.members[group]
         return lambda indices: self.store.records(docs.shard[indices], docs.row[indices])[1]
 
-    def records(self, groups: np.ndarray, indices: np.ndarray) -> tuple[list[str], list[str], list[str], np.ndarray]:
-        """(doc_ids, texts, source shard names, token counts) of the drawn documents, in draw order."""
+    def locate(self, groups: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw shard index, row, token count) of drawn documents given as (group, index in group), in draw order."""
         shard = np.empty(len(groups), dtype=np.int64)
         row = np.empty(len(groups), dtype=np.int64)
         n_tokens = np.empty(len(groups), dtype=np.int64)
@@ -61,6 +61,11 @@ class SearchCorpus:
             at = groups == g
             docs = self.members[int(g)]
             shard[at], row[at], n_tokens[at] = docs.shard[indices[at]], docs.row[indices[at]], docs.n_tokens[indices[at]]
+        return shard, row, n_tokens
+
+    def records(self, groups: np.ndarray, indices: np.ndarray) -> tuple[list[str], list[str], list[str], np.ndarray]:
+        """(doc_ids, texts, source shard names, token counts) of the drawn documents, in draw order."""
+        shard, row, n_tokens = self.locate(groups, indices)
         doc_ids, texts = self.store.records(shard, row)
         return doc_ids, texts, [self.store.shard_names[s] for s in shard], n_tokens
 
