@@ -7,7 +7,6 @@ its settings.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,11 +45,8 @@ class SearchCorpus:
     version: str
 
     def pools(self) -> dict[int, DocPool]:
-        return {g: DocPool(_GroupDocIds(self, g), self.members[g].n_tokens, self._text_loader(g)) for g in self.groups}
-
-    def _text_loader(self, group: int):
-        docs = self.members[group]
-        return lambda indices: self.store.records(docs.shard[indices], docs.row[indices])[1]
+        """Tokens-only pools for the sampler: ids are positions in the group, texts are fetched by ``records``."""
+        return {g: DocPool(range(len(self.members[g])), self.members[g].n_tokens) for g in self.groups}
 
     def locate(self, groups: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw shard index, row, token count) of drawn documents given as (group, index in group), in draw order."""
@@ -79,20 +75,6 @@ class SearchCorpus:
     def natural_weights(self) -> np.ndarray:
         tokens = self.tokens_per_group()
         return tokens / tokens.sum()
-
-
-class _GroupDocIds(Sequence):
-    """A group's doc ids, looked up in the raw shards only when asked for (the sampler's ``iter_records``)."""
-
-    def __init__(self, corpus: SearchCorpus, group: int) -> None:
-        self._corpus, self._group = corpus, group
-
-    def __len__(self) -> int:
-        return len(self._corpus.members[self._group])
-
-    def __getitem__(self, index):
-        docs = self._corpus.members[self._group]
-        return self._corpus.store.records(docs.shard[[index]], docs.row[[index]])[0][0]
 
 
 def load_search_corpus(home: ClimbHome, tokenizer: TextTokenizer) -> SearchCorpus:
