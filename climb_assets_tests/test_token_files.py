@@ -100,17 +100,25 @@ def test_corpus_indexes_membership_and_proxy_is_deterministic(home, bpe):
     settings = ProxySettings(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, token_budget=2_000)
     target = TargetData(TargetSpec(kind="bpb"), texts=list(docs["text"][:5]))
     weights = np.array([0.5, 0.3, 0.2])
+    reloaded = load_search_corpus(home, bpe)  # from the stored index this time
+    assert len(list(token_dir(home, bpe).glob("index-*.npz"))) == 1
+    for g in corpus.groups:
+        for k in ("shard", "row", "n_tokens"):
+            assert np.array_equal(getattr(reloaded.members[g], k), getattr(corpus.members[g], k))
     first, _ = run_proxy(corpus, bpe, weights, settings, target, seed=3)
-    again, _ = run_proxy(load_search_corpus(home, bpe), bpe, weights, settings, target, seed=3)
+    again, _ = run_proxy(reloaded, bpe, weights, settings, target, seed=3)
     other, _ = run_proxy(corpus, bpe, weights, settings, target, seed=4)
     assert first.loss_curve == again.loss_curve and first.metrics == again.metrics
     assert first.loss_curve != other.loss_curve
 
-    # re-clustering changes the index, not the token files
-    stamps = file_stamps(token_dir(home, bpe))
+    # re-clustering gets a new index, the token files stay as they were
+    tokens = {k: v for k, v in file_stamps(token_dir(home, bpe)).items() if not k.startswith("index-")}
     write_membership(home, docs, n_groups=2)
-    assert load_search_corpus(home, bpe).groups == [0, 1]
-    assert file_stamps(token_dir(home, bpe)) == stamps
+    regrouped = load_search_corpus(home, bpe)
+    assert regrouped.groups == [0, 1] and sum(len(regrouped.members[g]) for g in (0, 1)) == docs.height
+    after = file_stamps(token_dir(home, bpe))
+    assert {k: v for k, v in after.items() if not k.startswith("index-")} == tokens
+    assert len([k for k in after if k.startswith("index-")]) == 2
 
 
 def test_membership_naming_a_missing_document_is_an_error(home, bpe):

@@ -17,7 +17,7 @@ from climb_assets.home import ClimbHome
 from climb_assets.search.mixture import DocPool, MixtureSampler
 from climb_assets.search.proxy_model import GPT, GPTConfig, preset
 from climb_assets.search.targets import MCItem, TargetSpec, evaluate_target, load_mc_tasks, load_target_texts
-from climb_assets.search.token_files import GroupDocs, TokenStore, group_index, open_store
+from climb_assets.search.token_files import GroupDocs, TokenStore, cached_group_index, open_store
 from climb_assets.search.tokenizer import TextTokenizer
 from climb_assets.search.training import TrainConfig, pack_documents, train_proxy
 
@@ -79,10 +79,9 @@ class SearchCorpus:
 
 def load_search_corpus(home: ClimbHome, tokenizer: TextTokenizer) -> SearchCorpus:
     """Tokenize any raw shard that lacks token files for this tokenizer, then index the super-clusters into them."""
-    members = pl.read_parquet(super_cluster_documents_path(home), columns=["doc_id", "super_cluster_id"]).drop_nulls()
     table = pl.read_parquet(super_cluster_table_path(home))
     store = open_store(home, tokenizer)
-    index = group_index(store, members)
+    index = cached_group_index(store, super_cluster_documents_path(home))
     version = str(table["version"][0]) if "version" in table.columns else ""
     corpus = SearchCorpus(sorted(index), {}, index, store, version)
     corpus.labels = dict(zip(table["super_cluster_id"].to_list(), table["label"].to_list()))

@@ -223,6 +223,35 @@ def group_index(store: TokenStore, members: pl.DataFrame) -> dict[int, GroupDocs
     return out
 
 
+def cached_group_index(store: TokenStore, members_path: Path) -> dict[int, GroupDocs]:
+    """``group_index`` built once per (membership file, raw shards, tokenizer) and stored as int arrays.
+
+    The key hashes the membership file's bytes and every shard's name and raw sha256 (rows are positions in those
+    bytes); the tokenizer is the directory. Later processes (every proxy step) load ~32 bytes per kept document
+    instead of joining every document id again.
+    """
+    key = hashlib.sha256(file_sha256(members_path).encode())
+    for name in store.shard_names:
+        key.update(f"{name}:{json.loads(_meta_path(store.directory, name).read_text())['raw_sha256']};".encode())
+    path = store.directory / f"index-{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        arrays = np.load(path)
+        bounds = np.flatnonzero(np.diff(arrays["group"])) + 1
+        parts = zip(*(np.split(arrays[k], bounds) for k in ("group", "shard", "row", "n_tokens")))
+        return {int(g[0]): GroupDocs(shard, row, n) for g, shard, row, n in parts if len(g)}
+    members = pl.read_parquet(members_path, columns=["doc_id", "super_cluster_id"]).drop_nulls()
+    index = group_index(store, members)
+    groups = sorted(index)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        np.savez(
+            out,
+            group=np.concatenate([np.full(len(index[g]), g, dtype=np.int64) for g in groups] or [np.zeros(0, np.int64)]),
+            **{k: np.concatenate([getattr(index[g], k) for g in groups] or [np.zeros(0, np.int64)])
+               for k in ("shard", "row", "n_tokens")},
+        )  # fmt: skip
+    return index
+
+
 def open_store(home: ClimbHome, tokenizer: TextTokenizer) -> TokenStore:
     """Make sure every raw shard has current token files for ``tokenizer``, then open them."""
     ensure_token_files(home, tokenizer)
