@@ -9,6 +9,7 @@ tokenized with the ByteTokenizer (exact, and fast enough to tokenize a million d
 more per token but the memory shape is the same). Then, each in a fresh child process (so peak RSS is that step's):
 
 (a) tokenizing one new shard (``ensure_token_files`` with every other shard already current);
+(index) the first load after a (re-)clustering: joins every kept document id once and stores the group index;
 (b) a proxy: loading the corpus index + data for a fixed token budget + the training steps (tiny model);
 (c) ClimbMix writing a fixed token budget.
 """
@@ -75,6 +76,10 @@ def child(step: str, root: str, args: argparse.Namespace) -> dict:
     info: dict = {}
     if step == "tokenize_new_shard":
         info = {k: len(v) for k, v in ensure_token_files(home, tokenizer).items()}
+    elif step == "build_index":
+        from climb_assets.search.proxy_runs import load_search_corpus
+
+        info = {"groups": len(load_search_corpus(home, tokenizer).groups)}
     elif step == "proxy":
         from climb_assets.search.proxy_runs import ProxySettings, TargetData, load_search_corpus, run_proxy
         from climb_assets.search.targets import TargetSpec
@@ -130,7 +135,7 @@ def main() -> None:
             synthetic_shard(name, args.docs_per_shard, args.mean_chars, 10**6).write_parquet(
                 home.lake_dir("raw_shards") / f"{name}.parquet"
             )
-            for step in ("tokenize_new_shard", "proxy", "climbmix"):
+            for step in ("tokenize_new_shard", "build_index", "proxy", "climbmix"):
                 row = {"docs": n_docs, **measure(step, home, budgets)}
                 rows.append(row)
                 print(json.dumps(row | {"lake_build_s": round(build, 1)}), flush=True)
