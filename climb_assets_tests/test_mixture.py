@@ -139,3 +139,11 @@ def test_doc_pool_validates_its_columns() -> None:
         DocPool(["a"], np.array([-1]), ["x"])
     with pytest.raises(ValueError, match="texts has"):
         DocPool(["a", "b"], np.array([1, 2]), ["x"])
+
+
+def test_tokens_only_pool_samples_but_has_no_texts():
+    pool = DocPool(range(3), np.array([5, 7, 9]))
+    plan = MixtureSampler({0: pool}, [1.0], token_budget=20, seed=0).plan()
+    assert plan.stats.total_tokens >= 20 and set(plan.doc_indices.tolist()) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="token counts only"):
+        pool.texts_for(np.array([0]))

@@ -14,7 +14,8 @@ import pytest
 
 from climb_assets.climbmix.mix import proof_runs, proof_table, write_climbmix
 from climb_assets.demo.corpus import _kind_docs
-from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData
+from climb_assets.home import ClimbHome
+from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, load_search_corpus
 from climb_assets.search.targets import TargetSpec
 from climb_assets.search.tokenizer import ByteTokenizer
 
@@ -36,19 +37,32 @@ def texts() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(texts) -> SearchCorpus:
-    """Documents of each group spread over two raw shards, tokenized as bytes."""
+def docs(texts) -> pl.DataFrame:
+    """Documents of each group spread over two raw shards."""
     groups = {0: texts["prose"], 1: texts["code"], 2: texts["digits"]}
-    doc_ids = {g: [f"g{g}-{i:03d}" for i in range(len(t))] for g, t in groups.items()}
-    return SearchCorpus(
-        groups=sorted(groups),
-        labels={0: "prose", 1: "code", 2: "digits"},
-        doc_ids=doc_ids,
-        shards={g: [f"shard-{(g + i) % 2}" for i in range(len(t))] for g, t in groups.items()},
-        texts=groups,
-        token_ids={g: [np.asarray(TOKENIZER.encode(x), dtype=np.int32) for x in t] for g, t in groups.items()},
-        version="v-test",
+    return pl.DataFrame(
+        [
+            {"doc_id": f"g{g}-{i:03d}", "text": t, "shard": f"shard-{(g + i) % 2}", "super_cluster_id": g}
+            for g, group in groups.items()
+            for i, t in enumerate(group)
+        ]
     )
+
+
+@pytest.fixture(scope="module")
+def corpus(docs, tmp_path_factory) -> SearchCorpus:
+    """The documents in a real lake (raw shards + super-cluster membership), tokenized as bytes into token files."""
+    home = ClimbHome(tmp_path_factory.mktemp("climb"))
+    raw = home.lake_dir("raw_shards")
+    raw.mkdir(parents=True)
+    for (shard,), part in docs.group_by(["shard"]):
+        part.select("doc_id", "text", "shard").write_parquet(raw / f"{shard}.parquet")
+    clusters = home.lake_dir("super_clusters")
+    clusters.mkdir(parents=True)
+    docs.select("doc_id", "super_cluster_id").write_parquet(clusters / "documents.parquet")
+    pl.DataFrame({"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v-test"] * 3}
+                 ).write_parquet(clusters / "super_clusters.parquet")  # fmt: skip
+    return load_search_corpus(home, TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +78,7 @@ def proof(corpus, texts):
 
 def longest_doc(corpus: SearchCorpus) -> int:
     """Shares can miss their weight by at most one document (a group stops at the first doc past its target)."""
-    return max(len(t) for g in corpus.groups for t in corpus.token_ids[g])
+    return max(int(corpus.members[g].n_tokens.max()) for g in corpus.groups)
 
 
 def test_clearly_better_mixture_ranks_first(proof, corpus):
@@ -102,7 +116,7 @@ def read_shards(directory, manifest) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(directory / name) for name in manifest["shards"]])
 
 
-def test_climbmix_dataset_follows_its_weights_and_sources(corpus, tmp_path):
+def test_climbmix_dataset_follows_its_weights_and_sources(corpus, docs, tmp_path):
     out = tmp_path / "climbmix"
     weights = np.array([0.5, 0.3, 0.2])
     manifest = write_climbmix(out, corpus, weights, token_budget=120_000, max_repeats=4.0, seed=3, docs_per_shard=25,
@@ -123,9 +137,7 @@ def test_climbmix_dataset_follows_its_weights_and_sources(corpus, tmp_path):
         assert manifest["sampled"][str(g)]["tokens"] == per_group[g]
         assert abs(per_group[g] / total - w) <= longest_doc(corpus) / total
     # every document is the corpus document it names, from the raw shard that holds it
-    source = {
-        (g, d): (s, t) for g in corpus.groups for d, s, t in zip(corpus.doc_ids[g], corpus.shards[g], corpus.texts[g])
-    }
+    source = {(r["super_cluster_id"], r["doc_id"]): (r["shard"], r["text"]) for r in docs.iter_rows(named=True)}
     for row in rows.iter_rows(named=True):
         assert source[(row["super_cluster_id"], row["doc_id"])] == (row["source_shard"], row["text"])
     assert manifest["provenance"]["documents_per_raw_shard"] == dict(Counter(rows["source_shard"]))

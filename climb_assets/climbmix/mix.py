@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def write_climbmix(
     manifest_extra: dict,
 ) -> dict:
     """Sample documents by ``weights`` up to ``token_budget`` (same sampler and repetition cap as the proxies),
-    in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically."""
+    in shuffled order, into Parquet shards plus ``manifest.json``; the whole directory appears atomically.
+
+    Streams (``_write_shards``): each raw shard is read once and each output shard is held alone; the sampled
+    texts are never all in memory."""
     pools = corpus.pools()
     weighted = {g: float(w) for g, w in zip(corpus.groups, weights)}
     # Under the repetition cap the weighted groups hold at most max_repeats x their tokens: a larger budget would
@@ -37,56 +41,74 @@ def write_climbmix(
     budget = min(token_budget, ceiling)
     sampler = MixtureSampler(pools, weighted, token_budget=budget, max_repeats=max_repeats, seed=seed)
     plan = sampler.plan()
-    groups = np.asarray(plan.groups)
-    indices = np.asarray(plan.doc_indices)
-    rows = pl.DataFrame(
-        {
-            "text": [corpus.texts[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "doc_id": [corpus.doc_ids[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "super_cluster_id": groups.astype(np.int64),
-            "source_shard": [corpus.shards[int(g)][int(i)] for g, i in zip(groups, indices)],
-            "n_tokens": [len(corpus.token_ids[int(g)][int(i)]) for g, i in zip(groups, indices)],
-        }
-    )
+    groups = np.asarray(plan.groups, dtype=np.int64)
+    indices = np.asarray(plan.doc_indices, dtype=np.int64)
     stats = plan.stats.to_dict()
-    per_group = rows.group_by("super_cluster_id").agg(docs=pl.len(), tokens=pl.col("n_tokens").sum()).sort("super_cluster_id")
-    tokens_total = int(rows["n_tokens"].sum())
-    shards = math.ceil(rows.height / docs_per_shard)
-    manifest = {
-        "weights": {
-            str(g): {"label": corpus.labels.get(g, ""), "weight": float(w)} for g, w in zip(corpus.groups, weights)
-        },
-        "sampled": {
-            str(r["super_cluster_id"]): {"docs": r["docs"], "tokens": int(r["tokens"]), "token_share": r["tokens"] / tokens_total}
-            for r in per_group.iter_rows(named=True)
-        },
-        "token_budget": token_budget,
-        "token_budget_used": budget,
-        "budget_note": "" if budget == token_budget else (
-            f"the weighted super-clusters hold {ceiling:,} tokens at {max_repeats:g} repeats: budget lowered"
-        ),
-        "tokens": tokens_total,
-        "documents": rows.height,
-        "unique_documents": rows["doc_id"].n_unique(),
-        "max_repeats": max_repeats,
-        "capped_groups": stats.get("capped_groups", []),
-        "seed": seed,
-        "cluster_version": corpus.version,
-        "shards": [f"climbmix-{i:05d}.parquet" for i in range(shards)],
-        "provenance": {
-            "raw_shards": sorted(rows["source_shard"].unique().to_list()),
-            "documents_per_raw_shard": dict(rows.group_by("source_shard").len().sort("source_shard").iter_rows()),
-        },
-        **manifest_extra,
+    shards = math.ceil(len(groups) / docs_per_shard)
+    raw_shard, raw_row, n_tokens = corpus.locate(groups, indices)
+    names = np.asarray(corpus.store.shard_names, dtype=object)
+    sampled = {
+        int(g): {"docs": int((groups == g).sum()), "tokens": int(n_tokens[groups == g].sum())} for g in np.unique(groups)
     }
+    per_raw_shard = Counter(names[raw_shard].tolist())
+    unique = len(np.unique(raw_shard * (int(raw_row.max(initial=0)) + 1) + raw_row))
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        for i in range(shards):
-            rows.slice(i * docs_per_shard, docs_per_shard).drop("n_tokens").write_parquet(
-                tmp / f"climbmix-{i:05d}.parquet", compression="zstd"
-            )
+        _write_shards(corpus, raw_shard, raw_row, groups, docs_per_shard, tmp, spill=tmp.parent / "spill")
+        tokens_total = sum(e["tokens"] for e in sampled.values())
+        manifest = {
+            "weights": {
+                str(g): {"label": corpus.labels.get(g, ""), "weight": float(w)} for g, w in zip(corpus.groups, weights)
+            },
+            "sampled": {
+                str(g): {**e, "token_share": e["tokens"] / tokens_total} for g, e in sorted(sampled.items())
+            },
+            "token_budget": token_budget,
+            "token_budget_used": budget,
+            "budget_note": "" if budget == token_budget else (
+                f"the weighted super-clusters hold {ceiling:,} tokens at {max_repeats:g} repeats: budget lowered"
+            ),
+            "tokens": tokens_total,
+            "documents": len(groups),
+            "unique_documents": unique,
+            "max_repeats": max_repeats,
+            "capped_groups": stats.get("capped_groups", []),
+            "seed": seed,
+            "cluster_version": corpus.version,
+            "shards": [f"climbmix-{i:05d}.parquet" for i in range(shards)],
+            "provenance": {
+                "raw_shards": sorted(per_raw_shard),
+                "documents_per_raw_shard": dict(sorted(per_raw_shard.items())),
+            },
+            **manifest_extra,
+        }
         (tmp / "manifest.json").write_text(json.dumps(_json_safe(manifest), indent=2, sort_keys=True, default=str))
     return manifest
+
+
+def _write_shards(corpus, raw_shard, raw_row, groups, docs_per_shard: int, out: Path, *, spill: Path) -> None:
+    """Write draw ``i`` into output shard ``i // docs_per_shard``, in draw order, in two bounded passes.
+
+    (1) For each raw shard touched, read it once and spill its drawn rows, tagged with their draw position and
+    sorted by it, into one Parquet file with small row groups. (2) For each output shard, read its position range
+    back from the spill files (row-group statistics skip the rest) and write it. Memory: one raw shard, then one
+    output shard; reading raw shards by row for every output shard instead would cost output x raw shard reads.
+    """
+    spill.mkdir()
+    for s in np.unique(raw_shard):
+        at = np.flatnonzero(raw_shard == s)
+        name = corpus.store.shard_names[int(s)]
+        raw = pl.read_parquet(corpus.store.raw_dir / f"{name}.parquet", columns=["text", "doc_id"])
+        raw[raw_row[at]].with_columns(
+            super_cluster_id=pl.Series(groups[at], dtype=pl.Int64), source_shard=pl.lit(name), position=pl.Series(at)
+        ).write_parquet(spill / f"{name}.parquet", row_group_size=max(1, docs_per_shard // 4), statistics=True)
+        del raw
+    drawn = pl.scan_parquet(spill / "*.parquet")
+    for i in range(math.ceil(len(groups) / docs_per_shard)):
+        part = drawn.filter(pl.col("position").is_between(i * docs_per_shard, (i + 1) * docs_per_shard - 1))
+        part.sort("position").drop("position").collect().write_parquet(
+            out / f"climbmix-{i:05d}.parquet", compression="zstd"
+        )
 
 
 def _json_safe(value):

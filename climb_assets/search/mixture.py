@@ -19,15 +19,16 @@ TextSource = Sequence[str] | Callable[[np.ndarray], Sequence[str]]
 
 @dataclass(frozen=True)
 class DocPool:
-    """The documents of one group (super-cluster): ids, token counts and texts (a sequence or a lazy loader).
+    """The documents of one group (super-cluster): ids, token counts and texts (a sequence, a lazy loader or None).
 
-    A loader is called with an int array of document indices and returns their texts in that order; it lets
-    ClimbMix stream from the lake without holding the corpus in memory.
+    A loader is called with an int array of document indices and returns their texts in that order. ``texts=None``
+    is a tokens-only pool (the search corpus: its texts are fetched from the raw shards by the caller, only for the
+    drawn documents, and its ids may be positions).
     """
 
-    doc_ids: Sequence[str]
+    doc_ids: Sequence[str] | range
     n_tokens: np.ndarray
-    texts: TextSource
+    texts: TextSource | None = None
 
     def __post_init__(self) -> None:
         tokens = np.asarray(self.n_tokens, dtype=np.int64)
@@ -35,7 +36,7 @@ class DocPool:
             raise ValueError(f"n_tokens must be 1-D with one entry per doc ({len(self.doc_ids)}), got {tokens.shape}")
         if (tokens < 0).any():
             raise ValueError("n_tokens must be non-negative")
-        if not callable(self.texts) and len(self.texts) != len(self.doc_ids):
+        if self.texts is not None and not callable(self.texts) and len(self.texts) != len(self.doc_ids):
             raise ValueError(f"texts has {len(self.texts)} entries for {len(self.doc_ids)} doc ids")
         object.__setattr__(self, "n_tokens", tokens)
 
@@ -44,6 +45,8 @@ class DocPool:
         return int(self.n_tokens.sum())
 
     def texts_for(self, indices: np.ndarray) -> list[str]:
+        if self.texts is None:
+            raise ValueError("this pool holds token counts only, no texts")
         if callable(self.texts):
             texts = list(self.texts(indices))
             if len(texts) != len(indices):

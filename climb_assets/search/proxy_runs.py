@@ -17,6 +17,7 @@ from climb_assets.home import ClimbHome
 from climb_assets.search.mixture import DocPool, MixtureSampler
 from climb_assets.search.proxy_model import GPT, GPTConfig, preset
 from climb_assets.search.targets import MCItem, TargetSpec, evaluate_target, load_mc_tasks, load_target_texts
+from climb_assets.search.token_files import GroupDocs, TokenStore, cached_group_index, open_store
 from climb_assets.search.tokenizer import TextTokenizer
 from climb_assets.search.training import TrainConfig, pack_documents, train_proxy
 
@@ -31,23 +32,45 @@ def super_cluster_table_path(home: ClimbHome) -> Path:
 
 @dataclass
 class SearchCorpus:
-    """The kept documents grouped by super-cluster, tokenized once per process for every proxy run."""
+    """The kept documents grouped by super-cluster, as (shard, row) references into memory-mapped token files.
+
+    Holds ids and ints only; tokens are read from the token files' memory maps and texts from the raw shards on
+    demand, so a process's memory does not grow with the corpus's text or tokens.
+    """
 
     groups: list[int]
     labels: dict[int, str]
-    doc_ids: dict[int, list[str]]
-    shards: dict[int, list[str]]
-    texts: dict[int, list[str]]
-    token_ids: dict[int, list[np.ndarray]]
+    members: dict[int, GroupDocs]
+    store: TokenStore
     version: str
 
     def pools(self) -> dict[int, DocPool]:
-        return {
-            g: DocPool(self.doc_ids[g], np.array([len(t) for t in self.token_ids[g]]), self.texts[g]) for g in self.groups
-        }
+        """Tokens-only pools for the sampler: ids are positions in the group, texts are fetched by ``records``."""
+        return {g: DocPool(range(len(self.members[g])), self.members[g].n_tokens) for g in self.groups}
+
+    def locate(self, groups: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw shard index, row, token count) of drawn documents given as (group, index in group), in draw order."""
+        shard = np.empty(len(groups), dtype=np.int64)
+        row = np.empty(len(groups), dtype=np.int64)
+        n_tokens = np.empty(len(groups), dtype=np.int64)
+        for g in np.unique(groups):
+            at = groups == g
+            docs = self.members[int(g)]
+            shard[at], row[at], n_tokens[at] = docs.shard[indices[at]], docs.row[indices[at]], docs.n_tokens[indices[at]]
+        return shard, row, n_tokens
+
+    def records(self, groups: np.ndarray, indices: np.ndarray) -> tuple[list[str], list[str], list[str], np.ndarray]:
+        """(doc_ids, texts, source shard names, token counts) of the drawn documents, in draw order."""
+        shard, row, n_tokens = self.locate(groups, indices)
+        doc_ids, texts = self.store.records(shard, row)
+        return doc_ids, texts, [self.store.shard_names[s] for s in shard], n_tokens
+
+    def tokens(self, group: int, index: int) -> np.ndarray:
+        docs = self.members[group]
+        return self.store.tokens(int(docs.shard[index]), int(docs.row[index]))
 
     def tokens_per_group(self) -> np.ndarray:
-        return np.array([sum(len(t) for t in self.token_ids[g]) for g in self.groups], dtype=np.float64)
+        return np.array([self.members[g].n_tokens.sum() for g in self.groups], dtype=np.float64)
 
     def natural_weights(self) -> np.ndarray:
         tokens = self.tokens_per_group()
@@ -55,23 +78,12 @@ class SearchCorpus:
 
 
 def load_search_corpus(home: ClimbHome, tokenizer: TextTokenizer) -> SearchCorpus:
-    members = pl.read_parquet(super_cluster_documents_path(home), columns=["doc_id", "super_cluster_id"]).drop_nulls()
+    """Tokenize any raw shard that lacks token files for this tokenizer, then index the super-clusters into them."""
     table = pl.read_parquet(super_cluster_table_path(home))
-    texts = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet").select("doc_id", "text", "shard")
-    docs = members.lazy().join(texts, on="doc_id", how="inner").sort("super_cluster_id", "doc_id").collect()
-    if docs.height != members.height:
-        raise ValueError(f"{members.height - docs.height} super-cluster documents are missing from raw_shards")
-    encoded = tokenizer.encode_batch(docs["text"].to_list())
-    token_arrays = [np.asarray(ids, dtype=np.int32) for ids in encoded]
-    groups = sorted(docs["super_cluster_id"].unique().to_list())
-    corpus = SearchCorpus(groups, {}, {}, {}, {}, {}, version=str(table["version"][0]) if "version" in table.columns else "")
-    group_column = docs["super_cluster_id"].to_numpy()
-    for g in groups:
-        rows = np.flatnonzero(group_column == g)
-        corpus.doc_ids[g] = docs["doc_id"].gather(rows).to_list()
-        corpus.shards[g] = docs["shard"].gather(rows).to_list()
-        corpus.texts[g] = docs["text"].gather(rows).to_list()
-        corpus.token_ids[g] = [token_arrays[i] for i in rows]
+    store = open_store(home, tokenizer)
+    index = cached_group_index(store, super_cluster_documents_path(home))
+    version = str(table["version"][0]) if "version" in table.columns else ""
+    corpus = SearchCorpus(sorted(index), {}, index, store, version)
     corpus.labels = dict(zip(table["super_cluster_id"].to_list(), table["label"].to_list()))
     return corpus
 
@@ -145,13 +157,14 @@ class ProxyOutcome:
 
 
 def mixture_token_stream(corpus: SearchCorpus, weights: np.ndarray, budget: int, max_repeats: float, seed: int):
-    """Documents drawn by weight (same sampler as ClimbMix) as token lists, plus the sampler's stats."""
+    """Documents drawn by weight (same sampler as ClimbMix) as a lazy stream of memory-mapped token views, plus the
+    sampler's stats: only the packer's shuffle pool is ever materialised."""
     sampler = MixtureSampler(
         corpus.pools(), {g: float(w) for g, w in zip(corpus.groups, weights)},
         token_budget=budget, max_repeats=max_repeats, seed=seed,
     )
     plan = sampler.plan()
-    token_lists = [corpus.token_ids[int(g)][int(i)] for g, i in zip(plan.groups, plan.doc_indices)]
+    token_lists = (corpus.tokens(int(g), int(i)) for g, i in zip(plan.groups, plan.doc_indices))
     return token_lists, plan.stats.to_dict()
 
 

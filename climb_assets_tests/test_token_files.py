@@ -1,0 +1,149 @@
+"""Token files: one tokenization per (tokenizer, raw shard), read back through memory maps by proxies and ClimbMix."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from climb_assets.home import ClimbHome
+from climb_assets.search.proxy_runs import ProxySettings, TargetData, load_search_corpus, run_proxy
+from climb_assets.search.targets import TargetSpec
+from climb_assets.search.token_files import decode_shard, ensure_token_files, token_dir, tokenizer_key
+from climb_assets.search.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+
+
+def make_docs(shard: str, n: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 60)))) for _ in range(n)]
+    texts[0] = ""  # an empty document is a zero-length row, not a missing one
+    texts[1] = "ünïcödé <|endoftext|> stays text"
+    return pl.DataFrame({"doc_id": [f"{shard}-{i:04d}" for i in range(n)], "text": texts, "shard": [shard] * n})
+
+
+def add_shard(home: ClimbHome, shard: str, n: int = 40, seed: int = 0) -> pl.DataFrame:
+    frame = make_docs(shard, n, seed)
+    raw = home.lake_dir("raw_shards")
+    raw.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(raw / f"{shard}.parquet")
+    return frame
+
+
+def write_membership(home: ClimbHome, docs: pl.DataFrame, n_groups: int) -> None:
+    clusters = home.lake_dir("super_clusters")
+    clusters.mkdir(parents=True, exist_ok=True)
+    members = docs.select("doc_id").with_row_index("i").select("doc_id", super_cluster_id=pl.col("i") % n_groups)
+    members.write_parquet(clusters / "documents.parquet")
+    pl.DataFrame({"super_cluster_id": list(range(n_groups)), "label": [f"g{g}" for g in range(n_groups)],
+                  "version": ["v1"] * n_groups}).write_parquet(clusters / "super_clusters.parquet")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return train_bpe_tokenizer([" ".join(WORDS)] * 50, vocab_size=300)
+
+
+def file_stamps(directory):
+    return {p.name: p.stat().st_mtime_ns for p in sorted(directory.iterdir())}
+
+
+def test_token_files_decode_to_the_tokenizers_encoding(home, bpe):
+    frame = add_shard(home, "s0")
+    assert ensure_token_files(home, bpe) == {"tokenized": ["s0"], "reused": []}
+    rows = decode_shard(token_dir(home, bpe), "s0")
+    assert [r.tolist() for r in rows] == [bpe.encode(t) for t in frame["text"]]
+    assert rows[0].size == 0 and rows[2].dtype == np.uint16
+
+
+def test_new_shard_is_tokenized_alone_and_a_new_tokenizer_gets_new_files(home, bpe):
+    add_shard(home, "s0")
+    ensure_token_files(home, bpe)
+    directory = token_dir(home, bpe)
+    before = file_stamps(directory)
+    add_shard(home, "s1", seed=1)
+    assert ensure_token_files(home, bpe) == {"tokenized": ["s1"], "reused": ["s0"]}
+    after = file_stamps(directory)
+    assert {k: v for k, v in after.items() if k.startswith("s0.")} == before and len(before) == 3
+    assert sorted(after) == ["s0.bin", "s0.idx", "s0.json", "s1.bin", "s1.idx", "s1.json"]
+
+    other = ByteTokenizer()
+    assert tokenizer_key(other) != tokenizer_key(bpe) and token_dir(home, other) != directory
+    assert ensure_token_files(home, other)["tokenized"] == ["s0", "s1"]
+    assert file_stamps(directory) == after  # the first tokenizer's files are left as they were
+    text = pl.read_parquet(home.lake_dir("raw_shards") / "s1.parquet")["text"][5]
+    assert decode_shard(token_dir(home, other), "s1")[5].tolist() == other.encode(text)
+
+
+def test_rewritten_shard_is_tokenized_again(home, bpe):
+    add_shard(home, "s0")
+    ensure_token_files(home, bpe)
+    frame = add_shard(home, "s0", n=25, seed=7)  # same name, new content
+    assert ensure_token_files(home, bpe)["tokenized"] == ["s0"]
+    assert [r.tolist() for r in decode_shard(token_dir(home, bpe), "s0")] == [bpe.encode(t) for t in frame["text"]]
+
+
+def test_corpus_indexes_membership_and_proxy_is_deterministic(home, bpe):
+    docs = pl.concat([add_shard(home, "s0", n=60), add_shard(home, "s1", n=60, seed=1)])
+    write_membership(home, docs, n_groups=3)
+    corpus = load_search_corpus(home, bpe)
+    assert corpus.groups == [0, 1, 2] and corpus.version == "v1" and corpus.labels[2] == "g2"
+    texts = dict(docs.select("doc_id", "text").iter_rows())
+    members = pl.read_parquet(home.lake_dir("super_clusters") / "documents.parquet")
+    for g in corpus.groups:
+        ids = sorted(members.filter(pl.col("super_cluster_id") == g)["doc_id"])
+        doc_ids, got_texts, _, n_tokens = corpus.records(np.full(len(ids), g), np.arange(len(ids)))
+        assert doc_ids == ids and got_texts == [texts[d] for d in ids]
+        assert [corpus.tokens(g, i).tolist() for i in range(len(ids))] == [bpe.encode(texts[d]) for d in ids]
+        assert n_tokens.tolist() == [len(bpe.encode(texts[d])) for d in ids]
+    assert corpus.tokens_per_group().sum() == sum(len(bpe.encode(t)) for t in docs["text"])
+
+    settings = ProxySettings(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, token_budget=2_000)
+    target = TargetData(TargetSpec(kind="bpb"), texts=list(docs["text"][:5]))
+    weights = np.array([0.5, 0.3, 0.2])
+    reloaded = load_search_corpus(home, bpe)  # from the stored index this time
+    assert len(list(token_dir(home, bpe).glob("index-*.npz"))) == 1
+    for g in corpus.groups:
+        for k in ("shard", "row", "n_tokens"):
+            assert np.array_equal(getattr(reloaded.members[g], k), getattr(corpus.members[g], k))
+    first, _ = run_proxy(corpus, bpe, weights, settings, target, seed=3)
+    again, _ = run_proxy(reloaded, bpe, weights, settings, target, seed=3)
+    other, _ = run_proxy(corpus, bpe, weights, settings, target, seed=4)
+    assert first.loss_curve == again.loss_curve and first.metrics == again.metrics
+    assert first.loss_curve != other.loss_curve
+
+    # re-clustering gets a new index, the token files stay as they were
+    tokens = {k: v for k, v in file_stamps(token_dir(home, bpe)).items() if not k.startswith("index-")}
+    write_membership(home, docs, n_groups=2)
+    regrouped = load_search_corpus(home, bpe)
+    assert regrouped.groups == [0, 1] and sum(len(regrouped.members[g]) for g in (0, 1)) == docs.height
+    after = file_stamps(token_dir(home, bpe))
+    assert {k: v for k, v in after.items() if not k.startswith("index-")} == tokens
+    assert len([k for k in after if k.startswith("index-")]) == 2
+
+
+def test_membership_naming_a_missing_document_is_an_error(home, bpe):
+    docs = add_shard(home, "s0")
+    write_membership(home, pl.concat([docs, make_docs("gone", 3, 0)]), n_groups=2)
+    with pytest.raises(ValueError, match="3 super-cluster documents are missing"):
+        load_search_corpus(home, bpe)
+
+
+def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, bpe):
+    import dagster as dg
+
+    from climb_assets.search.assets import tokenizer_path
+    from climb_assets.search.token_assets import proxy_token_files
+
+    add_shard(home, "s0")
+    bpe.save(tokenizer_path(home))
+    tokenizer = load_tokenizer(tokenizer_path(home))
+
+    def materialize() -> dict:
+        result = dg.materialize([proxy_token_files], resources={"climb": climb_resource})
+        return result.asset_materializations_for_node("proxy_token_files")[0].metadata
+
+    first = materialize()
+    assert first["shards_tokenized"].value == 1 and first["tokenizer_sha256"].value == tokenizer_key(tokenizer)
+    add_shard(home, "s1", seed=1)
+    second = materialize()
+    assert (second["shards_tokenized"].value, second["shards_reused"].value, second["tokenized"].value) == (1, 1, "s1")
