@@ -24,7 +24,7 @@ from climb_assets_tests.test_resume import write_search_state
 
 BASE = {**TINY_SEARCH, "proxies_per_iteration": [3], "token_budget": 2_000, "base_token_budget": 2_000,
         "max_repeats": 20.0, "predictor_folds": 3}  # fmt: skip
-ITERATION_1 = [["proxy_tokenizer"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
+ITERATION_1 = [["proxy_tokenizer"], ["proxy_token_files"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
                ["iteration_1", "proxy_results"], ["iteration_1", "predictor"]]  # fmt: skip
 
 

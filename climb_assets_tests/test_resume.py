@@ -123,7 +123,7 @@ def killed_search(home, tmp_path, monkeypatch):
     """The search state with iteration 1's proxy training killed by SIGKILL part way through."""
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))  # prepare_instance sets it; restored after the test
     write_search_state(home)
-    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_base_checkpoint"],
+    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_token_files"], ["proxy_base_checkpoint"],
                                                ["iteration_1", "mixture_candidates"]])  # fmt: skip
     proxies = proxy_markers_dir(home)
     log = tmp_path / "child.log"

@@ -131,15 +131,17 @@ def test_membership_naming_a_missing_document_is_an_error(home, bpe):
 def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, bpe):
     import dagster as dg
 
-    from climb_assets.search.assets import tokenizer_path
+    from climb_assets.search.plan import SearchPlan, SearchSettings
     from climb_assets.search.token_assets import proxy_token_files
 
-    add_shard(home, "s0")
-    bpe.save(tokenizer_path(home))
-    tokenizer = load_tokenizer(tokenizer_path(home))
+    write_membership(home, add_shard(home, "s0"), n_groups=2)
+    path = SearchPlan(home, SearchSettings()).tokenizer_path  # where proxy_tokenizer puts it for these settings
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpe.save(path)
+    tokenizer = load_tokenizer(path)
 
     def materialize() -> dict:
-        result = dg.materialize([proxy_token_files], resources={"climb": climb_resource})
+        result = dg.materialize([proxy_token_files], resources={"climb": climb_resource, "search": SearchSettings()})
         return result.asset_materializations_for_node("proxy_token_files")[0].metadata
 
     first = materialize()

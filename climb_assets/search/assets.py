@@ -40,6 +40,7 @@ from climb_assets.search.plan import (  # noqa: E402
 from climb_assets.search.predictor import Predictor, select_predictor  # noqa: E402
 from climb_assets.search.proxy_runs import run_proxy, super_cluster_documents_path  # noqa: E402
 from climb_assets.search.runs import RunLog, TrainingRun, dynamic_runs, training_step  # noqa: E402
+from climb_assets.search.token_assets import proxy_token_files  # noqa: E402
 from climb_assets.search.tokenizer import load_tokenizer, train_bpe_tokenizer  # noqa: E402
 from climb_assets.search.tracking import (  # noqa: E402
     MlflowTracking,
@@ -91,7 +92,7 @@ def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.Mate
     )
 
 
-@dg.asset(group_name="search", deps=[proxy_tokenizer], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
+@dg.asset(group_name="search", deps=[proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
           code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
 def proxy_base_checkpoint(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
     """One proxy trained on the natural mixture; every proxy continues from it, as the paper's proxies do
@@ -262,7 +263,7 @@ def _objective_plot(results: pl.DataFrame, predicted: np.ndarray | None):
 def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
     """The three assets of one search iteration, wired to the previous iteration's predictor."""
     prefix = f"iteration_{iteration}"
-    upstream = ["proxy_tokenizer"] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
+    upstream = ["proxy_token_files"] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
 
     @dg.asset(name="mixture_candidates", key_prefix=prefix, group_name="search", deps=upstream, kinds={"numpy"},
               code_version=ALGORITHM_VERSIONS["candidates"])  # fmt: skip
@@ -366,6 +367,6 @@ def build_search_assets(iterations: int) -> list[dg.AssetsDefinition]:
     """The tokenizer, the base checkpoint and ``iterations`` unrolled search iterations."""
     if iterations < 1:
         raise ValueError(f"a search needs at least one iteration, got {iterations}")
-    return [proxy_tokenizer, proxy_base_checkpoint] + [
+    return [proxy_tokenizer, proxy_token_files, proxy_base_checkpoint] + [
         asset for k in range(1, iterations + 1) for asset in build_iteration_assets(k)
     ]

@@ -13,17 +13,18 @@ import time
 import dagster as dg
 
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.assets import tokenizer_path
+from climb_assets.search.plan import SearchPlan, SearchSettings
 from climb_assets.search.token_files import ensure_token_files, token_dir, tokenizer_key
 from climb_assets.search.tokenizer import load_tokenizer
 
 
 @dg.asset(group_name="search", deps=["proxy_tokenizer"], kinds={"numpy"})
-def proxy_token_files(climb: ClimbHomeResource) -> dg.MaterializeResult:
+def proxy_token_files(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
     """Memory-mapped token files (``lake/tokens/<tokenizer sha256[:16]>/<shard>.bin|.idx``) for every raw shard;
     only shards without current files for this tokenizer are tokenized."""
-    home = climb.home()
-    tokenizer = load_tokenizer(tokenizer_path(home))
+    plan = SearchPlan(climb.home(), search)
+    home = plan.home
+    tokenizer = load_tokenizer(plan.tokenizer_path)
     started = time.perf_counter()
     done = ensure_token_files(home, tokenizer)
     return dg.MaterializeResult(
