@@ -8,12 +8,12 @@ import polars as pl
 
 from climb_assets.home import ClimbHome
 from climb_assets.metadata import markdown_table
+from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.shards import (
     IngestSettings,
     UnreadableShardError,
     count_shard_rows,
     ingest_shard,
-    load_seen,
 )
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.ingest.landing import landed_path
@@ -47,6 +47,10 @@ def shard_duplicates_path(home: ClimbHome, shard: str) -> Path:
     return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
 
 
+def dedup_index_path(home: ClimbHome) -> Path:
+    return home.lake_dir("dedup_index") / "index.duckdb"
+
+
 def earlier_shards(registered: list[str], shard: str) -> list[str]:
     """Shards registered before ``shard``: the ones it is de-duplicated against.
 
@@ -57,16 +61,20 @@ def earlier_shards(registered: list[str], shard: str) -> list[str]:
 
 
 def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]):
-    """Ingest one landed file; quarantine and duplicates are written first, the documents file last."""
+    """Ingest one landed file; quarantine and duplicates are written first, the documents file, then the index, last.
+
+    De-duplication asks the on-disk index about this shard's hashes only, among shards registered before it.
+    """
     source = landed_path(home, shard)
     if not source.exists():
         raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
-    seen_paths = [p for p in (shard_documents_path(home, s) for s in earlier) if p.exists()]
-    seen_hashes, seen_ids = load_seen(seen_paths)
-    result = ingest_shard(source, shard, settings, seen_hashes, seen_ids)
-    write_parquet_atomic(result.quarantine, shard_quarantine_path(home, shard))
-    write_parquet_atomic(result.duplicates, shard_duplicates_path(home, shard))
-    write_parquet_atomic(result.documents, shard_documents_path(home, shard))
+    with DedupIndex(dedup_index_path(home)) as index:
+        index.backfill(earlier, lambda s: shard_documents_path(home, s))
+        result = ingest_shard(source, shard, settings, lambda hashes, ids: index.lookup(hashes, ids, earlier))
+        write_parquet_atomic(result.quarantine, shard_quarantine_path(home, shard))
+        write_parquet_atomic(result.duplicates, shard_duplicates_path(home, shard))
+        write_parquet_atomic(result.documents, shard_documents_path(home, shard))
+        index.replace(shard, result.documents)  # after the documents file: a crash before this is healed by backfill
     return result
 
 

@@ -12,7 +12,7 @@ import json
 import re
 import unicodedata
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,29 +204,18 @@ DOCUMENT_SCHEMA = {
 }
 
 
-def load_seen(earlier_documents: Iterable[Path]) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """content hash -> (doc_id, shard), and the set of ids, of documents accepted by earlier shards."""
-    by_hash: dict[str, tuple[str, str]] = {}
-    ids: set[str] = set()
-    for path in earlier_documents:
-        frame = pl.read_parquet(path, columns=["doc_id", "content_hash", "shard"])
-        for doc_id, digest, shard in frame.iter_rows():
-            by_hash.setdefault(digest, (doc_id, shard))
-            ids.add(doc_id)
-    return by_hash, ids
+SeenLookup = Callable[[set[str], set[str]], tuple[dict[str, tuple[str, str]], set[str]]]
+"""(this shard's hashes, its ids) -> (hash -> (doc_id, shard) of the earlier copy, ids earlier shards already use)."""
 
 
-def ingest_shard(
-    path: Path,
-    shard: str,
-    settings: IngestSettings,
-    seen_hashes: dict[str, tuple[str, str]] | None = None,
-    seen_ids: set[str] | None = None,
-) -> ShardResult:
-    """Validate, normalise and de-duplicate one shard against itself and against documents seen before."""
-    seen_hashes = dict(seen_hashes or {})
-    seen_ids = set(seen_ids or ())
+def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: SeenLookup | None = None) -> ShardResult:
+    """Validate, normalise and de-duplicate one shard against itself and against documents seen before.
+
+    Rows are validated first; then earlier shards are asked about this shard's hashes and ids only, so memory stays
+    proportional to the shard however large the corpus is.
+    """
     documents, quarantine, duplicates = [], [], []
+    candidates = []
     rows_read = 0
     for row in read_shard_rows(path, settings):
         rows_read += 1
@@ -240,6 +229,11 @@ def ingest_shard(
         if error is not None:
             quarantine.append((shard, row.row_number, error, _truncate(row.raw, settings.quarantine_value_chars)))
             continue
+        candidates.append((row, text, digest, doc_id))
+    seen_hashes, seen_ids = (
+        lookup_seen({c[2] for c in candidates}, {c[3] for c in candidates}) if lookup_seen and candidates else ({}, set())
+    )
+    for row, text, digest, doc_id in candidates:
         if digest in seen_hashes:
             first_id, first_shard = seen_hashes[digest]
             duplicates.append((shard, row.row_number, doc_id, digest, first_id, first_shard))
@@ -269,7 +263,7 @@ def ingest_shard(
         schema={k: v for k, v in DOCUMENT_SCHEMA.items() if k != "n_tokens"},
         orient="row",
     ).with_columns(n_tokens=pl.col("text").str.count_matches(_TOKEN_PATTERN).cast(pl.Int64)).select(list(DOCUMENT_SCHEMA))
-    quarantine_frame = pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA, orient="row")
+    quarantine_frame = pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA, orient="row").sort("row_number")
     reasons = (
         quarantine_frame.group_by(pl.col("reason").str.split(":").list.first().alias("reason"))
         .len()

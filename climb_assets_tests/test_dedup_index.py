@@ -1,0 +1,79 @@
+"""The on-disk de-duplication index: registration order decides, re-runs are identical, answers are bounded."""
+
+import json
+
+import polars as pl
+
+from climb_assets.ingest.assets import (
+    dedup_index_path,
+    ingest_to_lake,
+    shard_documents_path,
+    shard_duplicates_path,
+    shard_quarantine_path,
+)
+from climb_assets.ingest.dedup_index import DedupIndex
+from climb_assets.ingest.shards import IngestSettings, content_hash
+
+SETTINGS = IngestSettings()
+
+
+def doc(i: int) -> str:
+    return f"Document number {i} talks about rivers, printing presses and photosynthesis at some length."
+
+
+def land(home, name, rows):
+    (home.landing / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def lake_bytes(home, shard):
+    return [p(home, shard).read_bytes() for p in (shard_documents_path, shard_quarantine_path, shard_duplicates_path)]
+
+
+def indexed_rows(home) -> int:
+    with DedupIndex(dedup_index_path(home)) as index:
+        return index.connection.execute("SELECT count(*) FROM seen").fetchone()[0]
+
+
+def test_registration_order_wins_and_rerun_is_byte_identical(home):
+    land(home, "a.jsonl", [{"text": doc(0)}, {"text": doc(1)}])
+    land(home, "b.jsonl", [{"text": doc(1)}, {"text": doc(2)}, {"id": "taken", "text": doc(3)}])
+    land(home, "c.jsonl", [{"text": doc(2)}, {"text": doc(0)}, {"id": "taken", "text": doc(4)}, {"text": doc(5)}])
+    order = ["a.jsonl", "b.jsonl", "c.jsonl"]
+    for position, shard in enumerate(order):
+        ingest_to_lake(home, shard, SETTINGS, order[:position])
+    c_dups = pl.read_parquet(shard_duplicates_path(home, "c.jsonl"))
+    assert c_dups["duplicate_of_shard"].to_list() == ["b.jsonl", "a.jsonl"]
+    assert pl.read_parquet(shard_quarantine_path(home, "c.jsonl"))["reason"].str.starts_with("duplicate_id").to_list() == [True]
+    assert pl.read_parquet(shard_documents_path(home, "c.jsonl"))["text"].to_list() == [doc(5)]
+
+    before = {shard: lake_bytes(home, shard) for shard in order}
+    rows = indexed_rows(home)
+    for position, shard in reversed(list(enumerate(order))):  # re-run every shard, latest first
+        ingest_to_lake(home, shard, SETTINGS, order[:position])
+    assert {shard: lake_bytes(home, shard) for shard in order} == before
+    assert indexed_rows(home) == rows == 2 + 2 + 1  # idempotent: each shard's accepted rows once
+
+
+def test_lookup_answers_only_for_the_shard_and_only_from_earlier_shards(home):
+    with DedupIndex(dedup_index_path(home)) as index:
+        for n, shard in enumerate(["s1", "s2", "s3"]):
+            hashes = [content_hash(doc(i)) for i in range(n * 1000, n * 1000 + 1000)]
+            index.replace(shard, pl.DataFrame({"content_hash": hashes, "doc_id": [f"{shard}-{i}" for i in range(1000)]}))
+        wanted = {content_hash(doc(5)), content_hash(doc(1500)), content_hash(doc(2500)), content_hash("unseen")}
+        found, ids = index.lookup(wanted, {"s1-5", "s3-1", "nobody"}, ["s1", "s2"])
+        assert found == {content_hash(doc(5)): ("s1-5", "s1"), content_hash(doc(1500)): ("s2-500", "s2")}
+        assert ids == {"s1-5"}  # s3 is not earlier
+        assert index.lookup(wanted, set(), [])[0] == {}
+        index.replace("s2", pl.DataFrame({"content_hash": [content_hash(doc(5))], "doc_id": ["again"]}))
+        found, _ = index.lookup({content_hash(doc(5))}, set(), ["s2", "s1"])  # first registered copy wins
+        assert found == {content_hash(doc(5)): ("again", "s2")}
+
+
+def test_shards_ingested_before_the_index_existed_are_backfilled(home):
+    land(home, "old.jsonl", [{"text": doc(0)}])
+    land(home, "new.jsonl", [{"text": doc(0)}, {"text": doc(1)}])
+    ingest_to_lake(home, "old.jsonl", SETTINGS, [])
+    dedup_index_path(home).unlink()  # a lake from before the index
+    ingest_to_lake(home, "new.jsonl", SETTINGS, ["old.jsonl"])
+    assert pl.read_parquet(shard_duplicates_path(home, "new.jsonl"))["duplicate_of_shard"].to_list() == ["old.jsonl"]
+    assert indexed_rows(home) == 2
