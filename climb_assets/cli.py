@@ -65,6 +65,8 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     result = sensor(dg.build_sensor_context(instance=instance, resources={"climb": ClimbHomeResource(root=str(home.root))}))
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events:  # refused files and rewrites reach the catalog, as under the daemon
+        instance.report_runless_asset_event(event)
     job = defs.resolve_job_def("ingest_shard_job")
     for request in result.run_requests:
         outcome = job.execute_in_process(

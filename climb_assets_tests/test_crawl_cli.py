@@ -54,3 +54,16 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
 
     again = climb(home, "ingest")
     assert again.returncode == 0 and "nothing new" in again.stdout
+
+
+def test_ingest_reports_refused_files_in_the_catalog(tmp_path):
+    home = tmp_path / "climb"
+    (home / "landing").mkdir(parents=True)
+    (home / "landing" / "notes.txt").write_text("not a shard")
+    done = climb(home, "ingest")
+    assert done.returncode == 0 and "nothing new" in done.stdout
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        (record,) = instance.fetch_observations(dg.AssetKey("raw_shards"), limit=5).records
+        assert record.asset_observation.metadata["newly_rejected"].value == ["notes.txt"]
