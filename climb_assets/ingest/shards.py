@@ -20,6 +20,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from climb_assets.storage import file_sha256
+
 SHARD_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
 
 _TOKEN_PATTERN = r"\w+|[^\w\s]"
@@ -62,14 +64,6 @@ class ShardResult:
 def shard_suffix(name: str) -> str | None:
     """The shard format a file name says it has (case-insensitive: crawlers write ``.JSONL`` too)."""
     return next((s for s in SHARD_SUFFIXES if name.lower().endswith(s)), None)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def normalize_text(text: str) -> str:

@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from climb_assets.storage import file_sha256
+
 # The code's own version of each algorithm: bump one when a change alters what that step produces, so results made
 # by older code are never reused for it. Also used as the Dagster code_version of the assets that run the step.
 ALGORITHM_VERSIONS = {
@@ -54,11 +56,7 @@ def fingerprint(ingredients: dict[str, Any]) -> str:
 
 @lru_cache(maxsize=256)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def content_hash(path: str | os.PathLike | None) -> str | None:

@@ -28,7 +28,7 @@ import polars as pl
 
 from climb_assets.home import ClimbHome
 from climb_assets.search.tokenizer import BPETokenizer, ByteTokenizer, TextTokenizer
-from climb_assets.storage import atomic_path, lake_file, write_json_atomic
+from climb_assets.storage import atomic_path, file_sha256, lake_file, write_json_atomic
 
 ENCODE_BATCH = 1024  # documents per encode_batch call: bounds the Python token lists alive at once
 
@@ -58,14 +58,6 @@ def token_dir(home: ClimbHome, tokenizer: TextTokenizer) -> Path:
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _meta_path(directory: Path, shard: str) -> Path:
