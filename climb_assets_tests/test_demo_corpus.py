@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from climb_assets.demo import KINDS, build_demo_corpus, shard_names
+from climb_assets.demo import KINDS, PACKAGES, build_demo_corpus, shard_names
 from climb_assets.demo.corpus import MAX_TOKENS, _chunk, _code_blocks, _tokens
 from climb_assets.home import ClimbHome
 
@@ -185,3 +185,27 @@ def test_code_blocks_split_at_definitions_and_keep_the_source_verbatim():
     blocks = _code_blocks(source)
     assert "\n".join(blocks).strip("\n") == source.strip("\n")
     assert sum(b.lstrip().startswith(("def ", "class ", "@")) for b in blocks) > 20
+
+
+def test_packages_corpus_is_other_text_with_a_blended_target(tmp_path):
+    """The second corpus shares no kind with the demo; its target blends three kinds, held out by whole source."""
+    home = ClimbHome(tmp_path / "packages").ensure()
+    summary = build_demo_corpus(home, 1, scale=SCALE, recipe=PACKAGES)
+    assert summary["corpus"] == "packages"
+    present = set(summary["docs_per_kind"])
+    assert present | set(summary["missing_kinds"]) == set(PACKAGES.kinds)
+    assert len(present) >= 10 and not present & set(KINDS)
+
+    target = _read_jsonl(home.targets / "target.jsonl")
+    per_kind = {kind: sum(d["kind"] == kind for d in target) for kind in PACKAGES.target_kinds}
+    assert summary["target_docs_per_kind"] == per_kind
+    assert min(per_kind.values()) >= 10 and max(per_kind.values()) <= 3 * min(per_kind.values())
+    landing = _docs(home, 1)
+    held_sources = {d["id"].rsplit("-", 1)[0] for d in target}
+    assert not {d["id"] for d in landing} & {d["id"] for d in target}
+    assert not {d["id"].rsplit("-", 1)[0] for d in landing} & held_sources
+
+    items = _read_jsonl(home.targets / "mc_target.jsonl")
+    assert items and all(len(item["choices"]) == 4 for item in items)
+    distractor_kinds = present - set(PACKAGES.target_kinds)
+    assert len(distractor_kinds) >= 3

@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from climb_assets.climbmix.mix import proof_runs, proof_table, write_climbmix
+from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
-from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, load_search_corpus
+from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, load_search_corpus, run_proxy
 from climb_assets.search.targets import TargetSpec
 from climb_assets.search.tokenizer import ByteTokenizer
 
@@ -67,12 +67,14 @@ def corpus(docs, tmp_path_factory) -> SearchCorpus:
 
 @pytest.fixture(scope="module")
 def proof(corpus, texts):
-    outcomes = []
-    runs = proof_runs(
-        corpus, TOKENIZER, {k: np.array(v) for k, v in MIXTURES.items()}, SETTINGS,
-        TargetData(TargetSpec(kind="bpb"), texts["target"]), seeds=[0, 1],
-        on_run=lambda run, outcome: outcomes.append((run, outcome)),
-    )  # fmt: skip
+    """Every mixture × seed trained as the proof's steps train them (``run_proxy``), seeds outermost."""
+    target = TargetData(TargetSpec(kind="bpb"), texts["target"])
+    runs, outcomes = [], []
+    for seed in (0, 1):
+        for name, weights in MIXTURES.items():
+            outcome, _ = run_proxy(corpus, TOKENIZER, np.array(weights), SETTINGS, target, seed=seed)
+            runs.append(ProofRun(name, seed, outcome.metrics, outcome.seconds))
+            outcomes.append((runs[-1], outcome))
     return runs, outcomes
 
 

@@ -85,15 +85,15 @@ def baseline_path(plan: SearchPlan) -> Path:
 
 
 def random_search_runs(plan: SearchPlan, iterations: int) -> list[TrainingRun]:
-    """N random proxies, N = every proxy the search trains; iteration 1's seed and settings, so its n1 proxies are
-    the first n1 here and are reused by fingerprint."""
+    """N random proxies, N = every proxy the search trains, with the search's proxy seed and settings, so
+    iteration 1's n1 proxies are the first n1 here and are reused by fingerprint."""
     search = plan.search
     _, corpus = search_inputs(plan)
     columns = weight_columns(corpus.groups)
     first = pl.read_parquet(plan.iteration_dir(1) / "candidates.parquet").select(columns).to_numpy()
     total = sum(search.proxies(k) for k in range(1, iterations + 1))
     weights = random_search_weights(first, token_prior(corpus.tokens_per_group()), total, search.seed)
-    seed = search.seed * 1000 + 1
+    seed = search.proxy_seed()
     return [TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed, plan.base_path)
             for j, w in enumerate(weights)]  # fmt: skip
 

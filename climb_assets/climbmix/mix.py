@@ -1,4 +1,4 @@
-"""ClimbMix: final weights from the predictor, the sampled dataset with its manifest, and the proof runs."""
+"""ClimbMix: final weights from the predictor, the sampled dataset with its manifest, and the proof table."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import polars as pl
 
 from climb_assets.search.mixture import MixtureSampler
-from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, run_proxy
-from climb_assets.search.tokenizer import TextTokenizer
+from climb_assets.search.proxy_runs import SearchCorpus
 from climb_assets.storage import atomic_path
 
 
@@ -128,27 +127,6 @@ class ProofRun:
     seed: int
     metrics: dict[str, float]
     seconds: float
-
-
-def proof_runs(
-    corpus: SearchCorpus,
-    tokenizer: TextTokenizer,
-    mixtures: dict[str, np.ndarray],
-    settings: ProxySettings,
-    target: TargetData,
-    seeds: list[int],
-    on_run=None,
-) -> list[ProofRun]:
-    """Train an evaluation model per mixture and seed from scratch at equal token budget and measure the target."""
-    runs = []
-    for seed in seeds:
-        for name, weights in mixtures.items():
-            outcome, _ = run_proxy(corpus, tokenizer, weights, settings, target, seed=seed)
-            run = ProofRun(name, seed, outcome.metrics, outcome.seconds)
-            if on_run is not None:
-                on_run(run, outcome)
-            runs.append(run)
-    return runs
 
 
 def proof_table(runs: list[ProofRun]) -> pl.DataFrame:

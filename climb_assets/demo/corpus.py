@@ -316,7 +316,9 @@ def _drug_reviews() -> Iterator[_Source]:
                 yield _Source(f"{split}-{review_id}", label, partial(_paragraphs, text))
 
 
-READERS: dict[str, Callable[[], Iterator[_Source]]] = {
+Reader = Callable[[], Iterator[_Source]]
+
+READERS: dict[str, Reader] = {
     "wikipedia": _wikipedia,
     "news": _news,
     "newsgroups": _newsgroups,
@@ -325,6 +327,22 @@ READERS: dict[str, Callable[[], Iterator[_Source]]] = {
     "drug_reviews": _drug_reviews,
     "tech_docs": _tech_docs,
 }
+
+
+@dataclass(frozen=True)
+class CorpusRecipe:
+    """Which kinds of text a built-in corpus holds, and which of them the held-out target set is drawn from."""
+
+    name: str
+    readers: dict[str, Reader]
+    target_kinds: tuple[str, ...]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.readers)
+
+
+DEMO = CorpusRecipe("demo", READERS, ("wikipedia",))
 
 
 # ---------------------------------------------------------------- documents from sources
@@ -391,13 +409,13 @@ def _spread(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else sorted({i * n // k for i in range(k)})
 
 
-def _kind_docs(kind: str, seed: int, quota: int) -> list[Doc]:
+def _kind_docs(kind: str, seed: int, quota: int, readers: dict[str, Reader] = READERS) -> list[Doc]:
     """Up to ``quota`` documents of one kind, drawn from sources visited in a seeded order.
 
     The order is a seeded hash of each source's label rather than a shuffle of the list, so installing or
     removing one package changes only that package's share, not every choice (tech_docs reads site-packages).
     """
-    sources = sorted(READERS[kind](), key=lambda source: hashlib.sha1(f"{seed}:{source.label}".encode()).digest())
+    sources = sorted(readers[kind](), key=lambda source: hashlib.sha1(f"{seed}:{source.label}".encode()).digest())
     per_source = max(2, math.ceil(quota / SOURCES_PER_KIND))
     docs: list[Doc] = []
     for source in sources:
@@ -416,36 +434,10 @@ class DemoCorpus:
     missing_kinds: dict[str, str]  # kind -> why its source is not available here
 
 
-def assemble_corpus(*, seed: int = 0, scale: float = 1.0, target_kind: str = "wikipedia") -> DemoCorpus:
-    """All demo documents for a seed and scale, with the held-out target documents set apart.
-
-    The target set holds out whole sources (articles), so no landing document shares text with a target one.
-    """
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    quota = max(MIN_DOCS_PER_KIND, round(BASE_DOCS_PER_KIND * scale))
-    docs: list[Doc] = []
-    missing: dict[str, str] = {}
-    for kind in KINDS:
-        try:
-            docs.extend(_kind_docs(kind, seed, quota))
-        except FileNotFoundError as error:
-            missing[kind] = str(error)
-    if target_kind not in KINDS or target_kind in missing:
-        raise ValueError(
-            f"target kind {target_kind!r} unavailable; kinds here: "
-            f"{[k for k in KINDS if k not in missing]}; missing: {missing}"
-        )
-    if len(KINDS) - len(missing) < MC_CHOICES:
-        raise RuntimeError(f"too few kinds of text installed for a demo corpus; missing: {missing}")
-    duplicated = [doc_id for doc_id, n in Counter(d.id for d in docs).items() if n > 1]
-    if duplicated:
-        raise RuntimeError(f"demo document ids collide: {duplicated[:5]}")
-
-    of_kind = [d for d in docs if d.kind == target_kind]
+def _hold_out(of_kind: list[Doc], seed: int, want: int) -> set[str]:
+    """Whole sources (articles, files) of one kind, at least ``want`` documents, set apart as target."""
     groups = sorted({d.source for d in of_kind})
     random.Random(f"{seed}:target").shuffle(groups)
-    want = max(MIN_TARGET_DOCS, math.ceil(TARGET_FRACTION * len(of_kind)))
     held: set[str] = set()
     held_docs = 0
     for group in groups:
@@ -454,9 +446,49 @@ def assemble_corpus(*, seed: int = 0, scale: float = 1.0, target_kind: str = "wi
         held.add(group)
         held_docs += sum(d.source == group for d in of_kind)
     if held_docs >= len(of_kind):
-        raise ValueError(f"too few {target_kind} documents ({len(of_kind)}) to hold out a target set; raise scale")
-    target = [d for d in of_kind if d.source in held]
-    landing = [d for d in docs if not (d.kind == target_kind and d.source in held)]
+        raise ValueError(f"too few {of_kind[0].kind} documents ({len(of_kind)}) to hold out a target set; raise scale")
+    return held
+
+
+def assemble_corpus(
+    *,
+    seed: int = 0,
+    scale: float = 1.0,
+    target_kind: str | tuple[str, ...] | None = None,
+    recipe: CorpusRecipe = DEMO,
+) -> DemoCorpus:
+    """All documents of a recipe for a seed and scale, with the held-out target documents set apart.
+
+    The target set holds out whole sources (articles, files) of each target kind (default: the recipe's), so no
+    landing document shares text with a target one. Several target kinds make a target no single kind matches.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    wanted = recipe.target_kinds if target_kind is None else (target_kind,) if isinstance(target_kind, str) else target_kind
+    quota = max(MIN_DOCS_PER_KIND, round(BASE_DOCS_PER_KIND * scale))
+    docs: list[Doc] = []
+    missing: dict[str, str] = {}
+    for kind in recipe.kinds:
+        try:
+            docs.extend(_kind_docs(kind, seed, quota, recipe.readers))
+        except FileNotFoundError as error:
+            missing[kind] = str(error)
+    available = [k for k in recipe.kinds if k not in missing]
+    if not wanted or any(kind not in available for kind in wanted):
+        raise ValueError(f"target kinds {list(wanted)!r} unavailable; kinds here: {available}; missing: {missing}")
+    if len(available) - len(wanted) < MC_CHOICES - 1:
+        raise RuntimeError(f"too few kinds of text installed for a {recipe.name} corpus; missing: {missing}")
+    duplicated = [doc_id for doc_id, n in Counter(d.id for d in docs).items() if n > 1]
+    if duplicated:
+        raise RuntimeError(f"{recipe.name} document ids collide: {duplicated[:5]}")
+
+    of_kind = {kind: [d for d in docs if d.kind == kind] for kind in wanted}
+    # Each target kind gives as many documents as the smallest: a blend, not the biggest kind with a garnish.
+    want = max(MIN_TARGET_DOCS, math.ceil(TARGET_FRACTION * min(len(kind_docs) for kind_docs in of_kind.values())))
+    held = {(kind, source) for kind, kind_docs in of_kind.items() for source in _hold_out(kind_docs, seed, want)}
+    target = [d for d in docs if (d.kind, d.source) in held]
+    random.Random(f"{seed}:target-order").shuffle(target)  # any prefix of the target file is still a blend
+    landing = [d for d in docs if (d.kind, d.source) not in held]
     random.Random(f"{seed}:shuffle").shuffle(landing)
     return DemoCorpus(landing, target, missing)
 
@@ -557,10 +589,10 @@ def _mc_items(corpus: DemoCorpus, seed: int, n_items: int) -> list[dict[str, Any
     """Items ``{"context", "choices", "answer"}``: the true continuation of a held-out target document against
     same-length spans of other kinds' documents. Score ``context + " " + choice`` by log-likelihood."""
     rng = random.Random(f"{seed}:mc")
-    target_kind = corpus.target[0].kind
+    target_kinds = {d.kind for d in corpus.target}
     pools: dict[str, list[Doc]] = {}
     for doc in corpus.landing:
-        if doc.kind != target_kind and _words(doc.text) >= MC_CHOICE_WORDS:
+        if doc.kind not in target_kinds and _words(doc.text) >= MC_CHOICE_WORDS:
             pools.setdefault(doc.kind, []).append(doc)
     eligible = [d for d in corpus.target if _words(d.text) >= MC_MIN_CONTEXT_WORDS + MC_CHOICE_WORDS]
     items = []
@@ -587,15 +619,16 @@ def build_demo_corpus(
     *,
     seed: int = 0,
     scale: float = 1.0,
-    target_kind: str = "wikipedia",
+    target_kind: str | tuple[str, ...] | None = None,
     mc_items: int = 150,
+    recipe: CorpusRecipe = DEMO,
 ) -> dict[str, Any]:
-    """Land one wave of demo crawl shards in ``home.landing`` (wave 1 also writes the target set).
+    """Land one wave of a built-in corpus's crawl shards in ``home.landing`` (wave 1 also writes the target set).
 
     Same seed and scale give byte-identical files; files that already hold those bytes are left untouched.
     """
     shard_names(wave)  # refuse an unknown wave before the (seconds-long) assembly
-    corpus = assemble_corpus(seed=seed, scale=scale, target_kind=target_kind)
+    corpus = assemble_corpus(seed=seed, scale=scale, target_kind=target_kind, recipe=recipe)
     written, unchanged, shard_summaries = [], [], []
     kinds: Counter[str] = Counter()
     total_bytes = 0
@@ -632,7 +665,8 @@ def build_demo_corpus(
         "docs_per_kind": dict(sorted(kinds.items())),
         "total_docs": sum(kinds.values()),
         "total_mb": round(total_bytes / 2**20, 3),
-        "target_kind": target_kind,
+        "corpus": recipe.name,
+        "target_docs_per_kind": dict(sorted(Counter(d.kind for d in corpus.target).items())),
         "target_docs": len(corpus.target),
         "mc_items": len(items),
         "missing_kinds": corpus.missing_kinds,

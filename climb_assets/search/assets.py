@@ -169,7 +169,7 @@ def candidate_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
     _, corpus = search_inputs(plan)
     candidates = pl.read_parquet(plan.iteration_dir(iteration) / "candidates.parquet")
     settings = plan.search.proxy_settings()
-    seed = plan.search.seed * 1000 + iteration
+    seed = plan.search.proxy_seed()
     columns = weight_columns(corpus.groups)
     return [
         TrainingRun(row["candidate_id"], corpus.groups, np.array([row[c] for c in columns]), settings, seed, plan.base_path)

@@ -65,6 +65,11 @@ class SearchSettings(dg.ConfigurableResource):
     # best each iteration. LightGBM's held-out score is reported either way.
     predictor_kind: Literal["auto", "lightgbm", "ridge", "ensemble"] = "auto"
 
+    def proxy_seed(self) -> int:
+        """One seed for every proxy of a search (common random numbers): iterations and the random baseline differ
+        only in their weights, so their objectives compare, and the predictor learns weights, not seed noise."""
+        return self.seed * 1000 + 1
+
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings(
             model_preset=self.model_preset, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
