@@ -27,6 +27,7 @@ from climb_assets.search.plan import (  # noqa: E402
     proxy_markers_dir,
     read_results,
     search_inputs,
+    search_progress,
     weight_columns,
 )
 from climb_assets.search.predictor import Predictor, select_predictor  # noqa: E402
@@ -283,7 +284,8 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         table = proof_table(runs)
         runs_frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
         paired = paired_comparison(runs_frame)
-        report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search))
+        progress = search_progress(plan, iterations)
+        report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search), progress)
         sink = proof_run_log(plan, mlflow_tracking, context)
         summary_run = mlflow_tracking.open_run(sink.client, sink.experiment, "proof-summary", sink.tags)
         log_run(sink.client, summary_run, metrics={
@@ -301,6 +303,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             metadata={
                 "table": markdown_table(table),
                 "paired_differences": markdown_table(paired),
+                "search_progress": markdown_table(progress),
                 "beats": [row["baseline"] for row in paired.iter_rows(named=True) if row["verdict"] == "beats"],
                 "report": dg.MetadataValue.md(report),
                 "proof_plot": _proof_plot(runs_frame, table, metric),
@@ -393,7 +396,7 @@ def _search_plot(plan: SearchPlan, iterations: int):
 
 
 def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofSettings,
-                   settings: ProxySettings) -> str:  # fmt: skip
+                   settings: ProxySettings, progress: pl.DataFrame) -> str:  # fmt: skip
     metric_columns = [c for c in table.columns if c.endswith("_mean")]
     start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"
     shape = settings.model_config(vocab_size=256)
@@ -423,4 +426,18 @@ def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, confi
             f"| {row['baseline']} | {row['seeds']} | {row['mean_delta']:+.4f} | {row['sd_delta']:.4f} | "
             f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] | {row['verdict']} |"
         )
+    spearman = [c for c in progress.columns if c.startswith("spearman_")]
+    lines += [
+        "",
+        "The search, iteration by iteration (held-out Spearman of the predictor kept, then of each kind by"
+        " cross-validation; proxy objectives, higher is better):",
+        "",
+        "| iteration | runs so far | predictor kept | Spearman | " + " | ".join(c.removeprefix("spearman_") for c in spearman)
+        + " | best proxy | mean proxy |",
+        "|---|---|---|---|" + "---|" * len(spearman) + "---|---|",
+    ]
+    for row in progress.iter_rows(named=True):
+        cells = [f"{row[c]:.3f}" for c in ("spearman", *spearman)]
+        lines.append(f"| {row['iteration']} | {row['runs_so_far']} | {row['predictor_kept']} | " + " | ".join(cells)
+                     + f" | {row['best_proxy']:.4f} | {row['mean_proxy']:.4f} |")  # fmt: skip
     return "\n".join(lines) + "\n"

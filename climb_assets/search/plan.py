@@ -14,7 +14,7 @@ import polars as pl
 
 from climb_assets.home import ClimbHome
 from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, content_hash, fingerprint
-from climb_assets.search.predictor import PREDICTOR_KINDS, PredictorKind, PredictorParams
+from climb_assets.search.predictor import PREDICTOR_KINDS, Predictor, PredictorKind, PredictorParams
 from climb_assets.search.proxy_runs import (
     ProxySettings,
     TargetData,
@@ -272,3 +272,21 @@ def read_results(plan: SearchPlan, up_to: int) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
+
+
+def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
+    """One row per iteration: proxies so far, the predictor kept and every kind's held-out Spearman, and the
+    iteration's best and mean proxy objective (higher is better), so a search that stalls shows it."""
+    results = read_results(plan, iterations)
+    rows = []
+    for k in range(1, iterations + 1):
+        predictor = Predictor.load(plan.predictor_path(k))
+        extra = predictor.extra
+        objective = results.filter(pl.col("iteration") == k)["objective"]
+        rows.append({
+            "iteration": k, "runs_so_far": results.filter(pl.col("iteration") <= k).height,
+            "predictor_kept": predictor.kind, "spearman": extra["spearman"],
+            **{f"spearman_{kind}": value for kind, value in sorted(extra.get("spearman_by_kind", {}).items())},
+            "best_proxy": float(objective.max()), "mean_proxy": float(objective.mean()),
+        })  # fmt: skip
+    return pl.DataFrame(rows)
