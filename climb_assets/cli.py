@@ -2,6 +2,7 @@
 
     climb demo        build the demo corpus (two waves), ingest it through the landing sensor, embed, cluster,
                       score, search mixtures with proxies, write ClimbMix and the proof; print where it all is
+                      (--corpus packages: the same on the second built-in corpus, code, data, licences, dialogue)
     climb ingest      process everything newly landed in CLIMB_HOME/landing (the real landing sensor, one run per
                       new shard), without the UI
     climb crawl       your own crawl end to end, headless: ingest what landed, re-cluster, search for the target you

@@ -202,3 +202,18 @@ def test_random_search_baseline_spends_the_search_budget_reusing_iteration_1(sea
     # iteration 1's candidates are random draws with the same settings and seed: their proxies are reused
     assert metadata["reused"] == TINY_SEARCH["proxies_per_iteration"][0]
     assert metadata["trained"] == metadata["proxies"] - metadata["reused"]
+
+
+def test_proof_report_shows_the_search_iteration_by_iteration(searched):
+    """Every iteration's Spearman and proxy objectives, read back from the predictors and results on disk."""
+    plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
+    report = (searched.home.climbmix / "proof.md").read_text()
+    runs_so_far = 0
+    for k in range(1, SEARCH_ITERATIONS + 1):
+        results = pl.read_parquet(plan.iteration_dir(k) / "results.parquet")
+        runs_so_far += results.height
+        predictor = Predictor.load(plan.predictor_path(k))
+        row = f"| {k} | {runs_so_far} | {predictor.kind} | {predictor.extra['spearman']:.3f} |"
+        assert row in report and f"| {results['objective'].max():.4f} | {results['objective'].mean():.4f} |" in report
+    event = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof"))
+    assert "| iteration |" in event.asset_materialization.metadata["search_progress"].value

@@ -437,7 +437,7 @@ def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, confi
         "|---|---|---|---|" + "---|" * len(spearman) + "---|---|",
     ]
     for row in progress.iter_rows(named=True):
-        cells = [f"{row[c]:.3f}" for c in ("spearman", *spearman)]
+        cells = ["n/a" if row[c] is None else f"{row[c]:.3f}" for c in ("spearman", *spearman)]
         lines.append(f"| {row['iteration']} | {row['runs_so_far']} | {row['predictor_kept']} | " + " | ".join(cells)
                      + f" | {row['best_proxy']:.4f} | {row['mean_proxy']:.4f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
