@@ -9,6 +9,7 @@ from scipy.stats import spearmanr
 
 from climb_assets.search.candidates import sample_dirichlet_candidates, token_prior
 from climb_assets.search.predictor import (
+    PREDICTOR_KINDS,
     Predictor,
     PredictorParams,
     cross_validate,
@@ -134,14 +135,14 @@ def test_with_few_runs_selection_prefers_the_model_that_ranks_held_out_runs_best
     y = mixing_law(X) + np.random.default_rng(3).normal(0.0, 0.01, 16)
     loose = PredictorParams(min_child_samples=2)
     chosen, scores = select_predictor(X, y, seed=0, params=loose)
-    assert set(scores) == {"lightgbm", "ridge", "ensemble"}
+    assert set(scores) == set(PREDICTOR_KINDS) == {"lightgbm", "ridge", "ensemble", "gp"}
     assert scores["ridge"].spearman > scores["lightgbm"].spearman
     assert chosen.kind == max(scores, key=lambda kind: scores[kind].spearman)
     assert chosen.extra["spearman_by_kind"]["lightgbm"] == pytest.approx(scores["lightgbm"].spearman)
     # the chosen model ranks fresh mixtures well, and every kind survives a save/load round trip unchanged
     fresh = sample_dirichlet_candidates(PRIOR, 200, 9)
     assert spearmanr(chosen.predict(fresh), mixing_law(fresh)).statistic > 0.8
-    for kind in ("lightgbm", "ridge", "ensemble"):
+    for kind in PREDICTOR_KINDS:
         model = fit_predictor(X, y, seed=0, params=loose, kind=kind)
         loaded = Predictor.load(model.save(tmp_path / kind))
         assert loaded.kind == kind and np.allclose(loaded.predict(fresh), model.predict(fresh))
@@ -151,3 +152,23 @@ def test_selection_falls_back_to_lightgbm_when_nothing_can_be_scored() -> None:
     X = sample_dirichlet_candidates(PRIOR, 3, 1)
     chosen, scores = select_predictor(X, np.array([1.0, 2.0, 3.0]), seed=0)
     assert chosen.kind == "lightgbm" and all(math.isnan(cv.spearman) for cv in scores.values())
+
+
+def test_gaussian_process_ranks_a_clustered_search_with_a_curved_optimum(tmp_path: Path) -> None:
+    """Later iterations crowd around the predicted optimum, where the target curves: a GP ranks such runs well."""
+    centre = sample_dirichlet_candidates(PRIOR, 1, 5)[0]
+
+    def bowl(X: np.ndarray) -> np.ndarray:
+        return -np.sum((X - centre) ** 2, axis=1)
+
+    rng = np.random.default_rng(5)
+    X = rng.dirichlet(200 * centre + 0.05, size=32)
+    y = bowl(X) + rng.normal(0.0, 1e-4, 32)
+    model = fit_predictor(X, y, seed=0, kind="gp")
+    fresh = rng.dirichlet(200 * centre + 0.05, size=200)
+    assert spearmanr(model.predict(fresh), bowl(fresh)).statistic > 0.8
+    assert cross_validate(X, y, seed=0, kind="gp").spearman > 0.7
+    assert set(model.feature_importance()) == set(model.feature_names)
+    saved = model.save(tmp_path / "gp")
+    assert sorted(p.name for p in saved.iterdir()) == ["gp.json", "meta.json"]
+    assert np.array_equal(Predictor.load(saved).predict(fresh), model.predict(fresh))

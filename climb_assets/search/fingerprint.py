@@ -24,7 +24,7 @@ from climb_assets.storage import file_sha256
 ALGORITHM_VERSIONS = {
     "tokenizer": "bpe-1",
     "proxy": "proxy-1",
-    "predictor": "lightgbm-1",
+    "predictor": "select-2",
     "candidates": "dirichlet-1",
     "climbmix": "climbmix-2",
     "proof": "proof-1",

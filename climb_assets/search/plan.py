@@ -63,7 +63,7 @@ class SearchSettings(dg.ConfigurableResource):
     predictor_folds: int = 5
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, and their average; keep the
     # best each iteration. LightGBM's held-out score is reported either way.
-    predictor_kind: Literal["auto", "lightgbm", "ridge", "ensemble"] = "auto"
+    predictor_kind: Literal["auto", "lightgbm", "ridge", "ensemble", "gp"] = "auto"
 
     def proxy_seed(self) -> int:
         """One seed for every proxy of a search (common random numbers): iterations and the random baseline differ

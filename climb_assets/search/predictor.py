@@ -6,14 +6,17 @@ model can come out constant; the settings are configurable for that reason, and 
 so explicitly instead of reporting a meaningless number.
 
 Trees need many runs; a mixing-law-shaped linear model (``ridge``: ridge regression on the weights and their logs,
-i.e. a per-domain diminishing return) needs few, and ``ensemble`` averages both. ``select_predictor``
-cross-validates each and keeps the best, always reporting LightGBM's score for parity with the paper.
+i.e. a per-domain diminishing return) needs few, and ``ensemble`` averages both. ``gp`` is a Gaussian process
+(Matérn 5/2 kernel plus noise, hyperparameters by marginal likelihood): smooth, nonlinear, and made for tens of
+noisy evaluations, it ranks a search's later, clustered runs best. ``select_predictor`` cross-validates each and
+keeps the best, always reporting LightGBM's score for parity with the paper.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,9 +29,10 @@ from climb_assets.storage import atomic_path
 
 MODEL_FILE = "model.txt"
 LINEAR_FILE = "linear.json"
+GP_FILE = "gp.json"
 META_FILE = "meta.json"
-PredictorKind = Literal["lightgbm", "ridge", "ensemble"]
-PREDICTOR_KINDS: tuple[PredictorKind, ...] = ("lightgbm", "ridge", "ensemble")
+PredictorKind = Literal["lightgbm", "ridge", "ensemble", "gp"]
+PREDICTOR_KINDS: tuple[PredictorKind, ...] = ("lightgbm", "ridge", "ensemble", "gp")
 RIDGE_ALPHAS = np.logspace(-3, 3, 25)
 LOG_FLOOR = 1e-3  # log(w + floor): a zero weight is a large but finite penalty, not -inf
 MIN_RUNS_TO_FIT = 3
@@ -123,6 +127,57 @@ class LinearMixtureModel:
         return cls(**data)
 
 
+def _gp_kernel():
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    return ConstantKernel(1.0, (1e-3, 1e3)) * Matern(1.0, (1e-2, 1e2), nu=2.5) + WhiteKernel(0.1, (1e-5, 1e1))
+
+
+@dataclass
+class GaussianProcessMixtureModel:
+    """A Gaussian process on the weights. Saved as its training points and fitted kernel hyperparameters, so
+    loading refits exactly the same posterior (no pickles)."""
+
+    X: list[list[float]]
+    z: list[float]
+    theta: list[float]  # the fitted kernel's log-hyperparameters
+    _fitted: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, z: np.ndarray, seed: int) -> GaussianProcessMixtureModel:
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # a length scale at its bound is a fit, not a failure
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp = GaussianProcessRegressor(_gp_kernel(), n_restarts_optimizer=2, random_state=seed).fit(X, z)
+        model = cls(X.tolist(), z.tolist(), gp.kernel_.theta.tolist())
+        model._fitted = gp
+        return model
+
+    def _posterior(self):
+        if self._fitted is None:
+            from sklearn.gaussian_process import GaussianProcessRegressor
+
+            kernel = _gp_kernel().clone_with_theta(np.asarray(self.theta))
+            self._fitted = GaussianProcessRegressor(kernel, optimizer=None).fit(np.asarray(self.X), np.asarray(self.z))
+        return self._fitted
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._posterior().predict(X)
+
+    def importance(self) -> np.ndarray:
+        """|Spearman| of each weight with the fitted posterior mean over the training runs (the kernel is isotropic,
+        so it has no per-group length scale to report)."""
+        X = np.asarray(self.X)
+        fitted = self.predict(X)
+        return np.array([abs(np.nan_to_num(spearmanr(X[:, i], fitted).statistic)) for i in range(X.shape[1])])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"X": self.X, "z": self.z, "theta": self.theta}
+
+
 @dataclass
 class Predictor:
     """A fitted booster plus what is needed to reproduce and audit it."""
@@ -136,6 +191,7 @@ class Predictor:
     extra: dict[str, Any] = field(default_factory=dict)
     kind: PredictorKind = "lightgbm"
     linear: LinearMixtureModel | None = None
+    gp: GaussianProcessMixtureModel | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
@@ -146,6 +202,8 @@ class Predictor:
             parts.append(np.asarray(self.booster.predict(X, num_threads=self.params.num_threads), dtype=np.float64))
         if self.linear is not None:
             parts.append(self.linear.predict(X))
+        if self.gp is not None:
+            parts.append(self.gp.predict(X))
         standardised = np.mean(parts, axis=0)
         return standardised * self.extra.get("y_std", 1.0) + self.extra.get("y_mean", 0.0)
 
@@ -153,8 +211,10 @@ class Predictor:
         """Per-group importance: LightGBM's 'gain' or 'split', else the linear model's summed |coefficients|."""
         if self.booster is not None:
             values = self.booster.feature_importance(importance_type=importance_type)
-        else:
+        elif self.linear is not None:
             values = self.linear.importance()
+        else:
+            values = self.gp.importance()
         return {name: float(v) for name, v in zip(self.feature_names, values)}
 
     def save(self, path: Path | str) -> Path:
@@ -166,6 +226,8 @@ class Predictor:
                 (tmp / MODEL_FILE).write_text(self.booster.model_to_string())
             if self.linear is not None:
                 (tmp / LINEAR_FILE).write_text(json.dumps(self.linear.to_dict()))
+            if self.gp is not None:
+                (tmp / GP_FILE).write_text(json.dumps(self.gp.to_dict()))
             meta = {
                 "kind": self.kind,
                 "num_rounds": self.num_rounds,
@@ -187,6 +249,7 @@ class Predictor:
             kind=meta.get("kind", "lightgbm"),
             linear=LinearMixtureModel.from_dict(json.loads((path / LINEAR_FILE).read_text()))
             if (path / LINEAR_FILE).exists() else None,
+            gp=GaussianProcessMixtureModel(**json.loads((path / GP_FILE).read_text())) if (path / GP_FILE).exists() else None,
             num_rounds=meta["num_rounds"],
             params=PredictorParams(**meta["params"]),
             seed=meta["seed"],
@@ -258,8 +321,9 @@ def fit_predictor(
         rounds, how = _choose_rounds(X, z, params, seed, names)
         booster = _train(X, z, params, seed, rounds, names)
     linear = LinearMixtureModel.fit(X, z) if kind in ("ridge", "ensemble") else None
+    gp = GaussianProcessMixtureModel.fit(X, z, seed) if kind == "gp" else None
     extra = {"rounds_chosen_by": how, "y_mean": y_mean, "y_std": y_std}
-    predictor = Predictor(booster, rounds, params, seed, n, names, extra=extra, kind=kind, linear=linear)
+    predictor = Predictor(booster, rounds, params, seed, n, names, extra=extra, kind=kind, linear=linear, gp=gp)
     # A constant model (too few runs to split) ranks every candidate equally; callers should say so.
     predictor.extra["constant"] = bool(np.ptp(predictor.predict(X)) == 0)
     return predictor
