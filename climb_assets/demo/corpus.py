@@ -38,8 +38,6 @@ import polars as pl
 from climb_assets.home import ClimbHome
 from climb_assets.storage import atomic_path
 
-KINDS = ("wikipedia", "news", "newsgroups", "shakespeare", "code", "drug_reviews", "tech_docs")
-
 MIN_TOKENS, MAX_TOKENS = 100, 800  # chunked documents (~80-600 words of prose): log-uniform lengths
 MIN_SOURCE_TOKENS = 10  # a source with less (an empty module, a one-word review) is not a document
 BASE_DOCS_PER_KIND = 5000  # at scale 1.0; big sources (code, docs, plays) are capped here so no kind dominates
@@ -343,6 +341,7 @@ class CorpusRecipe:
 
 
 DEMO = CorpusRecipe("demo", READERS, ("wikipedia",))
+KINDS = DEMO.kinds
 
 
 # ---------------------------------------------------------------- documents from sources
@@ -436,7 +435,8 @@ class DemoCorpus:
 
 def _hold_out(of_kind: list[Doc], seed: int, want: int) -> set[str]:
     """Whole sources (articles, files) of one kind, at least ``want`` documents, set apart as target."""
-    groups = sorted({d.source for d in of_kind})
+    docs_of = Counter(d.source for d in of_kind)
+    groups = sorted(docs_of)
     random.Random(f"{seed}:target").shuffle(groups)
     held: set[str] = set()
     held_docs = 0
@@ -444,7 +444,7 @@ def _hold_out(of_kind: list[Doc], seed: int, want: int) -> set[str]:
         if held_docs >= want:
             break
         held.add(group)
-        held_docs += sum(d.source == group for d in of_kind)
+        held_docs += docs_of[group]
     if held_docs >= len(of_kind):
         raise ValueError(f"too few {of_kind[0].kind} documents ({len(of_kind)}) to hold out a target set; raise scale")
     return held

@@ -21,7 +21,6 @@ import yaml
 from climb_assets.demo.corpus import (
     CorpusRecipe,
     Reader,
-    _file_units,
     _gensim_data,
     _package_dir,
     _paragraphs,
@@ -46,20 +45,20 @@ def _whole(text: str) -> list[str]:
     return [text]
 
 
-def _written_by_hand(path: Path) -> bool:
+def _hand_written_units(path: Path, split: Callable[[str], list[str]]) -> list[str]:
+    """The file's units, or none for a minified bundle or generated data. Checked when the file is read, so listing
+    the sources only walks names and a kind reads just the files its quota reaches."""
     if path.stat().st_size > MAX_FILE_BYTES or ".min." in path.name:
-        return False
-    with path.open("rb") as handle:
-        return all(len(line) <= MAX_LINE_CHARS for line in handle)
+        return []
+    text = _read_text(path)
+    return split(text) if all(len(line) <= MAX_LINE_CHARS for line in text.split("\n")) else []
 
 
 def _site_files(suffixes: tuple[str, ...], split: Callable[[str], list[str]], joiner: str = "\n\n") -> Iterator[_Source]:
-    """Every hand-written file with one of ``suffixes`` in site-packages, one source each."""
+    """Every file with one of ``suffixes`` in site-packages, one source each (bundles load as no units)."""
     site = _site()
     for rel in _walk(site, lambda name: name.lower().endswith(suffixes), SKIP_DIRS):
-        path = site / rel
-        if _written_by_hand(path):
-            yield _Source(_slug(rel), f"site-packages/{rel}", partial(_file_units, path, split), joiner)
+        yield _Source(_slug(rel), f"site-packages/{rel}", partial(_hand_written_units, site / rel, split), joiner)
 
 
 def _licences() -> Iterator[_Source]:

@@ -61,8 +61,8 @@ class SearchSettings(dg.ConfigurableResource):
     pool_size: int = 100_000
     predictor_min_child_samples: int = 2
     predictor_folds: int = 5
-    # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, and their average; keep the
-    # best each iteration. LightGBM's held-out score is reported either way.
+    # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
+    # process; keep the best each iteration. LightGBM's held-out score is reported either way.
     predictor_kind: Literal["auto", "lightgbm", "ridge", "ensemble", "gp"] = "auto"
 
     def proxy_seed(self) -> int:
@@ -272,8 +272,6 @@ def read_results(plan: SearchPlan, up_to: int) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
-
-
 def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
     """One row per iteration: proxies so far, the predictor kept and every kind's held-out Spearman, and the
     iteration's best and mean proxy objective (higher is better), so a search that stalls shows it."""
@@ -281,12 +279,11 @@ def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
     rows = []
     for k in range(1, iterations + 1):
         predictor = Predictor.load(plan.predictor_path(k))
-        extra = predictor.extra
         objective = results.filter(pl.col("iteration") == k)["objective"]
         rows.append({
             "iteration": k, "runs_so_far": results.filter(pl.col("iteration") <= k).height,
-            "predictor_kept": predictor.kind, "spearman": extra["spearman"],
-            **{f"spearman_{kind}": value for kind, value in sorted(extra.get("spearman_by_kind", {}).items())},
+            "predictor_kept": predictor.kind, "spearman": predictor.extra["spearman"],
+            **{f"spearman_{kind}": v for kind, v in sorted(predictor.extra.get("spearman_by_kind", {}).items())},
             "best_proxy": float(objective.max()), "mean_proxy": float(objective.mean()),
         })  # fmt: skip
     return pl.DataFrame(rows)

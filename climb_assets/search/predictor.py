@@ -145,9 +145,8 @@ class GaussianProcessMixtureModel:
 
     @classmethod
     def fit(cls, X: np.ndarray, z: np.ndarray, seed: int) -> GaussianProcessMixtureModel:
-        from sklearn.gaussian_process import GaussianProcessRegressor
-
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
 
         with warnings.catch_warnings():  # a length scale at its bound is a fit, not a failure
             warnings.simplefilter("ignore", ConvergenceWarning)
