@@ -26,7 +26,7 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	touch $@
 
 dbt-parse: install
-	cd dbt_quality && ../$(BIN)/dbt parse --quiet --project-dir . --profiles-dir .
+	$(BIN)/python -m climb_assets.quality.dbt
 
 demo: install dbt-parse
 	$(BIN)/climb demo

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from climb_assets.cluster import assign, drift, fit_kmeans
+from climb_assets.cluster.kmeans import assign, drift, fit_kmeans
 from climb_assets.embed import embed_texts, load_model, static_build_info
 from climb_assets.home import ClimbHome
 
@@ -152,7 +152,7 @@ def bench_new_shard(n: int, shard: int, k: int, d: int, niter: int) -> None:
     _, dist = assign(corpus, centroids)
     reference = float(np.mean(dist.astype(np.float64) ** 2))
     _, t_assign = timed(lambda: assign(new, centroids))
-    ratio, t_drift = timed(lambda: drift(new, centroids, reference))
+    ratio, t_drift = timed(lambda: drift(assign(new, centroids)[1], reference))
     both = np.vstack([corpus, new])
     _, t_refit = timed(lambda: assign(both, fit_kmeans(both, k, seed=0, niter=niter)))
     print(

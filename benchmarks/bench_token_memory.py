@@ -31,8 +31,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from climb_assets.home import ClimbHome  # noqa: E402
-from climb_assets.search.token_files import ensure_token_files  # noqa: E402
-from climb_assets.search.tokenizer import ByteTokenizer  # noqa: E402
+from climb_assets.lm.token_files import ensure_token_files  # noqa: E402
+from climb_assets.lm.tokenizer import ByteTokenizer  # noqa: E402
 
 WORDS = np.array("data model token cluster mixture proxy search weight budget shard text lake".split())
 GROUPS = 8
@@ -77,12 +77,12 @@ def child(step: str, root: str, args: argparse.Namespace) -> dict:
     if step == "tokenize_new_shard":
         info = {k: len(v) for k, v in ensure_token_files(home, tokenizer).items()}
     elif step == "build_index":
-        from climb_assets.search.proxy_runs import load_search_corpus
+        from climb_assets.lm.proxy import load_search_corpus
 
         info = {"groups": len(load_search_corpus(home, tokenizer).groups)}
     elif step == "proxy":
-        from climb_assets.search.proxy_runs import ProxySettings, TargetData, load_search_corpus, run_proxy
-        from climb_assets.search.targets import TargetSpec
+        from climb_assets.lm.proxy import ProxySettings, TargetData, load_search_corpus, run_proxy
+        from climb_assets.lm.targets import TargetSpec
 
         corpus = load_search_corpus(home, tokenizer)
         settings = ProxySettings(n_layer=1, n_head=2, n_embd=64, block_size=128, batch_size=8,
@@ -92,7 +92,7 @@ def child(step: str, root: str, args: argparse.Namespace) -> dict:
         info = {"steps": len(outcome.loss_curve), "tokens_seen": outcome.tokens_seen}
     elif step == "climbmix":
         from climb_assets.climbmix.mix import write_climbmix
-        from climb_assets.search.proxy_runs import load_search_corpus
+        from climb_assets.lm.proxy import load_search_corpus
 
         corpus = load_search_corpus(home, tokenizer)
         manifest = write_climbmix(home.climbmix / "bench", corpus, np.full(GROUPS, 1 / GROUPS),

@@ -50,7 +50,6 @@ class Timer:
 
 # The demo's static embeddings put Ward's paper threshold (1.5, tuned on a 400M-parameter embedding space) at ~5
 # super-clusters; the demo asks for the paper's granularity, ~20, instead.
-DEMO_RECLUSTER = {"ops": {"quality_filtered_clusters": {"config": {"target_count": 20}}}}
 
 # The console shows what each step reports (INFO), not Dagster's per-event DEBUG stream; the UI has everything.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -151,7 +150,9 @@ def search_config(args: argparse.Namespace) -> dict:
 
 
 def print_locations(home: ClimbHome, total: float, summary_path: Path) -> None:
-    proof = home.climbmix / "proof.md"
+    from climb_assets.lake import proof_report_path
+
+    proof = proof_report_path(home)
     if proof.exists():
         print("\n" + proof.read_text())
     print(f"\nDone in {total}s. Everything is under {home.root}:")
@@ -164,18 +165,24 @@ def print_locations(home: ClimbHome, total: float, summary_path: Path) -> None:
 
 
 def write_summary(home: ClimbHome, name: str, summary: dict) -> Path:
+    from climb_assets.lake import proof_report_path
+    from climb_assets.search.tracking import local_tracking_uri
+
     path = home.root / name
     path.write_text(json.dumps(summary | {
         "climbmix": str(home.climbmix),
-        "proof_report": str(home.climbmix / "proof.md"),
-        "mlflow_tracking_uri": f"sqlite:///{home.mlflow / 'mlflow.db'}",
+        "proof_report": str(proof_report_path(home)),
+        "mlflow_tracking_uri": local_tracking_uri(home),
     }, indent=2, default=str))  # fmt: skip
     return path
 
 
 def demo(args: argparse.Namespace) -> None:
     from climb_assets.demo import RECIPES, build_demo_corpus
+    from climb_assets.quality.merge import DEFAULT_TARGET_COUNT
 
+    # The demo cuts the merge tree to the paper's ~20 super-clusters instead of trusting the distance threshold.
+    merge_config = {"ops": {"quality_filtered_clusters": {"config": {"target_count": DEFAULT_TARGET_COUNT}}}}
     recipe = RECIPES[args.corpus]
     home, instance, defs = open_platform()
     timer = Timer()
@@ -185,13 +192,13 @@ def demo(args: argparse.Namespace) -> None:
     with timer.step("ingest + embed + score wave 1 (one run per new shard)"):
         first = ingest_landed(defs, instance, home)
     with timer.step("fit centroids on a sample, assign every shard, quality + super-clusters"):
-        bring_clusters_current(defs, instance, home, merge_config=DEMO_RECLUSTER)
+        bring_clusters_current(defs, instance, home, merge_config=merge_config)
     with timer.step(f"{recipe.name} corpus, wave 2"):
         wave2 = build_demo_corpus(home, wave=2, scale=args.scale, seed=args.seed, recipe=recipe)
     with timer.step("ingest wave 2 (only the new shards)"):
         second = ingest_landed(defs, instance, home)
     with timer.step("assign only the new shards (same centroids), quality + super-clusters"):
-        assigned = bring_clusters_current(defs, instance, home, merge_config=DEMO_RECLUSTER)
+        assigned = bring_clusters_current(defs, instance, home, merge_config=merge_config)
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
@@ -253,9 +260,9 @@ def ui(args: argparse.Namespace) -> None:
 
 
 def mlflow_ui(args: argparse.Namespace) -> None:
-    home = ClimbHome.from_env().ensure()
     from climb_assets.search.tracking import local_tracking_uri
 
+    home = ClimbHome.from_env().ensure()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", local_tracking_uri(home), "--port", str(args.port)]
     raise SystemExit(subprocess.call(command))
 

@@ -7,7 +7,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from climb_assets.climbmix.assets import ProofSettings, build_climbmix_assets  # noqa: E402
+from climb_assets.climbmix.assets import build_climbmix_assets  # noqa: E402
 from climb_assets.cluster.assets import (  # noqa: E402
     build_recluster_sensor,
     build_refit_schedule,
@@ -17,24 +17,16 @@ from climb_assets.cluster.assets import (  # noqa: E402
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
 from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
 from climb_assets.ingest.sensors import build_landing_sensor  # noqa: E402
-from climb_assets.quality.assets import (  # noqa: E402
-    QualityScorerResource,
-    dbt_quality_models,
-    dbt_resource,
-    quality_signals,
-)
+from climb_assets.quality.assets import QualityScorerResource, quality_signals  # noqa: E402
+from climb_assets.quality.dbt import build_dbt_quality_assets, dbt_resource  # noqa: E402
 from climb_assets.quality.super_clusters import (  # noqa: E402
     quality_filtered_clusters,
     super_clusters_partition_check,
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.search.assets import build_search_assets  # noqa: E402
-from climb_assets.search.plan import SearchSettings  # noqa: E402
+from climb_assets.search.settings import SEARCH_ITERATIONS, ProofSettings, SearchSettings  # noqa: E402
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
-
-# The number of search iterations (the paper's 3) shapes the asset graph (iteration_1 ... iteration_N), so it is part
-# of the code location itself, defined here once: the code server and every run worker load the same graph.
-SEARCH_ITERATIONS = 3
 
 per_shard = dg.AssetSelection.assets(raw_shards, embeddings, quality_signals)
 
@@ -58,12 +50,15 @@ cluster_assign_job = dg.define_asset_job(
     description="Assign one shard's documents to the current centroids (reads and writes that shard only).",
 )
 
-recluster_job = dg.define_asset_job(
-    "recluster_job",
-    selection=dg.AssetSelection.assets(quality_filtered_clusters) | dg.AssetSelection.assets(dbt_quality_models),
-    description="Once every shard is assigned: re-run dbt_quality over the assignments, prune and merge into "
-    "super-clusters.",
-)
+
+def build_recluster_job(dbt_quality_models: dg.AssetsDefinition):
+    return dg.define_asset_job(
+        "recluster_job",
+        selection=dg.AssetSelection.assets(quality_filtered_clusters) | dg.AssetSelection.assets(dbt_quality_models),
+        description="Once every shard is assigned: re-run dbt_quality over the assignments, prune and merge into "
+        "super-clusters.",
+    )
+
 
 def default_resources() -> dict:
     return {
@@ -91,6 +86,8 @@ def build_definitions(
     """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings), may unroll
     fewer search iterations, and may choose the executor (a distributed one: see deploy/README.md)."""
     search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
+    dbt_quality_models = build_dbt_quality_assets()
+    recluster_job = build_recluster_job(dbt_quality_models)
     return dg.Definitions(
         assets=[
             raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, dbt_quality_models,

@@ -65,7 +65,7 @@ def tiny_platform(tmp_path_factory):
     from climb_assets.definitions import build_definitions
     from climb_assets.demo.corpus import build_demo_corpus
     from climb_assets.embed.assets import EmbeddingModelResource
-    from climb_assets.search.plan import SearchSettings
+    from climb_assets.search.settings import SearchSettings
 
     root = tmp_path_factory.mktemp("platform")
     home = ClimbHome(root / "climb").ensure()

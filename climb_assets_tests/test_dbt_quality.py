@@ -14,7 +14,8 @@ import pytest
 from dbt.cli.main import dbtRunner
 
 from climb_assets.home import ClimbHome
-from climb_assets.quality import DBT_PROJECT_DIR, cluster_decisions_path, dbt_environment
+from climb_assets.lake import cluster_decisions_path, dbt_environment
+from climb_assets.quality.dbt import DBT_PROJECT_DIR
 from climb_assets.quality.merge import load_cluster_decisions
 
 # cluster 0: good docs; cluster 1: boilerplate; cluster 2: one good doc (too small); spread over two shards.

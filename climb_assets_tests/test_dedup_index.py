@@ -4,15 +4,10 @@ import json
 
 import polars as pl
 
-from climb_assets.ingest.assets import (
-    dedup_index_path,
-    ingest_to_lake,
-    shard_documents_path,
-    shard_duplicates_path,
-    shard_quarantine_path,
-)
+from climb_assets.ingest.assets import ingest_to_lake
+from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.ingest.dedup_index import DedupIndex
-from climb_assets.ingest.shards import IngestSettings, content_hash
+from climb_assets.ingest.shards import IngestSettings, text_hash
 
 SETTINGS = IngestSettings()
 
@@ -26,7 +21,7 @@ def land(home, name, rows):
 
 
 def lake_bytes(home, shard):
-    return [p(home, shard).read_bytes() for p in (shard_documents_path, shard_quarantine_path, shard_duplicates_path)]
+    return [p(home, shard).read_bytes() for p in (raw_shard_path, quarantine_path, duplicates_path)]
 
 
 def indexed_rows(home) -> int:
@@ -41,10 +36,10 @@ def test_registration_order_wins_and_rerun_is_byte_identical(home):
     order = ["a.jsonl", "b.jsonl", "c.jsonl"]
     for position, shard in enumerate(order):
         ingest_to_lake(home, shard, SETTINGS, order[:position])
-    c_dups = pl.read_parquet(shard_duplicates_path(home, "c.jsonl"))
+    c_dups = pl.read_parquet(duplicates_path(home, "c.jsonl"))
     assert c_dups["duplicate_of_shard"].to_list() == ["b.jsonl", "a.jsonl"]
-    assert pl.read_parquet(shard_quarantine_path(home, "c.jsonl"))["reason"].str.starts_with("duplicate_id").to_list() == [True]
-    assert pl.read_parquet(shard_documents_path(home, "c.jsonl"))["text"].to_list() == [doc(5)]
+    assert pl.read_parquet(quarantine_path(home, "c.jsonl"))["reason"].str.starts_with("duplicate_id").to_list() == [True]
+    assert pl.read_parquet(raw_shard_path(home, "c.jsonl"))["text"].to_list() == [doc(5)]
 
     before = {shard: lake_bytes(home, shard) for shard in order}
     rows = indexed_rows(home)
@@ -57,16 +52,16 @@ def test_registration_order_wins_and_rerun_is_byte_identical(home):
 def test_lookup_answers_only_for_the_shard_and_only_from_earlier_shards(home):
     with DedupIndex(dedup_index_path(home)) as index:
         for n, shard in enumerate(["s1", "s2", "s3"]):
-            hashes = [content_hash(doc(i)) for i in range(n * 1000, n * 1000 + 1000)]
+            hashes = [text_hash(doc(i)) for i in range(n * 1000, n * 1000 + 1000)]
             index.replace(shard, pl.DataFrame({"content_hash": hashes, "doc_id": [f"{shard}-{i}" for i in range(1000)]}))
-        wanted = {content_hash(doc(5)), content_hash(doc(1500)), content_hash(doc(2500)), content_hash("unseen")}
+        wanted = {text_hash(doc(5)), text_hash(doc(1500)), text_hash(doc(2500)), text_hash("unseen")}
         found, ids = index.lookup(wanted, {"s1-5", "s3-1", "nobody"}, ["s1", "s2"])
-        assert found == {content_hash(doc(5)): ("s1-5", "s1"), content_hash(doc(1500)): ("s2-500", "s2")}
+        assert found == {text_hash(doc(5)): ("s1-5", "s1"), text_hash(doc(1500)): ("s2-500", "s2")}
         assert ids == {"s1-5"}  # s3 is not earlier
         assert index.lookup(wanted, set(), [])[0] == {}
-        index.replace("s2", pl.DataFrame({"content_hash": [content_hash(doc(5))], "doc_id": ["again"]}))
-        found, _ = index.lookup({content_hash(doc(5))}, set(), ["s2", "s1"])  # first registered copy wins
-        assert found == {content_hash(doc(5)): ("again", "s2")}
+        index.replace("s2", pl.DataFrame({"content_hash": [text_hash(doc(5))], "doc_id": ["again"]}))
+        found, _ = index.lookup({text_hash(doc(5))}, set(), ["s2", "s1"])  # first registered copy wins
+        assert found == {text_hash(doc(5)): ("again", "s2")}
 
 
 def test_shards_ingested_before_the_index_existed_are_backfilled(home):
@@ -75,5 +70,5 @@ def test_shards_ingested_before_the_index_existed_are_backfilled(home):
     ingest_to_lake(home, "old.jsonl", SETTINGS, [])
     dedup_index_path(home).unlink()  # a lake from before the index
     ingest_to_lake(home, "new.jsonl", SETTINGS, ["old.jsonl"])
-    assert pl.read_parquet(shard_duplicates_path(home, "new.jsonl"))["duplicate_of_shard"].to_list() == ["old.jsonl"]
+    assert pl.read_parquet(duplicates_path(home, "new.jsonl"))["duplicate_of_shard"].to_list() == ["old.jsonl"]
     assert indexed_rows(home) == 2

@@ -14,10 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search import fingerprint as fingerprint_module
+from climb_assets.search import keys as fingerprint_module
 from climb_assets.search.assets import build_search_assets
-from climb_assets.search.plan import SearchPlan, SearchSettings, proxy_markers_dir
-from climb_assets.search.fingerprint import fingerprint
+from climb_assets.lake import proxy_markers_dir
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.settings import SearchSettings
+from climb_assets.search.keys import fingerprint
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
 from climb_assets_tests.test_resume import write_search_state

@@ -8,14 +8,8 @@ import polars as pl
 import pytest
 
 from climb_assets.definitions import defs
-from climb_assets.ingest.assets import (
-    raw_shards,
-    raw_shards_conserve_rows,
-    shard_documents_path,
-    shard_duplicates_path,
-    shard_partitions,
-    shard_quarantine_path,
-)
+from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions
+from climb_assets.lake import duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.ingest.sensors import build_landing_sensor
 from climb_assets.storage import lake_file, safe_name
 
@@ -51,7 +45,10 @@ def check_passed(result) -> bool:
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def("ingest_shard_job") is not None
+    job = defs.resolve_job_def("ingest_shard_job")
+    assert job.partitions_def == shard_partitions  # one run per landed shard
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"raw_shards", "embeddings",
+                                                                                   "quality_signals"}  # fmt: skip
 
 
 def test_sensor_registers_new_files_and_ignores_seen_ones(home, climb_resource, instance):
@@ -94,12 +91,12 @@ def test_two_shards_end_to_end_with_cross_shard_dedup(home, climb_resource, inst
     result = ingest(instance, climb_resource, "s2.parquet")
     assert result.success and check_passed(result)
 
-    first = pl.read_parquet(shard_documents_path(home, "s1.jsonl"))
-    second = pl.read_parquet(shard_documents_path(home, "s2.parquet"))
+    first = pl.read_parquet(raw_shard_path(home, "s1.jsonl"))
+    second = pl.read_parquet(raw_shard_path(home, "s2.parquet"))
     assert first["doc_id"].to_list()[0] == "a" and first["source_kind"].to_list() == ["news", None]
     assert second["text"].to_list() == [PROSE[2]]
     assert json.loads(second["meta"][0]) == {"url": "u2"}
-    duplicates = pl.read_parquet(shard_duplicates_path(home, "s2.parquet"))
+    duplicates = pl.read_parquet(duplicates_path(home, "s2.parquet"))
     assert duplicates["duplicate_of"].to_list() == [first["doc_id"][1]]
     assert duplicates["duplicate_of_shard"].to_list() == ["s1.jsonl"]
     materialization = result.asset_materializations_for_node("raw_shards")[0]
@@ -127,19 +124,19 @@ def test_every_bad_row_is_quarantined_with_its_reason(home, climb_resource, inst
     result = ingest(instance, climb_resource, "bad.jsonl")
     assert result.success and check_passed(result)
 
-    quarantine = pl.read_parquet(shard_quarantine_path(home, "bad.jsonl"))
+    quarantine = pl.read_parquet(quarantine_path(home, "bad.jsonl"))
     reasons = [reason.split(":")[0] for reason in quarantine["reason"]]
     assert reasons == [reason for _, reason in BAD_ROWS] + ["invalid_utf8"]
     assert quarantine["row_number"].to_list() == list(range(1, len(BAD_ROWS) + 2))
     assert quarantine.filter(pl.col("reason").str.starts_with("too_long"))["raw_value"].str.len_chars()[0] <= 501
-    assert pl.read_parquet(shard_documents_path(home, "bad.jsonl")).height == 1
+    assert pl.read_parquet(raw_shard_path(home, "bad.jsonl")).height == 1
 
 
 def test_wrong_parquet_schema_quarantines_every_row(home, climb_resource, instance):
     pl.DataFrame({"text": [1, 2, 3]}).write_parquet(home.landing / "ints.parquet")
     result = ingest(instance, climb_resource, "ints.parquet")
     assert result.success and check_passed(result)
-    quarantine = pl.read_parquet(shard_quarantine_path(home, "ints.parquet"))
+    quarantine = pl.read_parquet(quarantine_path(home, "ints.parquet"))
     assert quarantine.height == 3 and quarantine["reason"].str.starts_with("wrong_parquet_schema").all()
 
 
@@ -154,7 +151,7 @@ def test_length_bounds_are_configurable(home, climb_resource, instance):
         run_config={"ops": {"raw_shards": {"config": {"min_chars": 50}}}},
     )
     assert result.success
-    quarantine = pl.read_parquet(shard_quarantine_path(home, "len.jsonl"))
+    quarantine = pl.read_parquet(quarantine_path(home, "len.jsonl"))
     assert quarantine["reason"].to_list() == ["too_short: 23 < 50 chars"]
 
 
@@ -171,7 +168,7 @@ def test_unreadable_file_fails_its_partition_and_writes_nothing(home, climb_reso
     assert not result.success
     failure = result.get_step_failure_events()[0].event_specific_data.error
     assert name in failure.message and message in failure.message
-    for path in (shard_documents_path(home, name), shard_quarantine_path(home, name), shard_duplicates_path(home, name)):
+    for path in (raw_shard_path(home, name), quarantine_path(home, name), duplicates_path(home, name)):
         assert not path.exists()
     assert not any(p.name.startswith(".") for p in home.lake.rglob("*"))
 
@@ -180,15 +177,15 @@ def test_rematerializing_is_idempotent_after_later_shards(home, climb_resource, 
     write_jsonl(home.landing / "s1.jsonl", [{"text": PROSE[0]}, {"text": PROSE[1]}, {"text": PROSE[0]}])
     write_jsonl(home.landing / "s2.jsonl", [{"text": PROSE[1]}, {"text": PROSE[2]}])
     assert ingest(instance, climb_resource, "s1.jsonl").success
-    before = pl.read_parquet(shard_documents_path(home, "s1.jsonl"))
+    before = pl.read_parquet(raw_shard_path(home, "s1.jsonl"))
     assert ingest(instance, climb_resource, "s2.jsonl").success
     again = dg.materialize(
         [raw_shards, raw_shards_conserve_rows], partition_key="s1.jsonl", instance=instance,
         resources={"climb": climb_resource},
     )
     assert again.success and check_passed(again)
-    assert pl.read_parquet(shard_documents_path(home, "s1.jsonl")).equals(before)
-    assert pl.read_parquet(shard_duplicates_path(home, "s1.jsonl"))["row_number"].to_list() == [2]
+    assert pl.read_parquet(raw_shard_path(home, "s1.jsonl")).equals(before)
+    assert pl.read_parquet(duplicates_path(home, "s1.jsonl"))["row_number"].to_list() == [2]
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "x\x00y", ""])

@@ -8,18 +8,10 @@ import polars as pl
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from climb_assets.cluster import (
-    assign,
-    assignments_frame,
-    cluster_corpus,
-    clusters_frame,
-    default_k,
-    drift,
-    fit_kmeans,
-    match_to_previous,
-    read_cluster_version,
-    write_cluster_version,
-)
+from climb_assets.cluster.kmeans import assign, assignments_frame, default_k, drift, fit_kmeans, match_to_previous
+from climb_assets.cluster.lake import FitSettings, assign_shard, fit_centroids, scan_current_assignments
+from climb_assets.embed.encode import write_embeddings
+from climb_assets.lake import embeddings_path
 
 DIM = 32
 N_BLOBS = 8
@@ -116,39 +108,29 @@ def test_gpu_fit_and_assign_recover_blobs(corpus):
     assert adjusted_rand_score(labels, rows) > 0.9
 
 
-def test_cluster_corpus_counts_every_document(corpus):
+def land_embeddings(home, name: str, vectors: np.ndarray, ids) -> None:
+    write_embeddings(embeddings_path(home, name), list(ids), vectors, "m")
+
+
+def fit_and_assign(home, settings: FitSettings) -> tuple[str, dict, pl.DataFrame]:
+    version, info = fit_centroids(home, settings)
+    for shard in ("shard-a", "shard-b", "shard-n"):
+        if embeddings_path(home, shard).exists():
+            assign_shard(home, shard, version)
+    return version, info, scan_current_assignments(home).collect().sort("doc_id")
+
+
+def test_fit_centroids_assigns_every_document_once_and_recovers_blobs(home, corpus):
     vectors, labels, ids, shards = corpus
-    result = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
-    a, c = result.assignments, result.clusters
-    assert a.columns == ["doc_id", "shard", "cluster_id", "distance"] and len(a) == len(ids)
-    assert a["doc_id"].to_list() == ids.tolist() and a["shard"].to_list() == shards.tolist()
-    assert adjusted_rand_score(labels, a["cluster_id"].to_numpy()) > 0.9
-    assert c["cluster_id"].to_list() == result.cluster_ids.tolist() == list(range(N_BLOBS))
-    expected = a.group_by("cluster_id").agg(pl.len().alias("n"), (pl.col("distance") ** 2).sum().alias("sq"))
-    joined = c.join(expected, on="cluster_id")
-    assert joined["size"].to_list() == joined["n"].to_list() and c["size"].sum() == len(ids)
-    np.testing.assert_allclose(joined["inertia"], joined["sq"], rtol=1e-4)
-    assert result.mean_sq_distance == pytest.approx(float((a["distance"] ** 2).mean()), rel=1e-4)
-    assert result.moved_count == 0
-
-
-def test_clusters_frame_keeps_empty_clusters_and_rejects_unknown_ids():
-    a = pl.DataFrame({"doc_id": ["x", "y"], "shard": ["s", "s"], "cluster_id": [7, 7], "distance": [0.5, 1.0]})
-    frame = clusters_frame(a, np.array([9, 7]))
-    assert frame.to_dicts() == [
-        {"cluster_id": 7, "size": 2, "inertia": 1.25},
-        {"cluster_id": 9, "size": 0, "inertia": 0.0},
-    ]
-    with pytest.raises(ValueError, match="not in cluster_ids"):
-        clusters_frame(a, np.array([1, 2]))
-
-
-def test_cluster_corpus_rejects_duplicate_doc_ids(corpus):
-    vectors, _, ids, shards = corpus
-    dup = ids.copy()
-    dup[1] = dup[0]
-    with pytest.raises(ValueError, match="duplicate"):
-        cluster_corpus(vectors, dup, shards, k=4)
+    for shard in ("shard-a", "shard-b"):
+        at = shards == shard
+        land_embeddings(home, shard, vectors[at], ids[at])
+    _, info, assignments = fit_and_assign(home, FitSettings(k=N_BLOBS, seed=0, nredo=REDO))
+    assert assignments.columns == ["doc_id", "shard", "cluster_id", "distance"]
+    assert assignments["doc_id"].to_list() == sorted(ids.tolist())
+    assert adjusted_rand_score(labels, assignments["cluster_id"].to_numpy()) > 0.9
+    assert sorted(assignments["cluster_id"].unique().to_list()) == list(range(N_BLOBS))
+    assert info["clusters_with_new_id"] == 0 and info["docs"] == len(ids)
 
 
 def test_match_to_previous_keeps_ids_of_nearby_centroids_and_numbers_new_ones(centers):
@@ -164,69 +146,30 @@ def test_match_to_previous_keeps_ids_of_nearby_centroids_and_numbers_new_ones(ce
     assert ids_strict.tolist() == [13, 14, 15, 16, 17] and moved_strict == 5
 
 
-def test_stable_ids_survive_refit_with_other_seed_and_a_small_new_batch(corpus, centers):
+def test_a_new_kind_of_text_shows_as_drift_and_gets_a_fresh_id_at_the_refit(home, corpus, centers):
     vectors, _, ids, shards = corpus
-    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
-    previous = (first.centroids, first.cluster_ids)
-
-    again = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=7, nredo=REDO, previous=previous)
-    assert again.moved_count == 0
-    assert again.assignments["cluster_id"].to_list() == first.assignments["cluster_id"].to_list()
-
-    extra, _ = make_blobs(100, centers[:N_BLOBS], seed=2)
-    grown_ids = np.concatenate([ids, [f"new-{i}" for i in range(len(extra))]])
-    grown_shards = np.concatenate([shards, np.full(len(extra), "shard-c")])
-    grown = cluster_corpus(
-        np.vstack([vectors, extra]), grown_ids, grown_shards, k=N_BLOBS, seed=11, nredo=REDO, previous=previous
-    )
-    assert grown.moved_count == 0
-    assert grown.assignments["cluster_id"].to_list()[: len(ids)] == first.assignments["cluster_id"].to_list()
-
-
-def test_a_new_kind_of_text_gets_a_fresh_id_and_shows_as_drift(corpus, centers):
-    vectors, _, ids, shards = corpus
-    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    land_embeddings(home, "shard-a", vectors, ids)
+    first, info, _ = fit_and_assign(home, FitSettings(k=N_BLOBS, seed=0, nredo=REDO))
     novel, _ = make_blobs(300, centers[N_BLOBS:], seed=3)
     same, _ = make_blobs(300, centers[:N_BLOBS], seed=4)
+    centroids = np.load(home.lake / "clusters" / first / "centroids.npy")
+    reference = info["reference_mean_sq_distance"]
+    assert drift(assign(same, centroids)[1], reference) == pytest.approx(1.0, abs=0.15)
 
-    assert drift(same, first.centroids, first.mean_sq_distance) == pytest.approx(1.0, abs=0.15)
-    assert drift(novel, first.centroids, first.mean_sq_distance) > 5.0
-
-    new_ids = np.array([f"novel-{i}" for i in range(len(novel))])
-    refit = cluster_corpus(
-        np.vstack([vectors, novel]),
-        np.concatenate([ids, new_ids]),
-        np.concatenate([shards, np.full(len(novel), "shard-n")]),
-        k=N_BLOBS + 1,
-        seed=5,
-        nredo=REDO,
-        previous=(first.centroids, first.cluster_ids),
-    )
-    assert refit.moved_count == 1 and refit.cluster_ids.tolist() == list(range(N_BLOBS + 1))
-    novel_clusters = refit.assignments.filter(pl.col("shard") == "shard-n")["cluster_id"].unique().to_list()
-    assert novel_clusters == [N_BLOBS]
+    land_embeddings(home, "shard-n", novel, [f"novel-{i}" for i in range(len(novel))])
+    assert assign_shard(home, "shard-n", first)["drift"] > 5.0
+    _, refit, assignments = fit_and_assign(home, FitSettings(k=N_BLOBS + 1, seed=5, nredo=REDO))
+    assert refit["clusters_with_new_id"] == 1
+    assert assignments.filter(pl.col("shard") == "shard-n")["cluster_id"].unique().to_list() == [N_BLOBS]
 
 
 def test_assign_only_for_a_new_shard_uses_stable_ids(corpus, centers):
-    vectors, labels, ids, shards = corpus
-    first = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
+    vectors, labels, _, _ = corpus
+    centroids = fit_kmeans(vectors, N_BLOBS, seed=0, nredo=REDO)
+    cluster_ids = np.arange(N_BLOBS)
     extra, extra_labels = make_blobs(50, centers[:N_BLOBS], seed=9)
-    frame = assignments_frame([f"x{i}" for i in range(50)], ["shard-x"] * 50, extra, first.centroids, first.cluster_ids)
-    label_to_cluster = dict(zip(labels.tolist(), first.assignments["cluster_id"].to_list()))
+    frame = assignments_frame([f"x{i}" for i in range(50)], ["shard-x"] * 50, extra, centroids, cluster_ids)
+    label_to_cluster = dict(zip(labels.tolist(), assign(vectors, centroids)[0].tolist()))
     assert frame["cluster_id"].to_list() == [label_to_cluster[lab] for lab in extra_labels.tolist()]
     with pytest.raises(ValueError, match="differ"):
-        assignments_frame(["a"], ["s", "s"], extra[:1], first.centroids, first.cluster_ids)
-
-
-def test_cluster_version_round_trips_atomically(tmp_path, corpus):
-    vectors, _, ids, shards = corpus
-    result = cluster_corpus(vectors, ids, shards, k=N_BLOBS, seed=0, nredo=REDO)
-    version = tmp_path / "clusters" / "v1"
-    write_cluster_version(version, result)
-    assert sorted(p.name for p in version.iterdir()) == ["assignments.parquet", "centroids.npy", "clusters.parquet"]
-    assert [p.name for p in version.parent.iterdir()] == ["v1"]  # no temp leftovers
-    centroids, cluster_ids, clusters = read_cluster_version(version)
-    np.testing.assert_array_equal(centroids, result.centroids)
-    np.testing.assert_array_equal(cluster_ids, result.cluster_ids)
-    assert clusters.equals(result.clusters)
-    assert pl.read_parquet(version / "assignments.parquet").equals(result.assignments)
+        assignments_frame(["a"], ["s", "s"], extra[:1], centroids, cluster_ids)

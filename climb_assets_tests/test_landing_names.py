@@ -10,8 +10,9 @@ import dagster as dg
 import polars as pl
 
 from climb_assets.definitions import defs
-from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_documents_path, shard_partitions
-from climb_assets.ingest.landing import partition_key_for, rejected_path
+from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions
+from climb_assets.ingest.landing import partition_key_for
+from climb_assets.lake import landing_rejected_path, raw_shard_path
 from climb_assets.ingest.sensors import build_landing_sensor
 from climb_assets.storage import safe_name
 
@@ -76,10 +77,10 @@ def test_hostile_names_are_ingested_and_refusals_are_visible(home, climb_resourc
         assert result.success, name
         (materialization,) = result.asset_materializations_for_node("raw_shards")
         assert materialization.metadata["landed_file"].value == name
-        assert pl.read_parquet(shard_documents_path(home, key))["text"].to_list() == texts_for(i)
+        assert pl.read_parquet(raw_shard_path(home, key))["text"].to_list() == texts_for(i)
 
     # refusals: a lake table and an observation in the catalog, each with its reason
-    rejected = {r["name"]: r["reason"] for r in pl.read_parquet(rejected_path(home)).iter_rows(named=True)}
+    rejected = {r["name"]: r["reason"] for r in pl.read_parquet(landing_rejected_path(home)).iter_rows(named=True)}
     assert set(rejected) == set(REFUSED)
     for name, why in REFUSED.items():
         assert why in rejected[name]

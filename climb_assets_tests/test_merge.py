@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from climb_assets.home import ClimbHome
 from climb_assets.quality.merge import (
     DEFAULT_TARGET_COUNT,
     NO_DOCUMENTS,
@@ -187,7 +188,7 @@ def test_tables_checks_and_purity_on_a_small_corpus(tmp_path) -> None:
     assert purity.filter(pl.col("super_cluster_id").is_null())["source_kind"].to_list() == ["review"]
     assert purity.filter(pl.col("super_cluster_id").is_not_null())["purity"].to_list() == [1.0, 1.0]
 
-    out = write_super_clusters(tmp_path / "super_clusters" / "v1", result, doc_super, table)
+    out = write_super_clusters(ClimbHome(tmp_path), result, doc_super, table)
     assert sorted(p.name for p in out.iterdir()) == [
         "documents.parquet",
         "mapping.parquet",

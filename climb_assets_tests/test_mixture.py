@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from climb_assets.search.mixture import DocPool, MixtureSampler, cap_and_redistribute
+from climb_assets.lm.mixture import DocPool, MixtureSampler, cap_and_redistribute
 
 
 def make_pool(group: int, n_docs: int, tokens: int | np.ndarray) -> DocPool:
@@ -104,8 +104,7 @@ def test_stream_is_interleaved_and_texts_follow_the_plan(pools: dict[int, DocPoo
     records = list(sampler.iter_records(chunk_size=64))
     assert [r[0] for r in records] == plan.groups.tolist()
     assert [r[1] for r in records] == [pools[g].doc_ids[i] for g, i in zip(plan.groups, plan.doc_indices)]
-    assert list(sampler.iter_texts(chunk_size=64)) == [f"text of {r[1]}" for r in records]
-    assert sum(calls) == 2 * int((plan.groups == 1).sum()) and max(calls) <= 64
+    assert sum(calls) == int((plan.groups == 1).sum()) and max(calls) <= 64
     first_half = plan.groups[: len(plan) // 2]
     assert 0.3 < (first_half == 0).mean() < 0.7  # not group-by-group
 

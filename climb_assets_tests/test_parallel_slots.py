@@ -9,7 +9,8 @@ from climb_assets.cli import run_job
 from climb_assets.definitions import defs
 from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance
-from climb_assets.search.plan import SearchPlan, SearchSettings
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH

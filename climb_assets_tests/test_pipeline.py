@@ -17,7 +17,8 @@ from climb_assets.cluster.assets import build_recluster_sensor
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.plan import SearchPlan, SearchSettings
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.settings import SearchSettings
 from climb_assets.search.predictor import Predictor
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG

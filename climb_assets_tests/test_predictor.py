@@ -13,7 +13,6 @@ from climb_assets.search.predictor import (
     Predictor,
     PredictorParams,
     cross_validate,
-    cross_validated_spearman,
     fit_predictor,
     select_predictor,
 )
@@ -48,7 +47,7 @@ def test_predictor_recovers_a_known_function_on_held_out_mixtures(fitted: Fitted
     assert not predictor.extra["constant"]
 
 
-def test_cross_validated_spearman_is_high_for_a_learnable_target(fitted: Fitted) -> None:
+def test_cross_validation_spearman_is_high_for_a_learnable_target(fitted: Fitted) -> None:
     _, X, y = fitted
     result = cross_validate(X, y, k=5, seed=0)
     assert result.folds == 5 and result.reason is None
@@ -93,8 +92,8 @@ def test_few_runs_use_leave_one_out_and_explain_a_constant_model() -> None:
     assert math.isnan(paper.spearman) and "min_child_samples=5" in (paper.reason or "")
     assert fit_predictor(X, y).extra["constant"]
     loose_params = PredictorParams(min_child_samples=1, early_stopping_rounds=20)
-    loose = cross_validated_spearman(X, y, seed=0, params=loose_params)
-    assert not math.isnan(loose)
+    loose = cross_validate(X, y, seed=0, params=loose_params)
+    assert not math.isnan(loose.spearman)
     too_few = cross_validate(X[:3], y[:3])
     assert math.isnan(too_few.spearman) and "need at least" in (too_few.reason or "")
 

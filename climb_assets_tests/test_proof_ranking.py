@@ -15,9 +15,9 @@ import pytest
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
-from climb_assets.search.proxy_runs import ProxySettings, SearchCorpus, TargetData, load_search_corpus, run_proxy
-from climb_assets.search.targets import TargetSpec
-from climb_assets.search.tokenizer import ByteTokenizer
+from climb_assets.lm.proxy import ProxySettings, SearchCorpus, TargetData, load_search_corpus, run_proxy
+from climb_assets.lm.targets import TargetSpec
+from climb_assets.lm.tokenizer import ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
 SETTINGS = ProxySettings(n_layer=1, n_head=2, n_embd=64, block_size=64, batch_size=8, token_budget=20_000, lr=3e-3,

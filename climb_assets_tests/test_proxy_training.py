@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from climb_assets.search.proxy_model import GPT, GPTConfig, preset
-from climb_assets.search.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
-from climb_assets.search.training import (
+from climb_assets.lm.model import GPT, GPTConfig, preset
+from climb_assets.lm.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
+from climb_assets.lm.train import (
     TrainConfig,
     learning_rate,
     load_checkpoint,
@@ -161,7 +163,9 @@ def test_schedule_warms_up_and_ends_at_min_lr(schedule):
 
 def test_loss_falls_on_repetitive_corpus_and_is_deterministic():
     seen: list[tuple[int, int, float]] = []
+    started = time.perf_counter()
     first = train_proxy(tiny_cfg(), train_cfg(), repetitive_stream(), on_step=lambda *a: seen.append(a))
+    wall = time.perf_counter() - started
     steps = train_cfg().num_steps
     assert len(first.loss_curve) == steps and seen == first.loss_curve
     assert first.tokens_seen == steps * BATCH * BLOCK
@@ -172,7 +176,7 @@ def test_loss_falls_on_repetitive_corpus_and_is_deterministic():
     assert second.loss_curve == first.loss_curve
     other_seed = train_proxy(tiny_cfg(), train_cfg(seed=1), repetitive_stream())
     assert other_seed.loss_curve != first.loss_curve
-    assert first.seconds > 0 and first.tokens_per_second > 0
+    assert 0 < first.seconds <= wall  # the training loop's own time, within the call's
 
 
 def test_checkpoint_roundtrip_and_continuing_from_a_base(tmp_path):

@@ -15,7 +15,7 @@ from climb_assets.quality.signals import (
     SIGNAL_COLUMNS,
     TOP_NGRAM_SIZES,
     heuristic_score,
-    quality_signals,
+    document_signals,
     rule_violations,
 )
 
@@ -62,7 +62,7 @@ class Counter:
 
 
 def test_prose_beats_code_beats_navigation_spam() -> None:
-    signals = quality_signals([PROSE, CODE, NAV])
+    signals = document_signals([PROSE, CODE, NAV])
     prose, code, nav = heuristic_score(signals).to_list()
     assert prose == 5.0
     assert prose > code > nav
@@ -85,7 +85,7 @@ def test_signal_values_match_their_definitions() -> None:
         "# tag # tag word...",  # symbols: 2 hashes + 1 ellipsis over 5 words
         "Para one here.\n\nPara one here.\n\nAnother para.",  # 1 of 3 paragraphs repeats
     ]
-    s = quality_signals(texts)
+    s = document_signals(texts)
     assert s.columns == list(SIGNAL_COLUMNS)
     # Repeats start at word 5 and cover words 5..19: 15 of 20 one-character words.
     assert s["dup_5gram_char_fraction"][0] == pytest.approx(15 / 20)
@@ -125,22 +125,22 @@ def test_vectorised_ngram_signals_match_reference_and_do_not_leak_between_docume
     rng = random.Random(7)
     vocab = ["alpha", "be", "sea", "d", "echo", "fox"]  # tiny vocabulary: lots of repeated n-grams
     texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 60))) for _ in range(40)]
-    batch = quality_signals(texts)
+    batch = document_signals(texts)
     for row, text in enumerate(texts):
         expected = _reference_ngram_signals(text)
         for column, value in expected.items():
             assert batch[column][row] == pytest.approx(value), (row, column)
-    alone = pl.concat([quality_signals([t]) for t in texts[:8]])
+    alone = pl.concat([document_signals([t]) for t in texts[:8]])
     assert alone.equals(batch.head(8))
 
 
 def test_empty_text_is_scored_not_dropped_and_null_is_an_error() -> None:
-    s = quality_signals(pl.Series(["", "   \n  ", PROSE]))
+    s = document_signals(pl.Series(["", "   \n  ", PROSE]))
     assert s.height == 3
     assert s["word_count"].to_list()[:2] == [0, 0]
     assert heuristic_score(s).to_list()[:2] == [1.0, 1.0]
     with pytest.raises(ValueError, match="null"):
-        quality_signals(pl.Series([PROSE, None]))
+        document_signals(pl.Series([PROSE, None]))
 
 
 def test_heuristic_scorer_and_score_documents() -> None:

@@ -26,7 +26,9 @@ from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance, release_dead_runs
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.assets import build_search_assets
-from climb_assets.search.plan import SearchPlan, SearchSettings, proxy_markers_dir
+from climb_assets.lake import proxy_markers_dir
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 import torch
 
-from climb_assets.search.proxy_model import GPT, preset
-from climb_assets.search.targets import (
+from climb_assets.lm.model import GPT, preset
+from climb_assets.lm.targets import (
     MCItem,
     TargetSpec,
     _continuation_ids,
@@ -21,8 +21,8 @@ from climb_assets.search.targets import (
     load_target_texts,
     multiple_choice_accuracy,
 )
-from climb_assets.search.tokenizer import ByteTokenizer, train_bpe_tokenizer
-from climb_assets.search.training import TrainConfig, pack_documents, train_proxy
+from climb_assets.lm.tokenizer import ByteTokenizer, train_bpe_tokenizer
+from climb_assets.lm.train import TrainConfig, pack_documents, train_proxy
 
 BYTES = ByteTokenizer()
 BLOCK = 32

@@ -5,13 +5,20 @@ import polars as pl
 import pytest
 
 from climb_assets.home import ClimbHome
-from climb_assets.search.proxy_runs import ProxySettings, TargetData, load_search_corpus, run_proxy
-from climb_assets.search.targets import TargetSpec
-from climb_assets.search.token_files import decode_shard, ensure_token_files, token_dir, tokenizer_key
-from climb_assets.search.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
+from climb_assets.lm.proxy import ProxySettings, TargetData, load_search_corpus, run_proxy
+from climb_assets.lm.targets import TargetSpec
+from climb_assets.lake import raw_shards_dir
+from climb_assets.lm.token_files import TokenStore, ensure_token_files, token_dir, tokenizer_sha256
+from climb_assets.lm.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
+
+
+def decode_shard(home, tokenizer, shard: str) -> list[np.ndarray]:
+    """Every row's tokens of one shard, read through the same memory maps the proxies read."""
+    store = TokenStore(token_dir(home, tokenizer), raw_shards_dir(home), [shard])
+    return [np.asarray(store.tokens(0, r)) for r in range(len(store.row_lengths(0)))]
 
 def make_docs(shard: str, n: int, seed: int) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
@@ -50,7 +57,7 @@ def file_stamps(directory):
 def test_token_files_decode_to_the_tokenizers_encoding(home, bpe):
     frame = add_shard(home, "s0")
     assert ensure_token_files(home, bpe) == {"tokenized": ["s0"], "reused": []}
-    rows = decode_shard(token_dir(home, bpe), "s0")
+    rows = decode_shard(home, bpe, "s0")
     assert [r.tolist() for r in rows] == [bpe.encode(t) for t in frame["text"]]
     assert rows[0].size == 0 and rows[2].dtype == np.uint16
 
@@ -67,11 +74,11 @@ def test_new_shard_is_tokenized_alone_and_a_new_tokenizer_gets_new_files(home, b
     assert sorted(after) == ["s0.bin", "s0.idx", "s0.json", "s1.bin", "s1.idx", "s1.json"]
 
     other = ByteTokenizer()
-    assert tokenizer_key(other) != tokenizer_key(bpe) and token_dir(home, other) != directory
+    assert tokenizer_sha256(other) != tokenizer_sha256(bpe) and token_dir(home, other) != directory
     assert ensure_token_files(home, other)["tokenized"] == ["s0", "s1"]
     assert file_stamps(directory) == after  # the first tokenizer's files are left as they were
     text = pl.read_parquet(home.lake_dir("raw_shards") / "s1.parquet")["text"][5]
-    assert decode_shard(token_dir(home, other), "s1")[5].tolist() == other.encode(text)
+    assert decode_shard(home, other, "s1")[5].tolist() == other.encode(text)
 
 
 def test_rewritten_shard_is_tokenized_again(home, bpe):
@@ -79,7 +86,7 @@ def test_rewritten_shard_is_tokenized_again(home, bpe):
     ensure_token_files(home, bpe)
     frame = add_shard(home, "s0", n=25, seed=7)  # same name, new content
     assert ensure_token_files(home, bpe)["tokenized"] == ["s0"]
-    assert [r.tolist() for r in decode_shard(token_dir(home, bpe), "s0")] == [bpe.encode(t) for t in frame["text"]]
+    assert [r.tolist() for r in decode_shard(home, bpe, "s0")] == [bpe.encode(t) for t in frame["text"]]
 
 
 def test_corpus_indexes_membership_and_proxy_is_deterministic(home, bpe):
@@ -131,8 +138,9 @@ def test_membership_naming_a_missing_document_is_an_error(home, bpe):
 def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, bpe):
     import dagster as dg
 
-    from climb_assets.search.plan import SearchPlan, SearchSettings
-    from climb_assets.search.token_assets import proxy_token_files
+    from climb_assets.search.assets import proxy_token_files
+    from climb_assets.search.keys import SearchPlan
+    from climb_assets.search.settings import SearchSettings
 
     write_membership(home, add_shard(home, "s0"), n_groups=2)
     path = SearchPlan(home, SearchSettings()).tokenizer_path  # where proxy_tokenizer puts it for these settings
@@ -145,7 +153,7 @@ def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, b
         return result.asset_materializations_for_node("proxy_token_files")[0].metadata
 
     first = materialize()
-    assert first["shards_tokenized"].value == 1 and first["tokenizer_sha256"].value == tokenizer_key(tokenizer)
+    assert first["shards_tokenized"].value == 1 and first["tokenizer_sha256"].value == tokenizer_sha256(tokenizer)
     add_shard(home, "s1", seed=1)
     second = materialize()
     assert (second["shards_tokenized"].value, second["shards_reused"].value, second["tokenized"].value) == (1, 1, "s1")

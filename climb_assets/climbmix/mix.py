@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from climb_assets.search.mixture import MixtureSampler
-from climb_assets.search.proxy_runs import SearchCorpus
+from climb_assets.lm.mixture import MixtureSampler
+from climb_assets.lm.proxy import SearchCorpus
 from climb_assets.storage import atomic_path
 
 

@@ -12,8 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from climb_assets.cluster.kmeans import (  # noqa: E402
-    DEFAULT_MAX_POINTS_PER_CENTROID,
-    DEFAULT_NITER,
     assign,
     read_cluster_version,
 )
@@ -38,14 +36,17 @@ DEFAULT_MAX_DRIFT = 1.25
 PLOT_SAMPLE = 3000
 
 
+FIT_DEFAULTS = FitSettings()
+
+
 class ClusterFitConfig(dg.Config):
     """K-means on ``k x max_points_per_centroid`` documents sampled across shards (faiss's own training bound)."""
 
-    k: int = 0  # 0: scaled to the corpus (paper: 1000 at full scale)
-    seed: int = 0
-    niter: int = DEFAULT_NITER
-    nredo: int = 3  # restarts, best kept: cheap at demo scale, set 1 at K=1000 on millions of documents
-    max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID
+    k: int = FIT_DEFAULTS.k  # 0: scaled to the corpus (paper: 1000 at full scale)
+    seed: int = FIT_DEFAULTS.seed
+    niter: int = FIT_DEFAULTS.niter
+    nredo: int = FIT_DEFAULTS.nredo
+    max_points_per_centroid: int = FIT_DEFAULTS.max_points_per_centroid
 
 
 def cluster_plots(home: ClimbHome, version: str, seed: int = 0) -> dict:
@@ -74,7 +75,7 @@ def cluster_centroids(config: ClusterFitConfig, climb: ClimbHomeResource) -> dg.
     across refits (Hungarian matching). A new version makes every shard's assignment stale."""
     home = climb.home()
     started = time.perf_counter()
-    settings = FitSettings(config.k, config.seed, config.niter, config.nredo, config.max_points_per_centroid)
+    settings = FitSettings(**config.model_dump())
     version, info = fit_centroids(home, settings)
     return dg.MaterializeResult(
         metadata={"version": version, "seconds": round(time.perf_counter() - started, 2), **info,

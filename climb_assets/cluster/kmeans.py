@@ -20,7 +20,6 @@ Choices (see DESIGN.md's faiss pitfalls):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -29,7 +28,6 @@ import polars as pl
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from climb_assets.storage import atomic_path, write_parquet_atomic
 
 K_INIT_PAPER = 1000
 DEFAULT_NITER = 20
@@ -171,17 +169,13 @@ def match_to_previous(
     return ids, len(fresh)
 
 
-def drift(vectors_new: np.ndarray, centroids: np.ndarray, reference_mean_sq_distance: float) -> float:
-    """How much worse the current centroids fit new documents than the documents they were fitted on.
-
-    Ratio of the new docs' mean squared distance to their nearest centroid over the fit's own mean
-    (``clusters.inertia.sum() / clusters.size.sum()``). ~1 means the new shard looks like the corpus and
-    assign-only is enough; well above 1 (e.g. > 1.25) means a new kind of text arrived: re-fit.
-    """
+def drift(distances: np.ndarray, reference_mean_sq_distance: float) -> float:
+    """How much worse the centroids fit new documents than the sample they were fitted on: the new documents' mean
+    squared distance to their centroid over the fit's. ~1: the shard looks like the corpus, assign-only is enough;
+    well above 1 (e.g. > 1.25): a new kind of text arrived, refit."""
     if reference_mean_sq_distance <= 0:
         raise ValueError("reference_mean_sq_distance must be positive")
-    _, dist = assign(vectors_new, centroids)
-    return float(np.mean(dist.astype(np.float64) ** 2) / reference_mean_sq_distance)
+    return float(np.mean(np.asarray(distances, dtype=np.float64) ** 2) / reference_mean_sq_distance)
 
 
 def assignments_frame(
@@ -205,79 +199,6 @@ def assignments_frame(
             "distance": dist,
         }
     )
-
-
-def clusters_frame(assignments: pl.DataFrame, cluster_ids: np.ndarray) -> pl.DataFrame:
-    """cluster_id, size, inertia for every cluster (empty ones included), sorted by cluster_id."""
-    ids = np.asarray(cluster_ids, dtype=np.int64)
-    assigned = assignments["cluster_id"].to_numpy()
-    order = np.argsort(ids)
-    rows = order[np.clip(np.searchsorted(ids[order], assigned), 0, len(ids) - 1)]
-    if len(assigned) and not np.array_equal(ids[rows], assigned):
-        raise ValueError("assignments reference cluster ids that are not in cluster_ids")
-    sizes, inertia = cluster_stats(rows, assignments["distance"].to_numpy(), len(ids))
-    return pl.DataFrame({"cluster_id": ids, "size": sizes, "inertia": inertia}).sort("cluster_id")
-
-
-@dataclass(frozen=True)
-class ClusterResult:
-    centroids: np.ndarray  # float32 (K, d); row i is the centroid of cluster_ids[i]; rows sorted by id
-    cluster_ids: np.ndarray  # int64 (K,), ascending, stable across re-fits
-    assignments: pl.DataFrame  # doc_id, shard, cluster_id, distance
-    clusters: pl.DataFrame  # cluster_id, size, inertia (same order as centroids)
-    moved_count: int  # clusters that got a fresh id (0 on a first fit: all ids are new, nothing moved)
-
-    @property
-    def mean_sq_distance(self) -> float:
-        """The fit's mean squared distance per document: the reference for ``drift``."""
-        return float(self.clusters["inertia"].sum() / max(int(self.clusters["size"].sum()), 1))
-
-
-def cluster_corpus(
-    vectors: np.ndarray,
-    doc_ids: list[str] | np.ndarray,
-    shards: list[str] | np.ndarray,
-    *,
-    k: int | None = None,
-    seed: int = 0,
-    niter: int = DEFAULT_NITER,
-    nredo: int = 1,
-    max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID,
-    previous: tuple[np.ndarray, np.ndarray] | None = None,
-    max_match_distance: float | None = None,
-    use_gpu: bool | None = None,
-) -> ClusterResult:
-    """Fit, assign every document, keep ids stable against ``previous=(centroids, cluster_ids)``, and count."""
-    if len(np.unique(np.asarray(doc_ids, dtype=str))) != len(doc_ids):
-        raise ValueError("duplicate doc ids: each document must be assigned exactly once")
-    k = default_k(len(vectors)) if k is None else k
-    centroids = fit_kmeans(
-        vectors,
-        k,
-        seed=seed,
-        niter=niter,
-        nredo=nredo,
-        max_points_per_centroid=max_points_per_centroid,
-        use_gpu=use_gpu,
-    )
-    if previous is None:
-        ids, moved = np.arange(k, dtype=np.int64), 0
-    else:
-        ids, moved = match_to_previous(centroids, previous[0], previous[1], max_match_distance)
-    order = np.argsort(ids)
-    centroids, ids = centroids[order], ids[order]
-    assignments = assignments_frame(doc_ids, shards, vectors, centroids, ids, use_gpu=use_gpu)
-    return ClusterResult(centroids, ids, assignments, clusters_frame(assignments, ids), moved)
-
-
-def write_cluster_version(directory: Path, result: ClusterResult) -> Path:
-    """Write ``clusters/{version}/`` atomically: centroids.npy (rows = clusters.parquet rows), assignments, clusters."""
-    with atomic_path(Path(directory)) as tmp:
-        tmp.mkdir()
-        np.save(tmp / "centroids.npy", result.centroids.astype(np.float32))
-        write_parquet_atomic(result.assignments, tmp / "assignments.parquet")
-        write_parquet_atomic(result.clusters, tmp / "clusters.parquet")
-    return Path(directory)
 
 
 def read_cluster_version(directory: Path) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:

@@ -30,6 +30,7 @@ from climb_assets.cluster.kmeans import (
     assignments_frame,
     cluster_stats,
     default_k,
+    drift,
     fit_kmeans,
     match_to_previous,
     read_cluster_version,
@@ -37,11 +38,8 @@ from climb_assets.cluster.kmeans import (
 from climb_assets.cluster.sample import draw_sample, sample_size, shard_shape
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.home import ClimbHome
+from climb_assets.lake import clusters_root, embeddings_dir
 from climb_assets.storage import atomic_path, lake_file, write_parquet_atomic
-
-
-def clusters_root(home: ClimbHome) -> Path:
-    return home.lake_dir("clusters")
 
 
 def current_version(home: ClimbHome) -> str | None:
@@ -64,7 +62,7 @@ def assignment_path(home: ClimbHome, version: str, shard: str) -> Path:
 
 def embedded_shards(home: ClimbHome) -> dict[str, Path]:
     """Shard name -> its embeddings file, sorted by name (the sample's shard order)."""
-    return {p.name.removesuffix(".npz"): p for p in sorted(home.lake_dir("embeddings").glob("*.npz"))}
+    return {p.name.removesuffix(".npz"): p for p in sorted(embeddings_dir(home).glob("*.npz"))}
 
 
 def unassigned_shards(home: ClimbHome, version: str | None = None) -> list[str]:
@@ -96,7 +94,7 @@ class FitSettings:
     k: int = 0  # 0: scaled to the corpus (paper: 1000 at full scale)
     seed: int = 0
     niter: int = DEFAULT_NITER
-    nredo: int = 1
+    nredo: int = 3  # restarts, best kept: cheap at demo scale, set 1 at K=1000 on millions of documents
     max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID
 
 
@@ -187,10 +185,9 @@ def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dic
         raise ValueError(f"shard {shard} embedded with {embedded.model}, centroids {version} with {info['model']}")
     frame = assignments_frame(embedded.ids, np.full(len(embedded.ids), shard), embedded.vectors, centroids, cluster_ids)
     write_parquet_atomic(frame, assignment_path(home, version, shard))
-    mean_sq = float((frame["distance"].cast(pl.Float64) ** 2).mean()) if frame.height else 0.0
     return {
         "centroid_version": version,
         "docs": frame.height,
-        "drift": round(mean_sq / info["reference_mean_sq_distance"], 4) if frame.height else 1.0,
+        "drift": round(drift(frame["distance"].to_numpy(), info["reference_mean_sq_distance"]), 4) if frame.height else 1.0,
     }
 

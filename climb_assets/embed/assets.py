@@ -10,9 +10,10 @@ import polars as pl
 from climb_assets.embed.encode import embed_documents, write_embeddings
 from climb_assets.embed.models import load_model
 from climb_assets.home import ClimbHome
-from climb_assets.ingest.assets import raw_shards, shard_documents_path, shard_partitions
+from climb_assets.ingest.assets import raw_shards, shard_partitions
+from climb_assets.lake import embedding_quarantine_path, embeddings_path, raw_shard_path
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import lake_file, write_parquet_atomic
+from climb_assets.storage import write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
@@ -42,10 +43,6 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         )
 
 
-def embeddings_path(home: ClimbHome, shard: str):
-    return lake_file(home.lake_dir("embeddings"), shard, ".npz")
-
-
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[raw_shards],
@@ -60,7 +57,7 @@ def embeddings(
     """L2-normalised float16 document embeddings keyed by doc id."""
     home = climb.home()
     shard = context.partition_key
-    docs = pl.read_parquet(shard_documents_path(home, shard), columns=["doc_id", "text"])
+    docs = pl.read_parquet(raw_shard_path(home, shard), columns=["doc_id", "text"])
     model = embedder.load(home)
     started = time.perf_counter()
     vectors, empty = embed_documents(model, docs["text"].to_list(), batch_size=embedder.batch_size)
@@ -68,7 +65,7 @@ def embeddings(
     rejected = docs[empty].select(
         "doc_id", reason=pl.lit(f"empty_embedding: {model.name} has no vector for any token of the text")
     )
-    write_parquet_atomic(rejected, lake_file(home.lake_dir("embedding_quarantine"), shard, ".parquet"))
+    write_parquet_atomic(rejected, embedding_quarantine_path(home, shard))
     kept_ids = docs["doc_id"].to_numpy()[np.setdiff1d(np.arange(len(docs)), empty)]
     path = write_embeddings(embeddings_path(home, shard), kept_ids, vectors, model.name)
     return dg.MaterializeResult(

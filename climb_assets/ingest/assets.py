@@ -1,12 +1,12 @@
 """``raw_shards``: one dynamic partition per landed crawl file, ingested into the lake."""
 
 
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from climb_assets.home import ClimbHome
+from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.metadata import markdown_table
 from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.shards import (
@@ -17,7 +17,7 @@ from climb_assets.ingest.shards import (
 )
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.ingest.landing import landed_path
-from climb_assets.storage import lake_file, write_parquet_atomic
+from climb_assets.storage import write_parquet_atomic
 from climb_assets.tags import LAKE_WRITER_POOL
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="raw_shards")
@@ -33,22 +33,6 @@ class IngestConfig(dg.Config):
         return IngestSettings(
             text_field=self.text_field, id_field=self.id_field, min_chars=self.min_chars, max_chars=self.max_chars
         )
-
-
-def shard_documents_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("raw_shards"), shard, ".parquet")
-
-
-def shard_quarantine_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("quarantine"), shard, ".parquet")
-
-
-def shard_duplicates_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
-
-
-def dedup_index_path(home: ClimbHome) -> Path:
-    return home.lake_dir("dedup_index") / "index.duckdb"
 
 
 def earlier_shards(registered: list[str], shard: str) -> list[str]:
@@ -69,11 +53,11 @@ def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlie
     if not source.exists():
         raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
     with DedupIndex(dedup_index_path(home)) as index:
-        index.backfill(earlier, lambda s: shard_documents_path(home, s))
+        index.backfill(earlier, lambda s: raw_shard_path(home, s))
         result = ingest_shard(source, shard, settings, lambda hashes, ids: index.lookup(hashes, ids, earlier))
-        write_parquet_atomic(result.quarantine, shard_quarantine_path(home, shard))
-        write_parquet_atomic(result.duplicates, shard_duplicates_path(home, shard))
-        write_parquet_atomic(result.documents, shard_documents_path(home, shard))
+        write_parquet_atomic(result.quarantine, quarantine_path(home, shard))
+        write_parquet_atomic(result.duplicates, duplicates_path(home, shard))
+        write_parquet_atomic(result.documents, raw_shard_path(home, shard))
         index.replace(shard, result.documents)  # after the documents file: a crash before this is healed by backfill
     return result
 
@@ -82,9 +66,9 @@ def conservation(home: ClimbHome, shard: str, settings: IngestSettings) -> dict[
     """Rows in the landed file vs. rows in the three lake outputs, counted independently of ingestion."""
     counts = {
         "rows_read": count_shard_rows(landed_path(home, shard), settings),
-        "accepted": pl.scan_parquet(shard_documents_path(home, shard)).select(pl.len()).collect().item(),
-        "quarantined": pl.scan_parquet(shard_quarantine_path(home, shard)).select(pl.len()).collect().item(),
-        "duplicates": pl.scan_parquet(shard_duplicates_path(home, shard)).select(pl.len()).collect().item(),
+        "accepted": pl.scan_parquet(raw_shard_path(home, shard)).select(pl.len()).collect().item(),
+        "quarantined": pl.scan_parquet(quarantine_path(home, shard)).select(pl.len()).collect().item(),
+        "duplicates": pl.scan_parquet(duplicates_path(home, shard)).select(pl.len()).collect().item(),
     }
     return counts
 
@@ -117,7 +101,7 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
             "tokens": int(docs["n_tokens"].sum() or 0),
             "file_sha256": result.file_sha256,
             "landed_file": landed_path(home, shard).name,
-            "path": dg.MetadataValue.path(str(shard_documents_path(home, shard))),
+            "path": dg.MetadataValue.path(str(raw_shard_path(home, shard))),
             "preview": markdown_table(
                 docs.head(5).select("doc_id", pl.col("text").str.slice(0, 120), "n_tokens", "source_kind")
             ),

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from climb_assets.home import ClimbHome
+from climb_assets.lake import landing_registry_dir, landing_rejected_path
 from climb_assets.ingest.shards import SHARD_SUFFIXES, shard_suffix
 from climb_assets.storage import safe_name, write_json_atomic, write_parquet_atomic
 
@@ -45,14 +46,6 @@ def partition_key_for(name: str) -> str:
     return f"{slug}-{digest}{suffix.lower()}"
 
 
-def registry_dir(home: ClimbHome) -> Path:
-    return home.lake_dir("landing_registry")
-
-
-def rejected_path(home: ClimbHome) -> Path:
-    return home.lake_dir("landing_rejected") / "rejected.parquet"
-
-
 @dataclass(frozen=True)
 class LandedFile:
     """A registered shard: its partition key, the real file name, and the stat seen when it was registered."""
@@ -64,11 +57,11 @@ class LandedFile:
 
 
 def register(home: ClimbHome, landed: LandedFile) -> None:
-    write_json_atomic(asdict(landed), registry_dir(home) / f"{safe_name(landed.key)}.json")
+    write_json_atomic(asdict(landed), landing_registry_dir(home) / f"{safe_name(landed.key)}.json")
 
 
 def registered(home: ClimbHome, key: str) -> LandedFile | None:
-    path = registry_dir(home) / f"{safe_name(key)}.json"
+    path = landing_registry_dir(home) / f"{safe_name(key)}.json"
     return LandedFile(**json.loads(path.read_text())) if path.exists() else None
 
 
@@ -147,7 +140,7 @@ def scan_landing(home: ClimbHome, cursor: dict, known_keys: set[str]) -> Landing
 
 def record_rejections(home: ClimbHome, rejections: list[Rejection]) -> pl.DataFrame:
     """Add refused files to the lake's rejected-files table (one row per name and stat), atomically."""
-    path = rejected_path(home)
+    path = landing_rejected_path(home)
     schema = {"name": pl.String, "reason": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64}
     old = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=schema)
     new = pl.DataFrame([asdict(r) for r in rejections], schema=schema)

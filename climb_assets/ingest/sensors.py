@@ -6,7 +6,8 @@ import json
 import dagster as dg
 
 from climb_assets.ingest.assets import shard_partitions
-from climb_assets.ingest.landing import LandedFile, record_rejections, register, rejected_path, scan_landing
+from climb_assets.ingest.landing import LandedFile, record_rejections, register, scan_landing
+from climb_assets.lake import landing_rejected_path
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
 
@@ -38,7 +39,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 "rejected_files": markdown_table(table.tail(50)),
                 "rejected_total": table.height,
                 "newly_rejected": [r.name for r in scan.rejected],
-                "rejected_table": dg.MetadataValue.path(str(rejected_path(home))),
+                "rejected_table": dg.MetadataValue.path(str(landing_rejected_path(home))),
             }))  # fmt: skip
         keys = [landed.key for landed in scan.new]
         return dg.SensorResult(

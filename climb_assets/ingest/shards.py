@@ -73,7 +73,8 @@ def normalize_text(text: str) -> str:
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def content_hash(text: str) -> str:
+def text_hash(text: str) -> str:
+    """sha256 of normalised text: the exact-duplicate key (column ``content_hash`` in the lake)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -218,7 +219,7 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: 
         if error is None:
             text, error = _validate_text(row.record, settings)
         if error is None:
-            digest = content_hash(text)
+            digest = text_hash(text)
             doc_id, error = _document_id(row.record, digest, settings)
         if error is not None:
             quarantine.append((shard, row.row_number, error, _truncate(row.raw, settings.quarantine_value_chars)))

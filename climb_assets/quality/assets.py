@@ -1,39 +1,17 @@
-"""Quality: per-document signals (per shard), the dbt_quality models and tests, and pruning + merging into
-super-clusters (CLIMB step 3)."""
+"""``quality_signals``: per-document quality signals and a combined score, per shard (the dbt_quality models are in
+``quality/dbt.py``, the merge into super-clusters in ``quality/super_clusters.py``)."""
 
-import os
-import shutil
-import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
 
-from climb_assets.home import ClimbHome
-from climb_assets.ingest.assets import raw_shards, shard_documents_path, shard_partitions
+from climb_assets.ingest.assets import raw_shards, shard_partitions
+from climb_assets.lake import quality_path, raw_shard_path
 from climb_assets.metadata import markdown_table
-from climb_assets.quality import DBT_PROJECT_DIR, dbt_environment
 from climb_assets.quality.scorers import QualityScorer, make_scorer, score_documents
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import lake_file, write_parquet_atomic
-from climb_assets.tags import LAKE_WRITER_POOL
-
-# dbt lives next to this interpreter; the virtualenv's bin/ need not be on PATH.
-DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
-
-dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-
-
-def dbt_resource() -> DbtCliResource:
-    return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)
-
-
-# What DbtProject.prepare_if_dev does, with our dbt executable: re-parse under `dagster dev`/`dg`, and parse once
-# when no manifest exists yet (a bare pytest run before `make dbt-parse`), so the asset graph always loads.
-if os.environ.get("DAGSTER_IS_DEV_CLI") or not dbt_project.manifest_path.exists():
-    dbt_resource().cli(["parse", "--quiet"], target_path=dbt_project.target_path).wait()
+from climb_assets.storage import write_parquet_atomic
 
 
 class QualityScorerResource(dg.ConfigurableResource):
@@ -49,17 +27,13 @@ class QualityScorerResource(dg.ConfigurableResource):
         return make_scorer(self.scorer, **options)
 
 
-def quality_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("quality"), shard, ".parquet")
-
-
 @dg.asset(partitions_def=shard_partitions, deps=[raw_shards], group_name="quality", kinds={"polars"})
 def quality_signals(
     context: dg.AssetExecutionContext, climb: ClimbHomeResource, quality_scorer: QualityScorerResource
 ) -> dg.MaterializeResult:
     """Per-document quality signals and a combined score (1–5) for one shard."""
     home = climb.home()
-    docs = pl.read_parquet(shard_documents_path(home, context.partition_key), columns=["doc_id", "text"])
+    docs = pl.read_parquet(raw_shard_path(home, context.partition_key), columns=["doc_id", "text"])
     scorer = quality_scorer.build()
     started = time.perf_counter()
     frame = score_documents(scorer, docs)
@@ -75,10 +49,3 @@ def quality_signals(
             "score_histogram": markdown_table(histogram),
         }
     )
-
-
-@dbt_assets(manifest=dbt_project.manifest_path, project=dbt_project, pool=LAKE_WRITER_POOL)
-def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, climb: ClimbHomeResource):
-    """dbt_quality: per-document and per-cluster quality and the keep/prune decision; dbt tests become asset checks."""
-    os.environ.update(dbt_environment(climb.home()))  # the dbt profile and sources read CLIMB_HOME
-    yield from dbt.cli(["build"], context=context).stream()

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 from scipy.cluster.hierarchy import cut_tree, fcluster, linkage
 
+from climb_assets import lake
+from climb_assets.home import ClimbHome
 from climb_assets.storage import atomic_path
 
 DEFAULT_TARGET_COUNT = 20  # ~20 super-clusters (paper)
@@ -326,13 +328,14 @@ def purity_table(doc_super: pl.DataFrame, source_kind: pl.DataFrame) -> pl.DataF
     )
 
 
-def write_super_clusters(directory: Path, result: MergeResult, doc_super: pl.DataFrame, table: pl.DataFrame) -> Path:
-    """Write one super-cluster version atomically: mapping.parquet (fine -> super), documents.parquet
-    (doc -> super), super_clusters.parquet (the table) and summary.json."""
-    with atomic_path(Path(directory)) as tmp:
+def write_super_clusters(home: ClimbHome, result: MergeResult, doc_super: pl.DataFrame, table: pl.DataFrame) -> Path:
+    """Write one super-cluster version atomically (the whole directory is swapped): the fine -> super mapping, the
+    doc -> super map, the table and summary.json."""
+    directory = lake.super_clusters_dir(home)
+    with atomic_path(directory) as tmp:
         tmp.mkdir(parents=True)
-        result.mapping.write_parquet(tmp / "mapping.parquet")
-        doc_super.write_parquet(tmp / "documents.parquet")
-        table.write_parquet(tmp / "super_clusters.parquet")
+        result.mapping.write_parquet(tmp / lake.super_cluster_mapping_path(home).name)
+        doc_super.write_parquet(tmp / lake.super_cluster_documents_path(home).name)
+        table.write_parquet(tmp / lake.super_cluster_table_path(home).name)
         (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=2, sort_keys=True))
-    return Path(directory)
+    return directory

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
-from climb_assets.quality.signals import heuristic_score, quality_signals
+from climb_assets.quality.signals import heuristic_score, document_signals
 
 
 @runtime_checkable
@@ -30,7 +30,7 @@ class QualityScorer(Protocol):
 
 
 def _with_heuristics(texts: Sequence[str] | pl.Series) -> pl.DataFrame:
-    signals = quality_signals(texts)
+    signals = document_signals(texts)
     return signals.with_columns(heuristic_score(signals))
 
 

@@ -212,7 +212,7 @@ def _ngram_signals(n_docs: int, words: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame({"doc": np.arange(n_docs), **columns}).with_columns(pl.col("doc").cast(words.schema["doc"]))
 
 
-def quality_signals(texts: Sequence[str] | pl.Series) -> pl.DataFrame:
+def document_signals(texts: Sequence[str] | pl.Series) -> pl.DataFrame:
     """One row per text (same order), one column per signal in ``SIGNAL_COLUMNS``.
 
     Empty or whitespace-only texts get zeros (they then fail the word-count rule) rather than being dropped.

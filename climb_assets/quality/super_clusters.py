@@ -9,8 +9,13 @@ import polars as pl
 from climb_assets.cluster.kmeans import read_cluster_version
 from climb_assets.cluster.lake import current_cluster_dir, current_version, scan_current_assignments
 from climb_assets.home import ClimbHome
+from climb_assets.lake import (
+    cluster_decisions_path,
+    quality_dir,
+    raw_shards_glob,
+    super_cluster_documents_path,
+)
 from climb_assets.metadata import markdown_table
-from climb_assets.quality import cluster_decisions_path
 from climb_assets.quality.merge import (
     check_partition,
     document_super_map,
@@ -32,10 +37,6 @@ class MergeConfig(dg.Config):
     target_count: int = 0
 
 
-def super_clusters_dir(home: ClimbHome):
-    return home.lake_dir("super_clusters")
-
-
 def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_super: pl.DataFrame) -> str:
     """Keyed by the centroids, the fine -> super mapping and which documents are in it (new shards assigned under
     the same centroids change the version): an order-free digest of every (doc, cluster, super-cluster) row."""
@@ -55,8 +56,8 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
     )  # fmt: skip
     assignments = scan_current_assignments(home).select("doc_id", "cluster_id", "distance").collect()
     doc_super = document_super_map(assignments, result.mapping)
-    raw = pl.scan_parquet(home.lake_dir("raw_shards") / "*.parquet")
-    quality = pl.scan_parquet(home.lake_dir("quality") / "*.parquet").select("doc_id", "quality_score")
+    raw = pl.scan_parquet(raw_shards_glob(home))
+    quality = pl.scan_parquet(quality_dir(home) / "*.parquet").select("doc_id", "quality_score")
     docs = (  # no text column: labels and examples read text for a bounded sample of ids only
         doc_super.lazy()
         .join(assignments.lazy().select("doc_id", "distance"), on="doc_id", how="left")
@@ -68,7 +69,7 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
     texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
     version = super_clusters_version(current_version(home), result.mapping, doc_super)
     table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version))
-    write_super_clusters(super_clusters_dir(home), result, doc_super, table)
+    write_super_clusters(home, result, doc_super, table)
     return result, decisions, docs, table, version
 
 
@@ -114,7 +115,7 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
                 "kept + pruned documents reconcile with clusters' assignments.")  # fmt: skip
 def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
     home = climb.home()
-    doc_super = pl.read_parquet(super_clusters_dir(home) / "documents.parquet")
+    doc_super = pl.read_parquet(super_cluster_documents_path(home))
     assignments = scan_current_assignments(home).select("doc_id", "cluster_id").collect()
     passed, message = check_partition(doc_super, assignments)
     return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})

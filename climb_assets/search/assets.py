@@ -1,8 +1,8 @@
-"""The CLIMB search as assets: a tokenizer and base checkpoint, then per iteration k
+"""The CLIMB search as assets: a tokenizer, token files and a base checkpoint, then per iteration k
 ``iteration_k/mixture_candidates → iteration_k/proxy_results → iteration_k/predictor``.
 
 Each iteration is its own set of assets, so the graph shows the loop unrolled and any iteration can be re-run or
-extended alone. Every cached unit of work is keyed by a fingerprint of what determined it (``search/fingerprint.py``):
+extended alone. Every cached unit of work is keyed by a fingerprint of what determined it (``search/keys.py``):
 the tokenizer, the base checkpoint and every proxy run live in content-addressed files, and a search's candidates,
 results and predictors live under the search's own key (cluster version + every setting + input hashes), so a
 re-cluster or a settings change starts a new search instead of reading the old one's results.
@@ -13,46 +13,26 @@ import time
 from dataclasses import asdict
 
 import dagster as dg
-import matplotlib
+import numpy as np
+import polars as pl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
-from climb_assets.resources import ClimbHomeResource  # noqa: E402
-from climb_assets.search.candidates import (  # noqa: E402
-    next_iteration_candidates,
-    sample_dirichlet_candidates,
-    token_prior,
-)
-from climb_assets.search.fingerprint import ALGORITHM_VERSIONS, fingerprint  # noqa: E402
-from climb_assets.search.plan import (  # noqa: E402
-    SearchPlan,
-    SearchSettings,
-    proxy_markers_dir,
-    read_results,
-    result_settings_of,
-    search_inputs,
-    weight_columns,
-)
-from climb_assets.search.predictor import Predictor, select_predictor  # noqa: E402
-from climb_assets.search.proxy_runs import run_proxy, super_cluster_documents_path  # noqa: E402
-from climb_assets.search.runs import RunLog, TrainingRun, dynamic_runs, training_step  # noqa: E402
-from climb_assets.search.token_assets import proxy_token_files  # noqa: E402
-from climb_assets.search.tokenizer import load_tokenizer, train_bpe_tokenizer  # noqa: E402
-from climb_assets.search.tracking import (  # noqa: E402
-    MlflowTracking,
-    label_params,
-    log_lightgbm_model,
-    log_run,
-    run_url,
-    tag_run,
-)
-from climb_assets.search.training import save_checkpoint  # noqa: E402
-from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic  # noqa: E402
-from climb_assets.tags import GPU_POOL, GPU_TAGS  # noqa: E402
+from climb_assets import lake
+from climb_assets.lm.proxy import run_proxy
+from climb_assets.lm.token_files import ensure_token_files, token_dir, tokenizer_sha256
+from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
+from climb_assets.lm.train import save_checkpoint
+from climb_assets.metadata import markdown_table
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates, token_prior
+from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
+from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
+from climb_assets.search.predictor import Predictor, select_predictor
+from climb_assets.search.reports import search_plot
+from climb_assets.search.settings import SearchSettings, result_settings_of
+from climb_assets.search.state import read_results, search_inputs, weight_columns
+from climb_assets.search.tracking import MlflowTracking, label_params, log_lightgbm_model, log_run, run_url, tag_run
+from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
+from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
 @dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
@@ -64,10 +44,10 @@ def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.Mate
     path = plan.tokenizer_path
     reused = path.exists()
     started = time.perf_counter()
-    members = pl.read_parquet(super_cluster_documents_path(plan.home), columns=["doc_id", "super_cluster_id"]).drop_nulls()
+    members = pl.read_parquet(lake.super_cluster_documents_path(plan.home), columns=["doc_id", "super_cluster_id"]).drop_nulls()
     sample = members.sample(min(search.tokenizer_sample_docs, members.height), seed=search.seed)
     texts = (
-        pl.scan_parquet(plan.home.lake_dir("raw_shards") / "*.parquet").select("doc_id", "text")
+        pl.scan_parquet(lake.raw_shards_glob(plan.home)).select("doc_id", "text")
         .join(sample.lazy(), on="doc_id").sort("doc_id").collect()["text"].to_list()
     )  # fmt: skip
     if reused:
@@ -81,7 +61,7 @@ def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.Mate
     return dg.MaterializeResult(
         metadata={
             "reused": reused,
-            "fingerprint": plan.tokenizer_key,
+            "fingerprint": plan.tokenizer_fingerprint,
             "vocab_size": tokenizer.vocab_size,
             "trained_on_docs": len(texts),
             "bytes_per_token": round(bytes_per_token, 3),
@@ -89,6 +69,29 @@ def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.Mate
             "path": dg.MetadataValue.path(str(path)),
         },
         data_version=dg.DataVersion(plan.tokenizer_sha),
+    )
+
+
+@dg.asset(group_name="search", deps=["proxy_tokenizer"], kinds={"numpy"})
+def proxy_token_files(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
+    """Memory-mapped token files (``lake/tokens/<tokenizer sha256[:16]>/<shard>.bin|.idx``) for every raw shard;
+    only shards without current files for this tokenizer are tokenized. One step does it before any proxy trains:
+    inside ``search_inputs`` alone every proxy step's process would race to tokenize the same shards (``search_inputs``
+    still calls ``ensure_token_files``, so a shard that lands in between is never missed)."""
+    plan = SearchPlan(climb.home(), search)
+    home = plan.home
+    tokenizer = load_tokenizer(plan.tokenizer_path)
+    started = time.perf_counter()
+    done = ensure_token_files(home, tokenizer)
+    return dg.MaterializeResult(
+        metadata={
+            "tokenizer_sha256": tokenizer_sha256(tokenizer),
+            "shards_tokenized": len(done["tokenized"]),
+            "shards_reused": len(done["reused"]),
+            "tokenized": ", ".join(done["tokenized"][:20]) + (" ..." if len(done["tokenized"]) > 20 else ""),
+            "seconds": round(time.perf_counter() - started, 2),
+            "path": dg.MetadataValue.path(str(token_dir(home, tokenizer))),
+        }
     )
 
 
@@ -155,19 +158,20 @@ def propose_candidates(plan: SearchPlan, iteration: int) -> tuple[pl.DataFrame, 
     return _candidate_frame(iteration, corpus.groups, weights, plan.cluster_version), info
 
 
-def iteration_parent_run(plan: SearchPlan, tracking: MlflowTracking, iteration: int):
-    """The iteration's MLflow parent run of this search (a new search key gets new parent runs)."""
-    client = tracking.client(plan.home)
-    experiment = tracking.experiment_id(client, plan.home, plan.cluster_version)
-    tags = plan.mlflow_tags() | {"climb.iteration": str(iteration)}
-    parent = tracking.open_run(client, experiment, f"iteration-{iteration}", tags, reuse=True)
-    return client, experiment, parent, tags
+def iteration_run_log(plan: SearchPlan, tracking: MlflowTracking, iteration: int, context) -> RunLog:
+    """Where the iteration's proxy runs report: children of the iteration's parent run of this search (labels and
+    proxy settings logged on it once; a new search key gets new parent runs)."""
+    sink = run_log(plan, tracking, context, parent=f"iteration-{iteration}", tags={"climb.iteration": str(iteration)})
+    if not sink.client.get_run(sink.parent).data.params:
+        _, corpus = search_inputs(plan)
+        log_run(sink.client, sink.parent, params=label_params(corpus.labels) | plan.search.proxy_settings().params())
+    return sink
 
 
 def candidate_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
     """The iteration's proxy runs, one per candidate, all continuing from the base checkpoint."""
     _, corpus = search_inputs(plan)
-    candidates = pl.read_parquet(plan.iteration_dir(iteration) / "candidates.parquet")
+    candidates = pl.read_parquet(plan.candidates_path(iteration))
     settings = plan.search.proxy_settings()
     seed = plan.search.proxy_seed()
     columns = weight_columns(corpus.groups)
@@ -177,38 +181,28 @@ def candidate_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
     ]
 
 
-def iteration_run_log(plan: SearchPlan, tracking: MlflowTracking, iteration: int, context) -> RunLog:
-    """Where the iteration's proxy runs report: children of the iteration's parent run (labels logged once)."""
-    client, experiment, parent, tags = iteration_parent_run(plan, tracking, iteration)
-    if not client.get_run(parent).data.params:
-        _, corpus = search_inputs(plan)
-        log_run(client, parent, params=label_params(corpus.labels) | plan.search.proxy_settings().params())
-    return RunLog(tracking, client, experiment, parent, tags | {"dagster.run_id": context.run_id}, context.log)
-
-
-def collect_proxy_results(plan: SearchPlan, tracking: MlflowTracking, iteration: int, records: list[dict]) -> pl.DataFrame:
+def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, records: list[dict]) -> pl.DataFrame:
     """The iteration's results table, in candidate order, written where the predictor and later iterations read it."""
-    client, experiment, parent, _ = iteration_parent_run(plan, tracking, iteration)
     rows = pl.DataFrame([
         {"candidate_id": r["name"], **{k: float(v) for k, v in r["metrics"].items()}, "seconds": r["seconds"],
          "tokens_seen": r["tokens_seen"], "fingerprint": r["fingerprint"], "reused": r["reused"],
          "mlflow_run_id": r["mlflow_run_id"]}
         for r in records
     ])  # fmt: skip
-    candidates = pl.read_parquet(plan.iteration_dir(iteration) / "candidates.parquet")
+    candidates = pl.read_parquet(plan.candidates_path(iteration))
     results = candidates.join(rows, on="candidate_id", how="inner", maintain_order="left")
     if results.height != candidates.height:
         raise dg.Failure(f"{candidates.height - results.height} candidates of iteration {iteration} have no result")
-    tag_run(client, parent, {"climb.proxies": str(results.height)})
-    write_parquet_atomic(results, plan.iteration_dir(iteration) / "results.parquet")
+    tag_run(sink.client, sink.parent, {"climb.proxies": str(results.height)})
+    write_parquet_atomic(results, plan.results_path(iteration))
     return results.with_columns(
         mlflow_url=pl.col("mlflow_run_id").map_elements(
-            lambda r: run_url(tracking.uri(plan.home), experiment, r), return_dtype=pl.String
+            lambda r: run_url(sink.tracking.uri(plan.home), sink.experiment, r), return_dtype=pl.String
         )
     )
 
 
-def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteration: int):
+def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
     """Refit the predictor on every proxy run so far; report each kind's k-fold held-out Spearman."""
     search = plan.search
     _, corpus = search_inputs(plan)
@@ -228,7 +222,7 @@ def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteratio
         "trained_on": sorted(results["fingerprint"].to_list()),
     }
     predictor.save(plan.predictor_path(iteration))
-    client, _, parent, _ = iteration_parent_run(plan, tracking, iteration)
+    client, parent = sink.client, sink.parent
     by_kind = {f"predictor_spearman_{kind}": score.spearman for kind, score in scores.items()}
     log_run(
         client, parent,
@@ -246,20 +240,6 @@ def fit_iteration_predictor(plan: SearchPlan, tracking: MlflowTracking, iteratio
     return predictor, scores, results
 
 
-def _objective_plot(results: pl.DataFrame, predicted: np.ndarray | None):
-    figure, axes = plt.subplots(1, 2 if predicted is not None else 1, figsize=(9 if predicted is not None else 5, 3.5))
-    axes = np.atleast_1d(axes)
-    for k, group in results.group_by("iteration", maintain_order=True):
-        axes[0].scatter(np.full(group.height, k[0]) + np.random.default_rng(0).uniform(-0.15, 0.15, group.height),
-                        group["objective"], s=14, label=f"iteration {k[0]}")  # fmt: skip
-    axes[0].set(xlabel="iteration", ylabel="objective (higher is better)", title="proxy runs")
-    if predicted is not None:
-        axes[1].scatter(results["objective"], predicted, s=14)
-        axes[1].set(xlabel="actual objective", ylabel="out-of-fold prediction", title="predictor (held out)")
-    figure.tight_layout()
-    return figure_markdown(figure)
-
-
 def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
     """The three assets of one search iteration, wired to the previous iteration's predictor."""
     prefix = f"iteration_{iteration}"
@@ -271,30 +251,15 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
         """Mixture weight vectors to try in this iteration."""
         plan = SearchPlan(climb.home(), search)
         frame, info = propose_candidates(plan, iteration)
-        write_parquet_atomic(frame, plan.iteration_dir(iteration) / "candidates.parquet")
+        write_parquet_atomic(frame, plan.candidates_path(iteration))
         return dg.MaterializeResult(
             metadata={"candidates": frame.height, **info, "preview": markdown_table(frame.head(10))},
             data_version=dg.DataVersion(fingerprint({"search": plan.search_key, "candidates": frame.to_dicts()})),
         )
 
-    def run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
-        return iteration_run_log(plan, tracking, iteration, context)
-
-    @dg.op(name=f"{prefix}_proxy_runs", ins={"candidates": dg.In(dg.Nothing), "base": dg.In(dg.Nothing)},
-           out=dg.DynamicOut(TrainingRun))  # fmt: skip
-    def list_runs(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
-                  mlflow_tracking: MlflowTracking):  # fmt: skip
-        plan = SearchPlan(climb.home(), search)
-        run_log(plan, mlflow_tracking, context)  # opens the parent run once, before the steps run side by side
-        yield from dynamic_runs(candidate_runs(plan, iteration))
-
-    train = training_step(f"{prefix}_proxy", lambda plan: proxy_markers_dir(plan.home), run_log)
-
-    @dg.op(name=f"{prefix}_collect_proxy_results")
-    def collect(climb: ClimbHomeResource, search: SearchSettings, mlflow_tracking: MlflowTracking,
-                records: list[dict]) -> dg.Output:  # fmt: skip
-        plan = SearchPlan(climb.home(), search)
-        results = collect_proxy_results(plan, mlflow_tracking, iteration, records)
+    def collect(context: dg.OpExecutionContext, plan: SearchPlan, records: list[dict]) -> dg.Output:
+        sink = iteration_run_log(plan, context.resources.mlflow_tracking, iteration, context)
+        results = collect_proxy_results(plan, sink, iteration, records)
         best = results.sort("objective", descending=True).row(0, named=True)
         return dg.Output(
             None,
@@ -316,6 +281,15 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(fingerprint({"runs": sorted(results["fingerprint"].to_list())})),
         )
 
+    proxy_fan_out = training_fan_out(
+        f"{prefix}_proxy",
+        inputs=["candidates", "base"],
+        runs_of=lambda context, plan: candidate_runs(plan, iteration),
+        markers_of=lake.proxy_markers_dir,
+        run_log_of=lambda plan, tracking, context: iteration_run_log(plan, tracking, iteration, context),
+        collect=collect,
+    )
+
     @dg.graph_asset(
         name="proxy_results", key_prefix=prefix, group_name="search", kinds={"pytorch", "mlflow"},
         ins={"candidates": dg.AssetIn(key=mixture_candidates.key, dagster_type=dg.Nothing),
@@ -324,17 +298,19 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
     def proxy_results(candidates, base):
         """One small proxy LM per candidate, each its own GPU step (retried alone, run in parallel up to the gpu
         pool's limit), trained for a fixed token budget; the collect step writes the iteration's results."""
-        return collect(list_runs(candidates=candidates, base=base).map(train).collect())
+        return proxy_fan_out(candidates=candidates, base=base)
 
     previous_predictor = [] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
 
     @dg.asset(name="predictor", key_prefix=prefix, group_name="search", deps=[proxy_results, *previous_predictor],
               kinds={"lightgbm", "mlflow"}, code_version=ALGORITHM_VERSIONS["predictor"])  # fmt: skip
-    def predictor(climb: ClimbHomeResource, search: SearchSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    def predictor(context: dg.AssetExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+                  mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:  # fmt: skip
         """Mixture weights → target, refit on all proxy runs so far: LightGBM (paper settings), ridge or both,
         whichever ranks held-out runs best."""
         plan = SearchPlan(climb.home(), search)
-        fitted, scores, results = fit_iteration_predictor(plan, mlflow_tracking, iteration)
+        sink = iteration_run_log(plan, mlflow_tracking, iteration, context)
+        fitted, scores, results = fit_iteration_predictor(plan, sink, iteration)
         cv = scores[fitted.kind]
         importance = fitted.feature_importance()
         return dg.MaterializeResult(
@@ -351,7 +327,7 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
                 "feature_importance": markdown_table(
                     pl.DataFrame({"weight": list(importance), "gain": list(importance.values())}).sort("gain", descending=True)
                 ),
-                "search_plot": _objective_plot(results, cv.predictions),
+                "search_plot": search_plot(results, cv.predictions, cv.spearman),
             },
             data_version=dg.DataVersion(fingerprint({"search": plan.search_key, "runs": fitted.extra["trained_on"]})),
         )

@@ -376,13 +376,6 @@ def cross_validate(
     return CrossValidation(float(spearmanr(predictions, y).statistic), n, folds, predictions)
 
 
-def cross_validated_spearman(
-    X: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0, *, params: PredictorParams | None = None
-) -> float:
-    """Held-out Spearman of the predictor (NaN when undefined; ``cross_validate`` gives the reason)."""
-    return cross_validate(X, y, k, seed, params=params).spearman
-
-
 def select_predictor(
     X: np.ndarray,
     y: np.ndarray,

@@ -1,4 +1,5 @@
-"""MLflow tracking with plain ``mlflow``: one experiment per search, a parent run per iteration, a run per proxy.
+"""MLflow tracking with plain ``mlflow``: one experiment per cluster version, a parent run per iteration of each
+search (tagged ``climb.search_key``), a run per proxy.
 
 dagster-mlflow's resource opens one run per Dagster run (and is legacy); users compare proxies, so each proxy is
 its own run, and every iteration logs the same metric names so the MLflow UI compares them side by side.
@@ -38,8 +39,9 @@ class MlflowTracking(dg.ConfigurableResource):
         # process (another CLIMB_HOME, a test) at this store.
         return MlflowClient(tracking_uri=self.uri(home))
 
-    def experiment_id(self, client: MlflowClient, home: ClimbHome, search_id: str) -> str:
-        name = f"{self.experiment_prefix}/{search_id}"
+    def experiment_id(self, client: MlflowClient, home: ClimbHome, cluster_version: str) -> str:
+        """The experiment of one cluster version (``-proof`` suffixed for proof runs): its searches side by side."""
+        name = f"{self.experiment_prefix}/{cluster_version}"
         existing = client.get_experiment_by_name(name)
         if existing is not None:
             if existing.tags.get("mlflow.experimentKind") is None:  # created by an older climb
@@ -47,7 +49,7 @@ class MlflowTracking(dg.ConfigurableResource):
                     client.set_experiment_tag(existing.experiment_id, key, value)
             return existing.experiment_id
         artifacts = (home.mlflow / "artifacts").as_uri() if self.uri(home).startswith("sqlite:") else None
-        tags = {"climb.search_id": search_id, **EXPERIMENT_KIND_TAGS}
+        tags = {"climb.cluster_version": cluster_version, **EXPERIMENT_KIND_TAGS}
         return client.create_experiment(name, artifact_location=artifacts, tags=tags)
 
     def open_run(

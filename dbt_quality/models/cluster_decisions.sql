@@ -2,7 +2,7 @@
 -- Also written to Parquet so Python reads it without taking the DuckDB file lock.
 {{ config(
     materialized='external',
-    location=env_var('CLIMB_HOME', '.climb') ~ '/lake/dbt/cluster_decisions.parquet',
+    location=env_var('CLIMB_LAKE_CLUSTER_DECISIONS'),
     format='parquet'
 ) }}
 

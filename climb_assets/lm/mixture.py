@@ -268,8 +268,3 @@ class MixtureSampler:
                     texts[pos] = text
             for g, i, text in zip(groups, indices, texts):
                 yield int(g), self.pools[int(g)].doc_ids[i], text  # type: ignore[misc]
-
-    def iter_texts(self, chunk_size: int = 1024) -> Iterator[str]:
-        """Texts in the plan's shuffled, interleaved order: the proxy's training stream."""
-        for _, _, text in self.iter_records(chunk_size):
-            yield text

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from climb_assets.search.proxy_model import GPT, GPTConfig, pick_device
+from climb_assets.lm.model import GPT, GPTConfig, pick_device
 from climb_assets.storage import atomic_path
 
 BatchSource = Iterable[torch.Tensor] | Callable[[], torch.Tensor]
@@ -27,12 +27,14 @@ BatchSource = Iterable[torch.Tensor] | Callable[[], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    token_budget: int = 1_000_000
-    batch_size: int = 16
-    block_size: int = 256
+    """One run's optimisation; the budget, shape and learning rates come from the caller (``ProxySettings``)."""
+
+    token_budget: int
+    batch_size: int
+    block_size: int
+    lr: float
+    min_lr: float
     grad_accum: int = 1  # micro-batches per optimizer step (large paper batches on one GPU)
-    lr: float = 1e-3
-    min_lr: float = 1e-4
     warmup_frac: float = 0.05
     schedule: Literal["cosine", "wsd"] = "cosine"
     decay_frac: float = 0.2  # WSD only: final fraction of steps that decays linearly to min_lr

@@ -2,13 +2,13 @@
 per run.
 
 ``train_or_reuse`` is the one place a run is trained: its record is stored under the run's fingerprint, so a
-finished run is never repeated and a changed one is never reused. ``training_fan_out`` turns a list of runs into
-one step per run (Dagster dynamic mapping): each step is in the ``gpu`` pool, holds a device lease for its lifetime,
-and can be retried alone; a collect step gathers the records.
+finished run is never repeated and a changed one is never reused. ``training_fan_out`` is the one fan-out used by
+the proxies, the random baseline and the proof: a list op yields one dynamic output per run, a train step per run
+(Dagster dynamic mapping) is in the ``gpu`` pool, holds a device lease for its lifetime and can be retried alone,
+and a collect op gathers the records.
 """
 
 import json
-import os
 import re
 import socket
 from collections.abc import Callable
@@ -20,13 +20,16 @@ import numpy as np
 
 from climb_assets.devices import device_lease
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.fingerprint import content_hash
-from climb_assets.search.plan import SearchPlan, SearchSettings, search_inputs
-from climb_assets.search.proxy_runs import ProxySettings, run_proxy
+from climb_assets.home import ClimbHome
+from climb_assets.lm.proxy import ProxySettings, run_proxy
+from climb_assets.lm.train import load_checkpoint
+from climb_assets.search.keys import SearchPlan, cached_file_sha256
+from climb_assets.search.settings import SearchSettings
+from climb_assets.search.state import search_inputs
 from climb_assets.search.tracking import MlflowTracking, log_run, weight_params
-from climb_assets.search.training import load_checkpoint
 from climb_assets.storage import write_json_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
+
 
 @dataclass(frozen=True)
 class TrainingRun:
@@ -61,7 +64,7 @@ def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: R
     A run left RUNNING in MLflow by a killed attempt with the same key is marked FAILED first; the marker is written
     last and atomically, so a killed training leaves no record and is redone, and a finished one is never repeated.
     """
-    init_sha = content_hash(run.init_path) if run.init_path else None
+    init_sha = cached_file_sha256(run.init_path) if run.init_path else None
     key = plan.run_key(run.named_weights(), run.settings, run.seed, init_sha)
     marker = marker_dir / f"{key}.json"
     if marker.exists():
@@ -93,6 +96,15 @@ def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: R
     return record | {"reused": False}
 
 
+def run_log(plan: SearchPlan, tracking: MlflowTracking, context, *, experiment_suffix: str = "",
+            parent: str | None = None, tags: dict[str, str] | None = None) -> RunLog:  # fmt: skip
+    """Where a stage's runs report: the cluster version's experiment (``-proof`` for proof runs), under an optional
+    parent run opened once and reused by name and tags, tagged with the search and the Dagster run."""
+    client = tracking.client(plan.home)
+    experiment = tracking.experiment_id(client, plan.home, plan.cluster_version + experiment_suffix)
+    tags = plan.mlflow_tags() | (tags or {})
+    parent_id = tracking.open_run(client, experiment, parent, tags, reuse=True) if parent else None
+    return RunLog(tracking, client, experiment, parent_id, tags | {"dagster.run_id": context.run_id}, context.log)
 
 
 def gpu_slots(instance: dg.DagsterInstance) -> int:
@@ -106,19 +118,12 @@ def step_key(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def dynamic_runs(runs: list[TrainingRun]):
-    """One dynamic output per run: the step that trains it is mapped over these."""
-    for run in runs:
-        yield dg.DynamicOutput(run, mapping_key=step_key(run.name))
-
-
-def training_step(
+def _training_step(
     name: str,
-    marker_dir_of: Callable[[SearchPlan], Path],
-    sink_of: Callable[[SearchPlan, MlflowTracking, dg.OpExecutionContext], RunLog],
+    markers_of: Callable[[ClimbHome], Path],
+    run_log_of: Callable[[SearchPlan, MlflowTracking, dg.OpExecutionContext], RunLog],
 ) -> dg.OpDefinition:
-    """The op that trains or reuses one run on a leased device: in the ``gpu`` pool, tagged for GPU routing, mapped
-    over a list op's ``dynamic_runs`` so every run is its own step (retried alone, run side by side)."""
+    """The op that trains or reuses one run on a leased device: in the ``gpu`` pool, tagged for GPU routing."""
 
     @dg.op(name=f"{name}_train", pool=GPU_POOL, tags=GPU_TAGS)
     def train(context: dg.OpExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
@@ -127,7 +132,7 @@ def training_step(
         with device_lease(plan.home, gpu_slots(context.instance)) as lease:
             threads = run.settings.num_threads or lease.threads  # a user's explicit thread count wins
             pinned = replace(run, settings=replace(run.settings, device=lease.device, num_threads=threads))
-            record = train_or_reuse(plan, pinned, marker_dir_of(plan), sink_of(plan, mlflow_tracking, context))
+            record = train_or_reuse(plan, pinned, markers_of(plan.home), run_log_of(plan, mlflow_tracking, context))
         context.add_output_metadata(lease.metadata() | {
             "run": run.name, "fingerprint": record["fingerprint"], "reused": record["reused"],
             "objective": record["metrics"]["objective"], "host": socket.gethostname(),
@@ -136,3 +141,45 @@ def training_step(
                                        "mlflow_run_id", "seed", "weights")}  # fmt: skip
 
     return train
+
+
+FAN_OUT_RESOURCES = {"climb", "search", "proof", "mlflow_tracking"}
+
+
+def training_fan_out(
+    name: str,
+    *,
+    inputs: list[str],
+    runs_of: Callable[[dg.OpExecutionContext, SearchPlan], list[TrainingRun]],
+    markers_of: Callable[[ClimbHome], Path],
+    run_log_of: Callable[[SearchPlan, MlflowTracking, dg.OpExecutionContext], RunLog],
+    collect: Callable[[dg.OpExecutionContext, SearchPlan, list[dict]], dg.Output],
+) -> Callable[..., object]:
+    """``{name}_runs`` (one dynamic output per run) → ``{name}_train`` mapped over them → ``{name}_collect``.
+
+    ``inputs`` are the Nothing dependencies of the list op (the graph asset's upstream assets); the returned function
+    wires the three ops inside a ``graph_asset`` body. ``runs_of`` and ``collect`` get the op's context, whose
+    resources hold ``climb``, ``search``, ``proof`` and ``mlflow_tracking``.
+    """
+
+    def plan_of(context: dg.OpExecutionContext) -> SearchPlan:
+        return SearchPlan(context.resources.climb.home(), context.resources.search)
+
+    @dg.op(name=f"{name}_runs", ins={k: dg.In(dg.Nothing) for k in inputs}, out=dg.DynamicOut(TrainingRun),
+           required_resource_keys=FAN_OUT_RESOURCES)  # fmt: skip
+    def list_runs(context: dg.OpExecutionContext):
+        plan = plan_of(context)
+        run_log_of(plan, context.resources.mlflow_tracking, context)  # opens any parent run once, before the steps
+        for run in runs_of(context, plan):
+            yield dg.DynamicOutput(run, mapping_key=step_key(run.name))
+
+    train = _training_step(name, markers_of, run_log_of)
+
+    @dg.op(name=f"{name}_collect", required_resource_keys=FAN_OUT_RESOURCES)
+    def collect_records(context: dg.OpExecutionContext, records: list[dict]) -> dg.Output:
+        return collect(context, plan_of(context), records)
+
+    def wire(**upstream):
+        return collect_records(list_runs(**upstream).map(train).collect())
+
+    return wire

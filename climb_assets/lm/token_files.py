@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,21 +26,14 @@ import numpy as np
 import polars as pl
 
 from climb_assets.home import ClimbHome
-from climb_assets.search.tokenizer import BPETokenizer, ByteTokenizer, TextTokenizer
+from climb_assets.lake import raw_shards_dir, tokens_root
+from climb_assets.lm.tokenizer import BPETokenizer, ByteTokenizer, TextTokenizer
 from climb_assets.storage import atomic_path, file_sha256, lake_file, write_json_atomic
 
 ENCODE_BATCH = 1024  # documents per encode_batch call: bounds the Python token lists alive at once
 
 
-def raw_shards_dir(home: ClimbHome) -> Path:
-    return home.lake_dir("raw_shards")
-
-
-def tokens_root(home: ClimbHome) -> Path:
-    return home.lake_dir("tokens")
-
-
-def tokenizer_key(tokenizer: TextTokenizer) -> str:
+def tokenizer_sha256(tokenizer: TextTokenizer) -> str:
     """sha256 of the tokenizer's full definition: a retrained tokenizer never reuses another's token files."""
     if isinstance(tokenizer, BPETokenizer):
         spec = tokenizer._tok.to_str()
@@ -53,7 +45,7 @@ def tokenizer_key(tokenizer: TextTokenizer) -> str:
 
 
 def token_dir(home: ClimbHome, tokenizer: TextTokenizer) -> Path:
-    return tokens_root(home) / tokenizer_key(tokenizer)[:16]
+    return tokens_root(home) / tokenizer_sha256(tokenizer)[:16]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -249,10 +241,3 @@ def open_store(home: ClimbHome, tokenizer: TextTokenizer) -> TokenStore:
     ensure_token_files(home, tokenizer)
     names = sorted(p.stem for p in raw_shards_dir(home).glob("*.parquet"))
     return TokenStore(token_dir(home, tokenizer), raw_shards_dir(home), names)
-
-
-def decode_shard(directory: Path, shard: str) -> list[np.ndarray]:
-    """Every row's tokens of one shard (tests and inspection; not for the training path)."""
-    store = TokenStore(directory, Path(os.devnull), [shard])
-    return [np.asarray(store.tokens(0, r)) for r in range(len(store.row_lengths(0)))]
-

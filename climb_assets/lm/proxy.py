@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from climb_assets.home import ClimbHome
-from climb_assets.search.mixture import DocPool, MixtureSampler
-from climb_assets.search.proxy_model import GPT, GPTConfig, preset
-from climb_assets.search.targets import MCItem, TargetSpec, evaluate_target, load_mc_tasks, load_target_texts
-from climb_assets.search.token_files import GroupDocs, TokenStore, cached_group_index, open_store
-from climb_assets.search.tokenizer import TextTokenizer
-from climb_assets.search.training import TrainConfig, pack_documents, train_proxy
-
-
-def super_cluster_documents_path(home: ClimbHome) -> Path:
-    return home.lake_dir("super_clusters") / "documents.parquet"
-
-
-def super_cluster_table_path(home: ClimbHome) -> Path:
-    return home.lake_dir("super_clusters") / "super_clusters.parquet"
+from climb_assets.lake import super_cluster_documents_path, super_cluster_table_path
+from climb_assets.lm.mixture import DocPool, MixtureSampler
+from climb_assets.lm.model import GPT, GPTConfig, preset
+from climb_assets.lm.targets import MCItem, TargetSpec, evaluate_target, load_mc_tasks, load_target_texts
+from climb_assets.lm.token_files import GroupDocs, TokenStore, cached_group_index, open_store
+from climb_assets.lm.tokenizer import TextTokenizer
+from climb_assets.lm.train import TrainConfig, pack_documents, train_proxy
 
 
 @dataclass
@@ -103,14 +95,16 @@ class TargetData:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """Everything about a proxy run except its mixture weights and seed; logged verbatim as MLflow params."""
+    """Everything about a proxy run except its mixture weights and seed; logged verbatim as MLflow params.
+
+    These defaults are the search's (``SearchSettings`` reads them from here)."""
 
     model_preset: str = "tiny"
     n_layer: int | None = None  # None: the preset's
     n_head: int | None = None
     n_embd: int | None = None
     block_size: int = 128
-    token_budget: int = 300_000
+    token_budget: int = 100_000
     batch_size: int = 16
     lr: float = 2e-3
     min_lr: float = 2e-4

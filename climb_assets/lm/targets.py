@@ -20,8 +20,8 @@ import polars as pl
 import torch
 from torch.nn import functional as F
 
-from climb_assets.search.proxy_model import GPT, pick_device
-from climb_assets.search.tokenizer import TextTokenizer
+from climb_assets.lm.model import GPT, pick_device
+from climb_assets.lm.tokenizer import TextTokenizer
 
 
 @contextmanager

@@ -1,0 +1,202 @@
+"""Every path in the lake, in one place: each stage reads and writes through these functions, and the dbt sources
+get theirs from ``dbt_environment``. Names from the landing directory go through ``lake_file``, so a partition key
+can never escape its directory.
+
+```
+lake/
+  raw_shards/<shard>.parquet          accepted documents (doc_id, text, n_tokens, metadata)
+  quarantine/<shard>.parquet          rejected rows with their reason
+  duplicates/<shard>.parquet          exact duplicates with the id they duplicate
+  dedup_index/index.duckdb            hashes and ids of every registered shard
+  landing_registry/, landing_rejected/ what the landing sensor registered or refused
+  embeddings/<shard>.npz              document embeddings; embedding_quarantine/<shard>.parquet
+  quality/<shard>.parquet             per-document quality signals
+  clusters/<version>/...              centroids and per-shard assignments (see cluster/lake.py); CURRENT
+  dbt/cluster_decisions.parquet       dbt_quality's keep/prune decisions; quality.duckdb is dbt's database
+  super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
+  tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
+  search/                             tokenizers/, base/, proxies/, proof_runs/ (content-addressed), searches/<key>/
+climbmix/                             the final mixture's shards, manifest.json, proof.md, proof_runs.parquet
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from climb_assets.home import ClimbHome
+from climb_assets.storage import lake_file
+
+# --- ingest -----------------------------------------------------------------------------------------------------
+
+
+def raw_shards_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("raw_shards")
+
+
+def raw_shard_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(raw_shards_dir(home), shard, ".parquet")
+
+
+def raw_shards_glob(home: ClimbHome) -> Path:
+    """Every raw shard, for a lazy scan (``pl.scan_parquet``)."""
+    return raw_shards_dir(home) / "*.parquet"
+
+
+def quarantine_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("quarantine"), shard, ".parquet")
+
+
+def duplicates_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
+
+
+def dedup_index_path(home: ClimbHome) -> Path:
+    return home.lake_dir("dedup_index") / "index.duckdb"
+
+
+def landing_registry_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("landing_registry")
+
+
+def landing_rejected_path(home: ClimbHome) -> Path:
+    return home.lake_dir("landing_rejected") / "rejected.parquet"
+
+
+# --- embed and quality ------------------------------------------------------------------------------------------
+
+
+def embeddings_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("embeddings")
+
+
+def embeddings_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(embeddings_dir(home), shard, ".npz")
+
+
+def embedding_quarantine_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(home.lake_dir("embedding_quarantine"), shard, ".parquet")
+
+
+def quality_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("quality")
+
+
+def quality_path(home: ClimbHome, shard: str) -> Path:
+    return lake_file(quality_dir(home), shard, ".parquet")
+
+
+# --- clusters and dbt -------------------------------------------------------------------------------------------
+
+
+def clusters_root(home: ClimbHome) -> Path:
+    return home.lake_dir("clusters")
+
+
+def dbt_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("dbt")
+
+
+def cluster_decisions_path(home: ClimbHome) -> Path:
+    """Where ``dbt build`` leaves the keep/prune decisions for Python (read with merge.load_cluster_decisions)."""
+    return dbt_dir(home) / "cluster_decisions.parquet"
+
+
+def dbt_database_path(home: ClimbHome) -> Path:
+    return home.lake / "quality.duckdb"
+
+
+def super_clusters_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("super_clusters")
+
+
+def super_cluster_documents_path(home: ClimbHome) -> Path:
+    """Which kept document is in which super-cluster (doc_id, cluster_id, super_cluster_id)."""
+    return super_clusters_dir(home) / "documents.parquet"
+
+
+def super_cluster_table_path(home: ClimbHome) -> Path:
+    """One row per super-cluster: label, counts, mean quality, examples and the version."""
+    return super_clusters_dir(home) / "super_clusters.parquet"
+
+
+def super_cluster_mapping_path(home: ClimbHome) -> Path:
+    """Fine cluster -> super-cluster (or pruned) with the merge's decision."""
+    return super_clusters_dir(home) / "mapping.parquet"
+
+
+# --- search -----------------------------------------------------------------------------------------------------
+
+
+def tokens_root(home: ClimbHome) -> Path:
+    return home.lake_dir("tokens")
+
+
+def search_root(home: ClimbHome) -> Path:
+    return home.lake_dir("search")
+
+
+def tokenizer_path(home: ClimbHome, tokenizer_fingerprint: str) -> Path:
+    return search_root(home) / "tokenizers" / f"{tokenizer_fingerprint}.json"
+
+
+def base_checkpoint_path(home: ClimbHome, base_fingerprint: str) -> Path:
+    return search_root(home) / "base" / f"{base_fingerprint}.pt"
+
+
+def proxy_markers_dir(home: ClimbHome) -> Path:
+    """Finished proxy runs' records, content-addressed (``<fingerprint>.json``): any search whose proxy has the
+    same key reuses it."""
+    return search_root(home) / "proxies"
+
+
+def proof_markers_dir(home: ClimbHome) -> Path:
+    """Finished proof runs' records, content-addressed like the proxies'."""
+    return search_root(home) / "proof_runs"
+
+
+def search_state_dir(home: ClimbHome, search_key: str) -> Path:
+    """One search's own state: its iterations and its baselines."""
+    return search_root(home) / "searches" / search_key
+
+
+def search_iteration_dir(home: ClimbHome, search_key: str, iteration: int) -> Path:
+    """An iteration's candidates.parquet, results.parquet and predictor/."""
+    return search_state_dir(home, search_key) / f"iteration_{iteration}"
+
+
+# --- ClimbMix ---------------------------------------------------------------------------------------------------
+
+
+def climbmix_manifest_path(home: ClimbHome) -> Path:
+    """The ClimbMix directory (``home.climbmix``) is swapped whole; its manifest says what is in it."""
+    return home.climbmix / "manifest.json"
+
+
+def proof_report_path(home: ClimbHome) -> Path:
+    return home.climbmix / "proof.md"
+
+
+def proof_runs_path(home: ClimbHome) -> Path:
+    return home.climbmix / "proof_runs.parquet"
+
+
+# --- the dbt sources --------------------------------------------------------------------------------------------
+
+
+def dbt_environment(home: ClimbHome) -> dict[str, str]:
+    """Environment variables for a dbt run of ``dbt_quality`` over ``home``'s lake: the sources' paths come from
+    here (``dbt_quality/models/sources.yml`` reads them with ``env_var``).
+
+    Also creates ``lake/dbt/``: dbt-duckdb writes cluster_decisions.parquet with DuckDB's COPY, which does not
+    create directories.
+    """
+    dbt_dir(home).mkdir(parents=True, exist_ok=True)
+    return {
+        "CLIMB_HOME": str(home.root),
+        "DBT_DUCKDB_PATH": str(dbt_database_path(home)),
+        "CLIMB_LAKE_RAW_SHARDS": str(raw_shards_glob(home)),
+        "CLIMB_LAKE_QUALITY": str(quality_dir(home) / "*.parquet"),
+        "CLIMB_LAKE_ASSIGNMENTS": str(clusters_root(home) / "current" / "assignments" / "*.parquet"),
+        "CLIMB_LAKE_CLUSTER_DECISIONS": str(cluster_decisions_path(home)),
+    }

@@ -1,0 +1,130 @@
+"""What a search reports: its progress per iteration, the plots in the assets' metadata and the proof's markdown."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from climb_assets.lm.proxy import ProxySettings  # noqa: E402
+from climb_assets.metadata import figure_markdown  # noqa: E402
+from climb_assets.search.keys import SearchPlan  # noqa: E402
+from climb_assets.search.predictor import Predictor  # noqa: E402
+from climb_assets.search.settings import ProofSettings  # noqa: E402
+from climb_assets.search.state import read_results  # noqa: E402
+
+
+def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
+    """One row per iteration: proxies so far, the predictor kept and every kind's held-out Spearman, and the
+    iteration's best and mean proxy objective (higher is better), so a search that stalls shows it."""
+    results = read_results(plan, iterations)
+    rows = []
+    for k in range(1, iterations + 1):
+        predictor = Predictor.load(plan.predictor_path(k))
+        objective = results.filter(pl.col("iteration") == k)["objective"]
+        rows.append({
+            "iteration": k, "runs_so_far": results.filter(pl.col("iteration") <= k).height,
+            "predictor_kept": predictor.kind, "spearman": predictor.extra["spearman"],
+            **{f"spearman_{kind}": v for kind, v in sorted(predictor.extra.get("spearman_by_kind", {}).items())},
+            "best_proxy": float(objective.max()), "mean_proxy": float(objective.mean()),
+        })  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def search_plot(results: pl.DataFrame, predicted: np.ndarray, spearman: float):
+    """Targets per proxy run by iteration, and the predictor's held-out (out-of-fold) predictions against them."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    jitter = np.random.default_rng(0)
+    for (k,), group in results.group_by("iteration", maintain_order=True):
+        axes[0].scatter(np.full(group.height, k) + jitter.uniform(-0.15, 0.15, group.height), group["objective"], s=14,
+                        label=f"iteration {k}")  # fmt: skip
+    axes[0].set(xlabel="iteration", ylabel="objective (higher is better)", title="proxy runs")
+    axes[1].scatter(results["objective"], predicted, s=14)
+    axes[1].set(xlabel="actual objective", ylabel="out-of-fold prediction", title=f"predictor: Spearman {spearman:.2f}")
+    figure.tight_layout()
+    return figure_markdown(figure)
+
+
+def predictor_plot(plan: SearchPlan, iteration: int):
+    """``search_plot`` for the search up to ``iteration``, with that iteration's predictor."""
+    extra = Predictor.load(plan.predictor_path(iteration)).extra
+    predicted = np.array([np.nan if v is None else v for v in extra["cv_predictions"]], dtype=np.float64)
+    return search_plot(read_results(plan, iteration), predicted, extra["spearman"])
+
+
+def weights_plot(labels: list[str], weights: np.ndarray, natural: np.ndarray):
+    figure, axis = plt.subplots(figsize=(7, 0.28 * len(labels) + 1))
+    y = np.arange(len(labels))
+    axis.barh(y - 0.2, natural, height=0.4, label="natural (token share)")
+    axis.barh(y + 0.2, weights, height=0.4, label="ClimbMix")
+    axis.set_yticks(y, [label[:45] for label in labels], fontsize=7)
+    axis.invert_yaxis()
+    axis.set(xlabel="weight", title="final mixture by super-cluster")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure_markdown(figure)
+
+
+def proof_plot(runs_frame: pl.DataFrame, table: pl.DataFrame, metric: str):
+    figure, axis = plt.subplots(figsize=(6, 3))
+    names = table["mixture"].to_list()
+    axis.bar(names, table[f"{metric}_mean"], yerr=table[f"{metric}_std"], capsize=4, color="#8da0cb")
+    for i, name in enumerate(names):
+        values = runs_frame.filter(pl.col("mixture") == name)[metric]
+        axis.scatter(np.full(len(values), i), values, color="black", s=10, zorder=3)
+    low = float(runs_frame[metric].min())
+    high = float(runs_frame[metric].max())
+    axis.set_ylim(low - 0.1 * (high - low + 1e-9) * 5, high + 0.1 * (high - low + 1e-9) * 5)
+    axis.set(ylabel=metric, title=f"target {metric} by mixture (mean ± sd over seeds, dots = seeds)")
+    axis.tick_params(axis="x", labelsize=7)
+    figure.tight_layout()
+    return figure_markdown(figure)
+
+
+def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofSettings,
+                   settings: ProxySettings, progress: pl.DataFrame) -> str:  # fmt: skip
+    metric_columns = [c for c in table.columns if c.endswith("_mean")]
+    start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"
+    shape = settings.model_config(vocab_size=256)
+    lines = [
+        "# ClimbMix proof",
+        "",
+        f"Target: `{target}` (objective: higher is better; for bpb the objective is -bits per byte). "
+        f"Seeds: {config.seeds}, paired (same data order and initialisation for every mixture). Evaluation model: "
+        f"{settings.model_preset} preset, n_layer={shape.n_layer}, n_embd={shape.n_embd}, "
+        f"{settings.token_budget:,} training tokens per run, {start}.",
+        "",
+        "| mixture | seeds | " + " | ".join(c.removesuffix("_mean") + " (mean ± sd)" for c in metric_columns) + " |",
+        "|---|---|" + "---|" * len(metric_columns),
+    ]
+    for row in table.iter_rows(named=True):
+        cells = [f"{row[c]:.4f} ± {row[c.removesuffix('_mean') + '_std']:.4f}" for c in metric_columns]
+        lines.append(f"| {row['mixture']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired differences, ClimbMix minus baseline, in objective (positive: ClimbMix is better), 95% t-interval:",
+        "",
+        "| baseline | seeds | mean difference | sd | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in paired.iter_rows(named=True):
+        lines.append(
+            f"| {row['baseline']} | {row['seeds']} | {row['mean_delta']:+.4f} | {row['sd_delta']:.4f} | "
+            f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] | {row['verdict']} |"
+        )
+    spearman = [c for c in progress.columns if c.startswith("spearman_")]
+    lines += [
+        "",
+        "The search, iteration by iteration (held-out Spearman of the predictor kept, then of each kind by"
+        " cross-validation; proxy objectives, higher is better):",
+        "",
+        "| iteration | runs so far | predictor kept | Spearman | " + " | ".join(c.removeprefix("spearman_") for c in spearman)
+        + " | best proxy | mean proxy |",
+        "|---|---|---|---|" + "---|" * len(spearman) + "---|---|",
+    ]
+    for row in progress.iter_rows(named=True):
+        cells = ["n/a" if row[c] is None else f"{row[c]:.3f}" for c in ("spearman", *spearman)]
+        lines.append(f"| {row['iteration']} | {row['runs_so_far']} | {row['predictor_kept']} | " + " | ".join(cells)
+                     + f" | {row['best_proxy']:.4f} | {row['mean_proxy']:.4f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,155 @@
+"""Every knob of the search, the proof and ClimbMix, each defined once with its default.
+
+The demo defaults fit 2 CPU cores; ``PAPER_SCALE`` is the paper's scale as data, a config change away on GPUs.
+A proxy's own hyperparameters default to ``ProxySettings``'s (the language-model package's), so the search and a
+proxy run outside Dagster agree on them.
+"""
+
+from dataclasses import asdict
+from typing import Literal
+
+import dagster as dg
+
+from climb_assets.home import ClimbHome
+from climb_assets.lm.proxy import ProxySettings, TargetData
+from climb_assets.lm.targets import TargetSpec
+from climb_assets.search.predictor import PREDICTOR_KINDS, PredictorKind, PredictorParams
+
+TargetKind = Literal["bpb", "mc", "blend"]
+ModelPreset = Literal["tiny", "demo", "paper_62m", "paper_350m"]
+PredictorChoice = Literal["auto", "lightgbm", "ridge", "ensemble", "gp"]
+# Settings that change how fast a result is made, never what it is: left out of every fingerprint.
+SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
+
+PROXY = ProxySettings()
+DEFAULT_PROXIES_PER_ITERATION = (16, 8, 8)
+# The number of search iterations shapes the asset graph (iteration_1 ... iteration_N), so the code location is
+# built with it; it is the length of the default schedule, and a run's schedule must have that many entries.
+SEARCH_ITERATIONS = len(DEFAULT_PROXIES_PER_ITERATION)
+DEFAULT_POOL_SIZE = 100_000  # fresh Dirichlet samples scored by a predictor (paper: ~100k)
+
+# The paper's scale (CLIMB, arXiv 2504.13161): 64 / 32 / 16 proxies of 62M parameters, LightGBM leaves of >= 5 runs.
+# Token budgets are the user's to set for their hardware (billions of tokens per proxy on GPUs).
+PAPER_SCALE = {
+    "proxies_per_iteration": [64, 32, 16],
+    "model_preset": "paper_62m",
+    "block_size": 1024,
+    "predictor_min_child_samples": 5,
+}
+
+
+def result_settings_of(settings: ProxySettings) -> dict:
+    return {k: v for k, v in asdict(settings).items() if k not in SPEED_ONLY_SETTINGS}
+
+
+class SearchSettings(dg.ConfigurableResource):
+    """Every knob of the search (``PAPER_SCALE`` holds the paper's values)."""
+
+    proxies_per_iteration: list[int] = list(DEFAULT_PROXIES_PER_ITERATION)
+    seed: int = 0
+    target_kind: TargetKind = "bpb"  # bits per byte on target texts, multiple choice, or a weighted blend
+    target_blend_bpb: float = 1.0
+    target_blend_mc: float = 1.0
+    target_texts_path: str = ""  # default: CLIMB_HOME/targets/target.jsonl
+    target_mc_path: str = ""  # default: CLIMB_HOME/targets/mc_target.jsonl
+    max_target_texts: int = 40  # evaluation cost grows with it; 40 wiki articles ~ 100 kB
+    # tokenizer and proxy model
+    tokenizer_vocab_size: int = 4096
+    tokenizer_sample_docs: int = 4000
+    model_preset: ModelPreset = PROXY.model_preset  # tiny ~0.9M params (2 layers x 128); demo, paper_62m, paper_350m
+    n_layer: int = 0  # 0: the preset's shape
+    n_head: int = 0
+    n_embd: int = 0
+    block_size: int = PROXY.block_size
+    token_budget: int = PROXY.token_budget
+    base_token_budget: int = 300_000  # 0 = every proxy starts from scratch
+    batch_size: int = PROXY.batch_size
+    lr: float = PROXY.lr  # the proxies' peak learning rate; they decay to lr / 10
+    max_repeats: float = PROXY.max_repeats
+    num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
+    # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
+    pool_size: int = DEFAULT_POOL_SIZE
+    predictor_min_child_samples: int = 2
+    predictor_folds: int = 5
+    # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
+    # process; keep the best each iteration. LightGBM's held-out score is reported either way.
+    predictor_kind: PredictorChoice = "auto"
+
+    def proxy_seed(self) -> int:
+        """One seed for every proxy of a search (common random numbers): iterations and the random baseline differ
+        only in their weights, so their objectives compare, and the predictor learns weights, not seed noise."""
+        return self.seed * 1000 + 1
+
+    def proxy_settings(self) -> ProxySettings:
+        return ProxySettings(
+            model_preset=self.model_preset, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+            block_size=self.block_size,
+            token_budget=self.token_budget, batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 10,
+            max_repeats=self.max_repeats, num_threads=self.num_threads or None,
+        )  # fmt: skip
+
+    def base_settings(self) -> ProxySettings:
+        return ProxySettings(**{**asdict(self.proxy_settings()), "token_budget": self.base_token_budget})
+
+    def result_settings(self) -> dict:
+        """Every setting that can change a result (all of them but the speed-only ones)."""
+        return {k: v for k, v in self.model_dump().items() if k not in SPEED_ONLY_SETTINGS}
+
+    def target_spec(self) -> TargetSpec:
+        weights = {"bpb": self.target_blend_bpb, "mc": self.target_blend_mc} if self.target_kind == "blend" else {}
+        return TargetSpec(kind=self.target_kind, weights=weights)
+
+    def target_paths(self, home: ClimbHome) -> tuple[str, str]:
+        return (
+            self.target_texts_path or str(home.targets / "target.jsonl"),
+            self.target_mc_path or str(home.targets / "mc_target.jsonl"),
+        )
+
+    def target(self, home: ClimbHome) -> TargetData:
+        texts, mc = self.target_paths(home)
+        return TargetData.load(self.target_spec(), texts, mc, self.max_target_texts)
+
+    def predictor_params(self) -> PredictorParams:
+        return PredictorParams(min_child_samples=self.predictor_min_child_samples)
+
+    def predictor_kinds(self) -> tuple[PredictorKind, ...]:
+        """The kinds cross-validated each iteration: all with ``auto``, else the chosen one and LightGBM for parity."""
+        if self.predictor_kind == "auto":
+            return PREDICTOR_KINDS
+        return tuple(dict.fromkeys([self.predictor_kind, "lightgbm"]))
+
+    def proxies(self, iteration: int) -> int:
+        counts = self.proxies_per_iteration
+        return counts[min(iteration, len(counts)) - 1]
+
+
+class ProofSettings(dg.ConfigurableResource):
+    """Evaluation runs: every mixture trained at the same token budget with the same seeds (paired: same data order
+    and initialisation). ``base`` continues from the search's base checkpoint, like the proxies, which gives an
+    evaluation model at least as good as a proxy with far less seed noise than ``scratch``."""
+
+    seeds: list[int] = [0, 1, 2, 3, 4]
+    start: Literal["base", "scratch"] = "base"
+    n_layer: int = 0  # 0: the proxies' shape (the only shape that can start from the base)
+    n_head: int = 0
+    n_embd: int = 0
+    token_budget: int = PROXY.token_budget
+
+    def proxy_settings(self, search: SearchSettings) -> ProxySettings:
+        proxy = search.proxy_settings()
+        shape = {k: getattr(self, k) or getattr(proxy, k) for k in ("n_layer", "n_head", "n_embd")}
+        if self.start == "base" and search.base_token_budget > 0 and any(shape[k] != getattr(proxy, k) for k in shape):
+            raise dg.Failure(f"proof runs start from the base checkpoint, so their shape must be the proxies' "
+                             f"({[getattr(proxy, k) for k in shape]}); got {list(shape.values())}: set start: scratch")  # fmt: skip
+        return ProxySettings(**{**asdict(proxy), **shape, "token_budget": self.token_budget})
+
+
+class ClimbMixConfig(dg.Config):
+    """The final dataset: the best predicted mixture sampled up to ``token_budget`` tokens."""
+
+    token_budget: int = 2_000_000
+    top_k_average: int = 1  # 1: the single best predicted mixture; >1: mean of the top k (as RegMix does)
+    pool_size: int = DEFAULT_POOL_SIZE
+    max_repeats: float = PROXY.max_repeats
+    docs_per_shard: int = 5_000
+    seed: int = 0
