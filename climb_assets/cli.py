@@ -77,6 +77,24 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     return [r.partition_key for r in result.run_requests]
 
 
+def check_settings(defs, run_config: dict) -> None:
+    """Build every configured resource and ClimbMix's config before launching, so a bad setting stops the command at
+    once with the setting's name and allowed range (a UI launch stops at the run's first step, for the same reason)."""
+    from pydantic import ValidationError
+
+    from climb_assets.search.settings import ClimbMixConfig
+
+    built = [(type(defs.resources[key]), defs.resources[key].model_dump() | (entry.get("config") or {}))
+             for key, entry in (run_config.get("resources") or {}).items() if key in defs.resources]  # fmt: skip
+    climbmix = ((run_config.get("ops") or {}).get("climbmix") or {}).get("config")
+    built += [(ClimbMixConfig, climbmix)] if climbmix else []
+    for kind, values in built:
+        try:
+            kind(**values)
+        except ValidationError as error:
+            raise SystemExit("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+
+
 def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_slots: int = 1, asset_selection=None):
     """Run a job on the local instance. With one GPU slot, in this process; with more, every step in its own process
     (Dagster's multiprocess executor on the code location's own definitions), up to ``gpu_slots`` GPU steps at once
@@ -84,6 +102,7 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
     import dagster as dg
 
     config = QUIET | (run_config or {})
+    check_settings(defs, config)
     if gpu_slots > 1:
         job = dg.build_reconstructable_job("climb_assets.definitions", "resolved_job", reconstructable_args=(name,))
         config |= {"execution": {"config": {"multiprocess": {"max_concurrent": gpu_slots + 1}}}}
