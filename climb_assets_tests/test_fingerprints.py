@@ -148,6 +148,13 @@ def test_new_super_clusters_start_a_new_search(searched):
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_missing_membership_file_is_an_error_not_a_key(home):
+    write_search_state(home)
+    (home.lake_dir("super_clusters") / "documents.parquet").unlink()  # e.g. mid-swap of the directory
+    with pytest.raises(dg.Failure, match="no super-cluster membership file"):
+        SearchPlan(home, SearchSettings(**BASE)).membership_sha
+
+
 def test_a_new_algorithm_version_retrains(searched, monkeypatch):
     home, instance = searched
     monkeypatch.setitem(fingerprint_module.ALGORITHM_VERSIONS, "proxy", "proxy-test-bump")
