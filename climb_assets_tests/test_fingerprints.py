@@ -50,7 +50,7 @@ def materialize(home, instance, **changes) -> dict[str, dict]:
 
 
 def proxy_records(home, plan: SearchPlan) -> list[dict]:
-    results = pl.read_parquet(plan.iteration_dir(1) / "results.parquet")
+    results = pl.read_parquet(plan.results_path(1))
     return [json.loads((proxy_markers_dir(home) / f"{k}.json").read_text()) for k in results["fingerprint"]]
 
 

@@ -48,7 +48,7 @@ def run_iteration_1(home: ClimbHome, slots: int, settings: dict = SETTINGS):
                 step["end"] = entry.timestamp
             elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
                 step["metadata"] = {k: v.value for k, v in event.event_specific_data.metadata.items()}
-    results = pl.read_parquet(SearchPlan(home, SearchSettings(**settings)).iteration_dir(1) / "results.parquet")
+    results = pl.read_parquet(SearchPlan(home, SearchSettings(**settings)).results_path(1))
     return results, steps
 
 

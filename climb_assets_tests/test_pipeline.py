@@ -145,7 +145,7 @@ def test_every_proxy_is_an_mlflow_run_with_params_metrics_and_tags(searched):
 def test_later_iterations_use_the_previous_predictor(searched):
     plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
     for k in range(1, SEARCH_ITERATIONS + 1):
-        results = pl.read_parquet(plan.iteration_dir(k) / "results.parquet")
+        results = pl.read_parquet(plan.results_path(k))
         assert results.height == TINY_SEARCH["proxies_per_iteration"][k - 1]
         predictor = Predictor.load(plan.predictor_path(k))
         assert predictor.n_train == sum(TINY_SEARCH["proxies_per_iteration"][:k])
@@ -211,7 +211,7 @@ def test_proof_report_shows_the_search_iteration_by_iteration(searched):
     report = (searched.home.climbmix / "proof.md").read_text()
     runs_so_far = 0
     for k in range(1, SEARCH_ITERATIONS + 1):
-        results = pl.read_parquet(plan.iteration_dir(k) / "results.parquet")
+        results = pl.read_parquet(plan.results_path(k))
         runs_so_far += results.height
         predictor = Predictor.load(plan.predictor_path(k))
         row = f"| {k} | {runs_so_far} | {predictor.kind} | {predictor.extra['spearman']:.3f} |"

@@ -186,9 +186,9 @@ def test_killed_proxy_run_is_rerun_alone(killed_search):
     # finished proxies were not trained again: their result files are byte-identical and untouched
     for name, (mtime, content) in finished.items():
         assert (proxies / name).stat().st_mtime_ns == mtime and (proxies / name).read_bytes() == content
-    candidates = pl.read_parquet(plan.iteration_dir(1) / "candidates.parquet")["candidate_id"].to_list()
+    candidates = pl.read_parquet(plan.candidates_path(1))["candidate_id"].to_list()
     assert len(candidates) == CANDIDATES
-    results = pl.read_parquet(plan.iteration_dir(1) / "results.parquet")
+    results = pl.read_parquet(plan.results_path(1))
     assert sorted(results["candidate_id"]) == sorted(candidates) and results["objective"].is_finite().all()
     keys = results["fingerprint"].to_list()
     assert sorted(p.stem for p in proxies.glob("*.json")) == sorted(keys)
