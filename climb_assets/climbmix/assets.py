@@ -261,6 +261,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         markers_of=lake.proof_markers_dir,
         run_log_of=proof_run_log,
         collect=collect_proof,
+        resources=frozenset({"proof"}),
     )
 
     @dg.graph_asset(

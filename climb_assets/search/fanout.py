@@ -143,9 +143,6 @@ def _training_step(
     return train
 
 
-FAN_OUT_RESOURCES = {"climb", "search", "proof", "mlflow_tracking"}
-
-
 def training_fan_out(
     name: str,
     *,
@@ -154,19 +151,21 @@ def training_fan_out(
     markers_of: Callable[[ClimbHome], Path],
     run_log_of: Callable[[SearchPlan, MlflowTracking, dg.OpExecutionContext], RunLog],
     collect: Callable[[dg.OpExecutionContext, SearchPlan, list[dict]], dg.Output],
+    resources: frozenset[str] = frozenset(),
 ) -> Callable[..., object]:
     """``{name}_runs`` (one dynamic output per run) → ``{name}_train`` mapped over them → ``{name}_collect``.
 
     ``inputs`` are the Nothing dependencies of the list op (the graph asset's upstream assets); the returned function
     wires the three ops inside a ``graph_asset`` body. ``runs_of`` and ``collect`` get the op's context, whose
-    resources hold ``climb``, ``search``, ``proof`` and ``mlflow_tracking``.
+    resources hold ``climb``, ``search`` and ``mlflow_tracking``, plus any other ``resources`` named.
     """
+    required = {"climb", "search", "mlflow_tracking"} | set(resources)
 
     def plan_of(context: dg.OpExecutionContext) -> SearchPlan:
         return SearchPlan(context.resources.climb.home(), context.resources.search)
 
     @dg.op(name=f"{name}_runs", ins={k: dg.In(dg.Nothing) for k in inputs}, out=dg.DynamicOut(TrainingRun),
-           required_resource_keys=FAN_OUT_RESOURCES)  # fmt: skip
+           required_resource_keys=required)  # fmt: skip
     def list_runs(context: dg.OpExecutionContext):
         plan = plan_of(context)
         run_log_of(plan, context.resources.mlflow_tracking, context)  # opens any parent run once, before the steps
@@ -175,7 +174,7 @@ def training_fan_out(
 
     train = _training_step(name, markers_of, run_log_of)
 
-    @dg.op(name=f"{name}_collect", required_resource_keys=FAN_OUT_RESOURCES)
+    @dg.op(name=f"{name}_collect", required_resource_keys=required)
     def collect_records(context: dg.OpExecutionContext, records: list[dict]) -> dg.Output:
         return collect(context, plan_of(context), records)
 
