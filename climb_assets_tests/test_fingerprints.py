@@ -7,6 +7,8 @@ new settings, and that changing nothing redoes nothing.
 """
 
 import json
+import logging
+import threading
 
 import dagster as dg
 import polars as pl
@@ -16,9 +18,11 @@ from mlflow.tracking import MlflowClient
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import keys as fingerprint_module
 from climb_assets.search.assets import build_search_assets
+from climb_assets.search.fanout import RunLog, TrainingRun, train_or_reuse
 from climb_assets.lake import proxy_markers_dir
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.settings import SearchSettings
+from climb_assets.search.state import search_inputs
 from climb_assets.search.keys import fingerprint
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
@@ -179,3 +183,36 @@ def test_fingerprints_are_exact_and_order_free():
     assert fingerprint({"w": 0.30000000000000004}) != fingerprint({"w": 0.3})
     with pytest.raises(ValueError, match="non-finite"):
         fingerprint({"w": float("nan")})
+
+
+def test_two_attempts_of_one_run_train_it_once_and_fail_nothing(home, instance):
+    """A retry while the first attempt is alive, or two searches sharing a run: the second waits and reuses."""
+    write_search_state(home)
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**BASE),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    assert dg.materialize(build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1[:3]],
+                          resources=resources, instance=instance).success  # fmt: skip
+    plan = SearchPlan(home, SearchSettings(**BASE))
+    _, corpus = search_inputs(plan)
+    run = TrainingRun("twice", corpus.groups, corpus.natural_weights(), plan.search.proxy_settings(),
+                      plan.search.proxy_seed(), plan.base_path)  # fmt: skip
+    tracking = resources["mlflow_tracking"]
+    client = tracking.client(home)
+    sink = RunLog(tracking, client, tracking.experiment_id(client, home, plan.cluster_version), None,
+                  plan.mlflow_tags(), logging.getLogger("test"))  # fmt: skip
+    start = threading.Barrier(2)
+    records: list[dict] = []
+
+    def attempt() -> None:
+        start.wait()
+        records.append(train_or_reuse(plan, run, proxy_markers_dir(home), sink))
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r["reused"] for r in records) == [False, True]
+    assert records[0]["fingerprint"] == records[1]["fingerprint"] and records[0]["metrics"] == records[1]["metrics"]
+    runs = client.search_runs([sink.experiment], filter_string=f"tags.`climb.fingerprint` = '{records[0]['fingerprint']}'")
+    assert [r.info.status for r in runs] == ["FINISHED"]
