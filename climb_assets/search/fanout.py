@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from climb_assets.devices import device_lease
+from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, run_proxy
@@ -115,12 +115,6 @@ def run_log(plan: SearchPlan, tracking: MlflowTracking, context, *, experiment_s
     tags = plan.mlflow_tags() | (tags or {})
     parent_id = tracking.open_run(client, experiment, parent, tags, reuse=True) if parent else None
     return RunLog(tracking, client, experiment, parent_id, tags | {"dagster.run_id": context.run_id}, context.log)
-
-
-def gpu_slots(instance: dg.DagsterInstance) -> int:
-    """The ``gpu`` pool's limit on this instance: the number of devices steps may lease."""
-    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
-    return max(1, info.slot_count or 1)
 
 
 def step_key(name: str) -> str:
