@@ -143,7 +143,9 @@ def open_platform(gpu_slots: int = 0):
     from climb_assets.instance import prepare_instance
 
     instance = prepare_instance(home, gpu_slots)
-    from climb_assets.definitions import defs  # after the environment is set: resources read it at import
+    from climb_assets.definitions import (
+        defs,  # after the environment is set: resources read it at import
+    )
 
     return home, instance, defs
 
@@ -168,29 +170,39 @@ def search_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def print_locations(home: ClimbHome, total: float, summary_path: Path) -> None:
-    from climb_assets.lake import proof_report_path
+def search_key_of(defs, home: ClimbHome, run_config: dict | None) -> str:
+    """The key of the search ``run_config`` ran: its ClimbMix and proof are under ``climbmix/<search key>/``."""
+    from climb_assets.search.keys import SearchPlan
 
-    proof = proof_report_path(home)
+    search = defs.resources["search"]
+    chosen = ((run_config or {}).get("resources") or {}).get("search", {}).get("config") or {}
+    return SearchPlan(home, type(search)(**(search.model_dump() | chosen))).search_key
+
+
+def print_locations(home: ClimbHome, search_key: str, total: float, summary_path: Path) -> None:
+    from climb_assets.lake import climbmix_dir, proof_report_path
+
+    proof = proof_report_path(home, search_key)
     if proof.exists():
         print("\n" + proof.read_text())
     print(f"\nDone in {total}s. Everything is under {home.root}:")
     print(f"  lake (Parquet per asset)  {home.lake}")
-    print(f"  ClimbMix + manifest.json  {home.climbmix}")
+    print(f"  ClimbMix + manifest.json  {climbmix_dir(home, search_key)}")
     print(f"  proof report              {proof}")
     print(f"  Dagster instance          {home.dagster}    -> `make ui` (or `climb ui`) to browse runs, assets, checks")
     print(f"  MLflow store              {home.mlflow}     -> `make mlflow-ui` (or `climb mlflow-ui`) to compare proxies")
     print(f"  timings                   {summary_path}")
 
 
-def write_summary(home: ClimbHome, name: str, summary: dict) -> Path:
-    from climb_assets.lake import proof_report_path
+def write_summary(home: ClimbHome, search_key: str, name: str, summary: dict) -> Path:
+    from climb_assets.lake import climbmix_dir, proof_report_path
     from climb_assets.search.tracking import local_tracking_uri
 
     path = home.root / name
     path.write_text(json.dumps(summary | {
-        "climbmix": str(home.climbmix),
-        "proof_report": str(proof_report_path(home)),
+        "search_key": search_key,
+        "climbmix": str(climbmix_dir(home, search_key)),
+        "proof_report": str(proof_report_path(home, search_key)),
         "mlflow_tracking_uri": local_tracking_uri(home),
     }, indent=2, default=str))  # fmt: skip
     return path
@@ -221,12 +233,13 @@ def demo(args: argparse.Namespace) -> None:
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
-    summary = write_summary(home, "demo_summary.json", {
+    search_key = search_key_of(defs, home, None)
+    summary = write_summary(home, search_key, "demo_summary.json", {
         "climb_home": str(home.root), "wave_1_shards": first, "wave_2_shards": second,
         "wave_2_shards_assigned": assigned,
         "corpus": {"wave_1": wave1, "wave_2": wave2}, "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
-    print_locations(home, total, summary)
+    print_locations(home, search_key, total, summary)
 
 
 def ingest(args: argparse.Namespace) -> None:
@@ -254,11 +267,12 @@ def crawl(args: argparse.Namespace) -> None:
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job", run_config, gpu_slots=args.gpu_slots or 1)
     total = round(time.perf_counter() - started, 1)
-    summary = write_summary(home, "crawl_summary.json", {
+    search_key = search_key_of(defs, home, run_config)
+    summary = write_summary(home, search_key, "crawl_summary.json", {
         "climb_home": str(home.root), "new_shards": shards, "search_config": run_config,
         "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
-    print_locations(home, total, summary)
+    print_locations(home, search_key, total, summary)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -15,15 +15,14 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from climb_assets.lake import proxy_markers_dir
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import keys as fingerprint_module
 from climb_assets.search.assets import build_search_assets
 from climb_assets.search.fanout import RunLog, TrainingRun, train_or_reuse
-from climb_assets.lake import proxy_markers_dir
-from climb_assets.search.keys import SearchPlan
+from climb_assets.search.keys import SearchPlan, fingerprint
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.state import search_inputs
-from climb_assets.search.keys import fingerprint
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
 from climb_assets_tests.test_resume import write_search_state

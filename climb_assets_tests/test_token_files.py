@@ -8,11 +8,26 @@ import polars as pl
 import pytest
 
 from climb_assets.home import ClimbHome
-from climb_assets.lm.proxy import ProxySettings, TargetData, load_search_corpus, run_proxy
-from climb_assets.lm.targets import TargetSpec
 from climb_assets.lake import raw_shard_path, raw_shards_dir
-from climb_assets.lm.token_files import TokenStore, ensure_token_files, token_dir, tokenizer_sha256
-from climb_assets.lm.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, train_bpe_tokenizer
+from climb_assets.lm.proxy import (
+    ProxySettings,
+    TargetData,
+    load_search_corpus,
+    run_proxy,
+)
+from climb_assets.lm.targets import TargetSpec
+from climb_assets.lm.token_files import (
+    TokenStore,
+    ensure_token_files,
+    token_dir,
+    tokenizer_sha256,
+)
+from climb_assets.lm.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 

@@ -6,7 +6,11 @@ import dagster as dg
 import polars as pl
 
 from climb_assets.cluster.kmeans import read_cluster_version
-from climb_assets.cluster.lake import current_cluster_dir, current_version, scan_current_assignments
+from climb_assets.cluster.lake import (
+    current_cluster_dir,
+    current_version,
+    scan_current_assignments,
+)
 from climb_assets.home import ClimbHome
 from climb_assets.lake import (
     cluster_decisions_path,

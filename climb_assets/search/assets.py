@@ -24,14 +24,25 @@ from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
 from climb_assets.lm.train import save_checkpoint
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates, token_prior
+from climb_assets.search.candidates import (
+    next_iteration_candidates,
+    sample_dirichlet_candidates,
+    token_prior,
+)
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
 from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.reports import search_plot
 from climb_assets.search.settings import SearchSettings, result_settings_of
 from climb_assets.search.state import read_results, search_inputs, weight_columns
-from climb_assets.search.tracking import MlflowTracking, label_params, log_lightgbm_model, log_run, run_url, tag_run
+from climb_assets.search.tracking import (
+    MlflowTracking,
+    label_params,
+    log_lightgbm_model,
+    log_run,
+    run_url,
+    tag_run,
+)
 from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 

@@ -19,10 +19,10 @@ import dagster as dg
 import numpy as np
 
 from climb_assets.devices import device_lease, gpu_slots
-from climb_assets.resources import ClimbHomeResource
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, run_proxy
 from climb_assets.lm.train import load_checkpoint
+from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.keys import SearchPlan, cached_file_sha256
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.state import search_inputs

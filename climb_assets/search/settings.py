@@ -14,7 +14,12 @@ from pydantic import model_validator
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, TargetData
 from climb_assets.lm.targets import TargetSpec
-from climb_assets.search.predictor import MIN_RUNS_TO_FIT, PREDICTOR_KINDS, PredictorKind, PredictorParams
+from climb_assets.search.predictor import (
+    MIN_RUNS_TO_FIT,
+    PREDICTOR_KINDS,
+    PredictorKind,
+    PredictorParams,
+)
 
 TargetKind = Literal["bpb", "mc", "blend"]
 ModelPreset = Literal["tiny", "demo", "paper_62m", "paper_350m"]
