@@ -81,7 +81,12 @@ def child(step: str, root: str, args: argparse.Namespace) -> dict:
 
         info = {"groups": len(load_search_corpus(home, tokenizer).groups)}
     elif step == "proxy":
-        from climb_assets.lm.proxy import ProxySettings, TargetData, load_search_corpus, run_proxy
+        from climb_assets.lm.proxy import (
+            ProxySettings,
+            TargetData,
+            load_search_corpus,
+            run_proxy,
+        )
         from climb_assets.lm.targets import TargetSpec
 
         corpus = load_search_corpus(home, tokenizer)

@@ -77,6 +77,24 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     return [r.partition_key for r in result.run_requests]
 
 
+def check_settings(defs, run_config: dict) -> None:
+    """Build every configured resource and ClimbMix's config before launching, so a bad setting stops the command at
+    once with the setting's name and allowed range (a UI launch stops at the run's first step, for the same reason)."""
+    from pydantic import ValidationError
+
+    from climb_assets.search.settings import ClimbMixConfig
+
+    built = [(type(defs.resources[key]), defs.resources[key].model_dump() | (entry.get("config") or {}))
+             for key, entry in (run_config.get("resources") or {}).items() if key in defs.resources]  # fmt: skip
+    climbmix = ((run_config.get("ops") or {}).get("climbmix") or {}).get("config")
+    built += [(ClimbMixConfig, climbmix)] if climbmix else []
+    for kind, values in built:
+        try:
+            kind(**values)
+        except ValidationError as error:
+            raise SystemExit("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+
+
 def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_slots: int = 1, asset_selection=None):
     """Run a job on the local instance. With one GPU slot, in this process; with more, every step in its own process
     (Dagster's multiprocess executor on the code location's own definitions), up to ``gpu_slots`` GPU steps at once
@@ -84,6 +102,7 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
     import dagster as dg
 
     config = QUIET | (run_config or {})
+    check_settings(defs, config)
     if gpu_slots > 1:
         job = dg.build_reconstructable_job("climb_assets.definitions", "resolved_job", reconstructable_args=(name,))
         config |= {"execution": {"config": {"multiprocess": {"max_concurrent": gpu_slots + 1}}}}
@@ -124,7 +143,9 @@ def open_platform(gpu_slots: int = 0):
     from climb_assets.instance import prepare_instance
 
     instance = prepare_instance(home, gpu_slots)
-    from climb_assets.definitions import defs  # after the environment is set: resources read it at import
+    from climb_assets.definitions import (
+        defs,  # after the environment is set: resources read it at import
+    )
 
     return home, instance, defs
 
@@ -149,29 +170,39 @@ def search_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def print_locations(home: ClimbHome, total: float, summary_path: Path) -> None:
-    from climb_assets.lake import proof_report_path
+def search_key_of(defs, home: ClimbHome, run_config: dict | None) -> str:
+    """The key of the search ``run_config`` ran: its ClimbMix and proof are under ``climbmix/<search key>/``."""
+    from climb_assets.search.keys import SearchPlan
 
-    proof = proof_report_path(home)
+    search = defs.resources["search"]
+    chosen = ((run_config or {}).get("resources") or {}).get("search", {}).get("config") or {}
+    return SearchPlan(home, type(search)(**(search.model_dump() | chosen))).search_key
+
+
+def print_locations(home: ClimbHome, search_key: str, total: float, summary_path: Path) -> None:
+    from climb_assets.lake import climbmix_dir, proof_report_path
+
+    proof = proof_report_path(home, search_key)
     if proof.exists():
         print("\n" + proof.read_text())
     print(f"\nDone in {total}s. Everything is under {home.root}:")
     print(f"  lake (Parquet per asset)  {home.lake}")
-    print(f"  ClimbMix + manifest.json  {home.climbmix}")
+    print(f"  ClimbMix + manifest.json  {climbmix_dir(home, search_key)}")
     print(f"  proof report              {proof}")
     print(f"  Dagster instance          {home.dagster}    -> `make ui` (or `climb ui`) to browse runs, assets, checks")
     print(f"  MLflow store              {home.mlflow}     -> `make mlflow-ui` (or `climb mlflow-ui`) to compare proxies")
     print(f"  timings                   {summary_path}")
 
 
-def write_summary(home: ClimbHome, name: str, summary: dict) -> Path:
-    from climb_assets.lake import proof_report_path
+def write_summary(home: ClimbHome, search_key: str, name: str, summary: dict) -> Path:
+    from climb_assets.lake import climbmix_dir, proof_report_path
     from climb_assets.search.tracking import local_tracking_uri
 
     path = home.root / name
     path.write_text(json.dumps(summary | {
-        "climbmix": str(home.climbmix),
-        "proof_report": str(proof_report_path(home)),
+        "search_key": search_key,
+        "climbmix": str(climbmix_dir(home, search_key)),
+        "proof_report": str(proof_report_path(home, search_key)),
         "mlflow_tracking_uri": local_tracking_uri(home),
     }, indent=2, default=str))  # fmt: skip
     return path
@@ -202,12 +233,13 @@ def demo(args: argparse.Namespace) -> None:
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job")
     total = round(time.perf_counter() - started, 1)
-    summary = write_summary(home, "demo_summary.json", {
+    search_key = search_key_of(defs, home, None)
+    summary = write_summary(home, search_key, "demo_summary.json", {
         "climb_home": str(home.root), "wave_1_shards": first, "wave_2_shards": second,
         "wave_2_shards_assigned": assigned,
         "corpus": {"wave_1": wave1, "wave_2": wave2}, "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
-    print_locations(home, total, summary)
+    print_locations(home, search_key, total, summary)
 
 
 def ingest(args: argparse.Namespace) -> None:
@@ -235,11 +267,12 @@ def crawl(args: argparse.Namespace) -> None:
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job", run_config, gpu_slots=args.gpu_slots or 1)
     total = round(time.perf_counter() - started, 1)
-    summary = write_summary(home, "crawl_summary.json", {
+    search_key = search_key_of(defs, home, run_config)
+    summary = write_summary(home, search_key, "crawl_summary.json", {
         "climb_home": str(home.root), "new_shards": shards, "search_config": run_config,
         "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
-    print_locations(home, total, summary)
+    print_locations(home, search_key, total, summary)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -15,7 +15,11 @@ from climb_assets.cluster.assets import (  # noqa: E402
     cluster_centroids,
 )
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
-from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions  # noqa: E402
+from climb_assets.ingest.assets import (  # noqa: E402
+    raw_shards,
+    raw_shards_conserve_rows,
+    shard_partitions,
+)
 from climb_assets.ingest.sensors import build_landing_sensor  # noqa: E402
 from climb_assets.quality.assets import QualityScorerResource, quality_signals  # noqa: E402
 from climb_assets.quality.dbt import build_dbt_quality_assets, dbt_resource  # noqa: E402
@@ -25,7 +29,11 @@ from climb_assets.quality.super_clusters import (  # noqa: E402
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.search.assets import build_search_assets  # noqa: E402
-from climb_assets.search.settings import SEARCH_ITERATIONS, ProofSettings, SearchSettings  # noqa: E402
+from climb_assets.search.settings import (  # noqa: E402
+    SEARCH_ITERATIONS,
+    ProofSettings,
+    SearchSettings,
+)
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
 
 per_shard = dg.AssetSelection.assets(raw_shards, embeddings, quality_signals)

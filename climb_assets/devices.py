@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from climb_assets.home import ClimbHome
+from climb_assets.tags import GPU_POOL
 
 WAIT_SECONDS = 0.2
 
@@ -35,6 +36,12 @@ def cpu_cores() -> int:
 def default_slots() -> int:
     """One slot per GPU; on a CPU-only machine one slot (proxy training already uses every core)."""
     return cuda_devices() or 1
+
+
+def gpu_slots(instance) -> int:
+    """The ``gpu`` pool's limit on a Dagster instance: the number of devices steps may lease."""
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return max(1, info.slot_count or 1)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ lake/
   super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
   tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
   search/                             tokenizers/, base/, proxies/, proof_runs/ (content-addressed), searches/<key>/
-climbmix/                             the final mixture's shards, manifest.json, proof.md, proof_runs.parquet
+climbmix/<search key>/                the final mixture's shards, manifest.json, proof.md, proof_runs.parquet
 ```
 """
 
@@ -168,17 +168,22 @@ def search_iteration_dir(home: ClimbHome, search_key: str, iteration: int) -> Pa
 # --- ClimbMix ---------------------------------------------------------------------------------------------------
 
 
-def climbmix_manifest_path(home: ClimbHome) -> Path:
-    """The ClimbMix directory (``home.climbmix``) is swapped whole; its manifest says what is in it."""
-    return home.climbmix / "manifest.json"
+def climbmix_dir(home: ClimbHome, search_key: str) -> Path:
+    """One search's ClimbMix (shards, manifest, proof), swapped whole: two searches in one home (two targets, two
+    settings) never overwrite each other's mixture, and a proof reads only its own search's weights."""
+    return home.climbmix / search_key
 
 
-def proof_report_path(home: ClimbHome) -> Path:
-    return home.climbmix / "proof.md"
+def climbmix_manifest_path(home: ClimbHome, search_key: str) -> Path:
+    return climbmix_dir(home, search_key) / "manifest.json"
 
 
-def proof_runs_path(home: ClimbHome) -> Path:
-    return home.climbmix / "proof_runs.parquet"
+def proof_report_path(home: ClimbHome, search_key: str) -> Path:
+    return climbmix_dir(home, search_key) / "proof.md"
+
+
+def proof_runs_path(home: ClimbHome, search_key: str) -> Path:
+    return climbmix_dir(home, search_key) / "proof_runs.parquet"
 
 
 # --- the dbt sources --------------------------------------------------------------------------------------------

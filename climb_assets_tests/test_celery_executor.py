@@ -22,6 +22,9 @@ from dagster_celery import celery_executor
 from climb_assets.definitions import build_definitions
 from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance
+from climb_assets.lake import proof_report_path
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
@@ -114,4 +117,4 @@ def test_search_runs_on_celery_with_gpu_steps_on_the_gpu_worker(celery_cluster):
     for key, pid in starts.items():
         expected = workers["gpu"].pid if key in gpu_steps else workers["cpu"].pid
         assert pid == expected, (key, pid, {n: w.pid for n, w in workers.items()})
-    assert (home.climbmix / "proof.md").exists()
+    assert proof_report_path(home, SearchPlan(home, SearchSettings(**SETTINGS)).search_key).exists()

@@ -190,3 +190,15 @@ def test_super_cluster_version_changes_when_a_new_shard_joins_under_the_same_cen
     assert version.startswith("v0001-x-s") and version == super_clusters_version("v0001-x", mapping, docs.reverse())
     assert version != super_clusters_version("v0001-x", mapping, docs.head(2))
     assert version != super_clusters_version("v0001-x", mapping, docs.with_columns(cluster_id=pl.lit(0)))
+
+
+def test_super_cluster_version_is_a_plain_sha256_of_the_sorted_rows():
+    """Independent of polars' row hashing (not stable across polars versions): the same version on any install."""
+    from climb_assets.quality.super_clusters import super_clusters_version
+
+    mapping = pl.DataFrame({"cluster_id": [0, 1], "decision": ["keep", "keep"], "super_cluster_id": [0, 0]})
+    docs = pl.DataFrame({"doc_id": ["b", "a", "c"], "cluster_id": [1, 0, 1], "super_cluster_id": [0, 0, 0]})
+    rows = sorted(zip(docs["cluster_id"], docs["doc_id"], docs["super_cluster_id"]))
+    text = "cluster_id,doc_id,super_cluster_id\n" + "".join(f"{c},{d},{s}\n" for c, d, s in rows)
+    expected = hashlib.sha256(mapping.write_csv().encode() + text.encode()).hexdigest()[:8]
+    assert super_clusters_version("v0001-x", mapping, docs) == f"v0001-x-s{expected}"

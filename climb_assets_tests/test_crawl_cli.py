@@ -44,13 +44,15 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
 
     done = climb(home, "crawl", "--target-texts", str(target), "--config", str(config))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"ClimbMix + manifest.json  {home / 'climbmix'}" in done.stdout
     summary = json.loads((home / "crawl_summary.json").read_text())
+    climbmix = home / "climbmix" / summary["search_key"]  # this search's own ClimbMix
+    assert summary["climbmix"] == str(climbmix) and f"ClimbMix + manifest.json  {climbmix}" in done.stdout
     assert sorted(summary["new_shards"]) == ["part-0000.jsonl", "part-0001.jsonl", "part-0002.jsonl"]
-    manifest = json.loads((home / "climbmix" / "manifest.json").read_text())
+    manifest = json.loads((climbmix / "manifest.json").read_text())
+    assert manifest["search_key"] == summary["search_key"]
     # the search measured the user's target file, not the default one
     assert manifest["target"]["texts_sha256"] == hashlib.sha256(target.read_bytes()).hexdigest()
-    assert (home / "climbmix" / "proof.md").exists()
+    assert (climbmix / "proof.md").exists()
 
     again = climb(home, "ingest")
     assert again.returncode == 0 and "nothing new" in again.stdout

@@ -5,9 +5,14 @@ import json
 import polars as pl
 
 from climb_assets.ingest.assets import ingest_to_lake
-from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.shards import IngestSettings, text_hash
+from climb_assets.lake import (
+    dedup_index_path,
+    duplicates_path,
+    quarantine_path,
+    raw_shard_path,
+)
 
 SETTINGS = IngestSettings()
 

@@ -17,7 +17,11 @@ import pytest
 import yaml
 from dagster._config import validate_config
 from dagster._core.execution.api import create_execution_plan
-from dagster._core.instance.config import ConcurrencyConfig, PoolGranularity, dagster_instance_config
+from dagster._core.instance.config import (
+    ConcurrencyConfig,
+    PoolGranularity,
+    dagster_instance_config,
+)
 from dagster_celery import celery_executor
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
@@ -31,8 +35,7 @@ from dagster_k8s.job import (
 )
 from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
 
-from climb_assets.definitions import defs
-from climb_assets.definitions import SEARCH_ITERATIONS
+from climb_assets.definitions import SEARCH_ITERATIONS, defs
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -7,19 +7,22 @@ new settings, and that changing nothing redoes nothing.
 """
 
 import json
+import logging
+import threading
 
 import dagster as dg
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from climb_assets.lake import proxy_markers_dir
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import keys as fingerprint_module
 from climb_assets.search.assets import build_search_assets
-from climb_assets.lake import proxy_markers_dir
-from climb_assets.search.keys import SearchPlan
+from climb_assets.search.fanout import RunLog, TrainingRun, train_or_reuse
+from climb_assets.search.keys import SearchPlan, fingerprint
 from climb_assets.search.settings import SearchSettings
-from climb_assets.search.keys import fingerprint
+from climb_assets.search.state import search_inputs
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
 from climb_assets_tests.test_resume import write_search_state
@@ -148,6 +151,13 @@ def test_new_super_clusters_start_a_new_search(searched):
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_a_missing_membership_file_is_an_error_not_a_key(home):
+    write_search_state(home)
+    (home.lake_dir("super_clusters") / "documents.parquet").unlink()  # e.g. mid-swap of the directory
+    with pytest.raises(dg.Failure, match="no super-cluster membership file"):
+        SearchPlan(home, SearchSettings(**BASE)).membership_sha
+
+
 def test_a_new_algorithm_version_retrains(searched, monkeypatch):
     home, instance = searched
     monkeypatch.setitem(fingerprint_module.ALGORITHM_VERSIONS, "proxy", "proxy-test-bump")
@@ -172,3 +182,36 @@ def test_fingerprints_are_exact_and_order_free():
     assert fingerprint({"w": 0.30000000000000004}) != fingerprint({"w": 0.3})
     with pytest.raises(ValueError, match="non-finite"):
         fingerprint({"w": float("nan")})
+
+
+def test_two_attempts_of_one_run_train_it_once_and_fail_nothing(home, instance):
+    """A retry while the first attempt is alive, or two searches sharing a run: the second waits and reuses."""
+    write_search_state(home)
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**BASE),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    assert dg.materialize(build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1[:3]],
+                          resources=resources, instance=instance).success  # fmt: skip
+    plan = SearchPlan(home, SearchSettings(**BASE))
+    _, corpus = search_inputs(plan)
+    run = TrainingRun("twice", corpus.groups, corpus.natural_weights(), plan.search.proxy_settings(),
+                      plan.search.proxy_seed(), plan.base_path)  # fmt: skip
+    tracking = resources["mlflow_tracking"]
+    client = tracking.client(home)
+    sink = RunLog(tracking, client, tracking.experiment_id(client, home, plan.cluster_version), None,
+                  plan.mlflow_tags(), logging.getLogger("test"))  # fmt: skip
+    start = threading.Barrier(2)
+    records: list[dict] = []
+
+    def attempt() -> None:
+        start.wait()
+        records.append(train_or_reuse(plan, run, proxy_markers_dir(home), sink))
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r["reused"] for r in records) == [False, True]
+    assert records[0]["fingerprint"] == records[1]["fingerprint"] and records[0]["metrics"] == records[1]["metrics"]
+    runs = client.search_runs([sink.experiment], filter_string=f"tags.`climb.fingerprint` = '{records[0]['fingerprint']}'")
+    assert [r.info.status for r in runs] == ["FINISHED"]

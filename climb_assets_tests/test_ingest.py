@@ -8,9 +8,13 @@ import polars as pl
 import pytest
 
 from climb_assets.definitions import defs
-from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions
-from climb_assets.lake import duplicates_path, quarantine_path, raw_shard_path
+from climb_assets.ingest.assets import (
+    raw_shards,
+    raw_shards_conserve_rows,
+    shard_partitions,
+)
 from climb_assets.ingest.sensors import build_landing_sensor
+from climb_assets.lake import duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.storage import lake_file, safe_name
 
 PROSE = [

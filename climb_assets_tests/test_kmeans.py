@@ -8,8 +8,20 @@ import polars as pl
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from climb_assets.cluster.kmeans import assign, assignments_frame, default_k, drift, fit_kmeans, match_to_previous
-from climb_assets.cluster.lake import FitSettings, assign_shard, fit_centroids, scan_current_assignments
+from climb_assets.cluster.kmeans import (
+    assign,
+    assignments_frame,
+    default_k,
+    drift,
+    fit_kmeans,
+    match_to_previous,
+)
+from climb_assets.cluster.lake import (
+    FitSettings,
+    assign_shard,
+    fit_centroids,
+    scan_current_assignments,
+)
 from climb_assets.embed.encode import write_embeddings
 from climb_assets.lake import embeddings_path
 

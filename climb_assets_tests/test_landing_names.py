@@ -10,10 +10,14 @@ import dagster as dg
 import polars as pl
 
 from climb_assets.definitions import defs
-from climb_assets.ingest.assets import raw_shards, raw_shards_conserve_rows, shard_partitions
+from climb_assets.ingest.assets import (
+    raw_shards,
+    raw_shards_conserve_rows,
+    shard_partitions,
+)
 from climb_assets.ingest.landing import partition_key_for
-from climb_assets.lake import landing_rejected_path, raw_shard_path
 from climb_assets.ingest.sensors import build_landing_sensor
+from climb_assets.lake import landing_rejected_path, raw_shard_path
 from climb_assets.storage import safe_name
 
 WORD = "ñame ünïcode"

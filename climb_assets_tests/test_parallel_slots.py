@@ -80,3 +80,29 @@ def test_two_slots_train_proxies_side_by_side_with_identical_results(two_homes):
     # the same proxies, the same results, bit for bit
     columns = ["candidate_id", "fingerprint", "objective", "bpb", "tokens_seen"]
     assert parallel.select(columns).equals(serial.select(columns))
+
+
+def test_embedding_and_base_checkpoint_steps_take_a_device_lease(home, climb_resource, instance):
+    """Every gpu-pool step holds its own device: with cpu-slot-0 held elsewhere, both land on cpu-slot-1."""
+    from climb_assets.devices import device_lease
+    from climb_assets.embed.assets import EmbeddingModelResource, embeddings
+    from climb_assets.lake import raw_shard_path, raw_shards_dir
+    from climb_assets.search.assets import build_search_assets
+    from climb_assets.search.tracking import MlflowTracking
+
+    instance.event_log_storage.set_concurrency_slots(GPU_POOL, 2)
+    write_search_state(home)
+    shard = sorted(p.stem for p in raw_shards_dir(home).glob("*.parquet"))[0]
+    instance.add_dynamic_partitions("raw_shards", [shard])
+    assert raw_shard_path(home, shard).exists()
+    resources = {"climb": climb_resource, "embedder": EmbeddingModelResource(model="minilm", max_seq_length=32),
+                 "search": SearchSettings(**SETTINGS), "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    with device_lease(home, 2) as held:
+        assert held.name == "cpu-slot-0"
+        embedded = dg.materialize([embeddings], partition_key=shard, resources=resources, instance=instance)
+        base = dg.materialize(build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1[:3]],
+                              resources=resources, instance=instance)  # fmt: skip
+    embed_meta = embedded.asset_materializations_for_node("embeddings")[0].metadata
+    base_meta = base.asset_materializations_for_node("proxy_base_checkpoint")[0].metadata
+    assert embed_meta["device_lease"].value == "cpu-slot-1"
+    assert base_meta["device"].value == "cpu-slot-1" and base_meta["torch_device"].value == "cpu"

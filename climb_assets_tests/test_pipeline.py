@@ -6,6 +6,7 @@ Tests run in file order on one session-scoped platform: ingestion, then re-clust
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -14,12 +15,13 @@ import polars as pl
 import pytest
 
 from climb_assets.cluster.assets import build_recluster_sensor
-from climb_assets.embed.encode import read_embeddings
 from climb_assets.definitions import SEARCH_ITERATIONS
+from climb_assets.embed.encode import read_embeddings
+from climb_assets.lake import climbmix_dir
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.keys import SearchPlan
-from climb_assets.search.settings import SearchSettings
 from climb_assets.search.predictor import Predictor
+from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
 
@@ -158,12 +160,17 @@ def test_later_iterations_use_the_previous_predictor(searched):
     assert event.asset_materialization.metadata["top"].value == 128
 
 
+def climbmix_of(home) -> Path:
+    """The tiny search's own ClimbMix directory."""
+    return climbmix_dir(home, SearchPlan(home, SearchSettings(**TINY_SEARCH)).search_key)
+
+
 def test_climbmix_manifest_matches_the_sampled_shards(searched):
     home = searched.home
-    manifest = json.loads((home.climbmix / "manifest.json").read_text())
+    manifest = json.loads((climbmix_of(home) / "manifest.json").read_text())
     weights = {g: v["weight"] for g, v in manifest["weights"].items()}
     assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6)
-    rows = pl.concat([pl.read_parquet(home.climbmix / name) for name in manifest["shards"]])
+    rows = pl.concat([pl.read_parquet(climbmix_of(home) / name) for name in manifest["shards"]])
     assert rows.height == manifest["documents"]
     assert set(rows.columns) == {"text", "doc_id", "super_cluster_id", "source_shard"}
     if not manifest["capped_groups"]:
@@ -180,13 +187,13 @@ def test_climbmix_manifest_matches_the_sampled_shards(searched):
 
 def test_proof_table_comes_from_real_training_runs(searched):
     home = searched.home
-    runs = pl.read_parquet(home.climbmix / "proof_runs.parquet")
+    runs = pl.read_parquet(climbmix_of(home) / "proof_runs.parquet")
     assert sorted(runs["mixture"].unique()) == ["best_random_proxy", "climbmix", "natural", "regmix", "uniform"]
     assert runs.group_by("mixture").len()["len"].to_list() == [2] * 5
     assert runs["bpb"].is_finite().all()
     # each seed is its own training run (two mixtures may coincide on a tiny corpus once the repetition cap bites)
     assert (runs.group_by("mixture").agg(pl.col("bpb").n_unique())["bpb"] == 2).all()
-    report = (home.climbmix / "proof.md").read_text()
+    report = (climbmix_of(home) / "proof.md").read_text()
     for name, bpb in runs.group_by("mixture").agg(pl.col("bpb").mean()).iter_rows():
         assert f"| {name} | 2 | {bpb:.4f} ± " in report
     # every baseline has its paired difference, computed from the same seeds' runs
@@ -208,7 +215,7 @@ def test_random_search_baseline_spends_the_search_budget_reusing_iteration_1(sea
 def test_proof_report_shows_the_search_iteration_by_iteration(searched):
     """Every iteration's Spearman and proxy objectives, read back from the predictors and results on disk."""
     plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
-    report = (searched.home.climbmix / "proof.md").read_text()
+    report = (climbmix_of(searched.home) / "proof.md").read_text()
     runs_so_far = 0
     for k in range(1, SEARCH_ITERATIONS + 1):
         results = pl.read_parquet(plan.results_path(k))

@@ -15,7 +15,13 @@ import pytest
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
-from climb_assets.lm.proxy import ProxySettings, SearchCorpus, TargetData, load_search_corpus, run_proxy
+from climb_assets.lm.proxy import (
+    ProxySettings,
+    SearchCorpus,
+    TargetData,
+    load_search_corpus,
+    run_proxy,
+)
 from climb_assets.lm.targets import TargetSpec
 from climb_assets.lm.tokenizer import ByteTokenizer
 

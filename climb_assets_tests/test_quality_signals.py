@@ -9,13 +9,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from climb_assets.quality.scorers import FastTextScorer, HeuristicScorer, QualityScorer, make_scorer, score_documents
+from climb_assets.quality.scorers import (
+    FastTextScorer,
+    HeuristicScorer,
+    QualityScorer,
+    make_scorer,
+    score_documents,
+)
 from climb_assets.quality.signals import (
     DUP_NGRAM_SIZES,
     SIGNAL_COLUMNS,
     TOP_NGRAM_SIZES,
-    heuristic_score,
     document_signals,
+    heuristic_score,
     rule_violations,
 )
 

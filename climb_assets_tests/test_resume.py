@@ -24,9 +24,9 @@ from mlflow.tracking import MlflowClient
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
 from climb_assets.instance import prepare_instance, release_dead_runs
+from climb_assets.lake import proxy_markers_dir
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.assets import build_search_assets
-from climb_assets.lake import proxy_markers_dir
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri

@@ -1,15 +1,33 @@
 """Token files: one tokenization per (tokenizer, raw shard), read back through memory maps by proxies and ClimbMix."""
 
+import hashlib
+import json
+
 import numpy as np
 import polars as pl
 import pytest
 
 from climb_assets.home import ClimbHome
-from climb_assets.lm.proxy import ProxySettings, TargetData, load_search_corpus, run_proxy
+from climb_assets.lake import raw_shard_path, raw_shards_dir
+from climb_assets.lm.proxy import (
+    ProxySettings,
+    TargetData,
+    load_search_corpus,
+    run_proxy,
+)
 from climb_assets.lm.targets import TargetSpec
-from climb_assets.lake import raw_shards_dir
-from climb_assets.lm.token_files import TokenStore, ensure_token_files, token_dir, tokenizer_sha256
-from climb_assets.lm.tokenizer import ByteTokenizer, load_tokenizer, train_bpe_tokenizer
+from climb_assets.lm.token_files import (
+    TokenStore,
+    ensure_token_files,
+    token_dir,
+    tokenizer_sha256,
+)
+from climb_assets.lm.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -87,6 +105,29 @@ def test_rewritten_shard_is_tokenized_again(home, bpe):
     frame = add_shard(home, "s0", n=25, seed=7)  # same name, new content
     assert ensure_token_files(home, bpe)["tokenized"] == ["s0"]
     assert [r.tolist() for r in decode_shard(home, bpe, "s0")] == [bpe.encode(t) for t in frame["text"]]
+
+
+def test_a_shard_replaced_during_tokenization_is_not_certified_by_the_new_bytes(home, bpe):
+    """The tokenizer replaces the shard mid-way (a re-ingest racing the token files): the files must describe the
+    bytes that were tokenized, so the next pass sees the new content and tokenizes it again."""
+    original = add_shard(home, "s0")
+    raw = raw_shard_path(home, "s0")
+    original_sha = hashlib.sha256(raw.read_bytes()).hexdigest()
+
+    class RacingTokenizer(BPETokenizer):  # the same definition, so the same token directory
+        raced = False
+
+        def encode_batch(self, texts):
+            if not self.raced:
+                self.raced = True
+                add_shard(home, "s0", n=25, seed=7)
+            return super().encode_batch(texts)
+
+    assert ensure_token_files(home, RacingTokenizer(bpe._tok))["tokenized"] == ["s0"]
+    meta = json.loads((token_dir(home, bpe) / "s0.json").read_text())
+    assert meta["raw_sha256"] == original_sha and meta["rows"] == original.height
+    assert ensure_token_files(home, bpe)["tokenized"] == ["s0"]  # the new bytes are tokenized, not trusted
+    assert len(decode_shard(home, bpe, "s0")) == 25
 
 
 def test_corpus_indexes_membership_and_proxy_is_deterministic(home, bpe):

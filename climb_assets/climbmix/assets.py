@@ -14,9 +14,20 @@ from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.assets import final_predictor_key
 from climb_assets.search.candidates import best_predicted_mixture, token_prior
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
-from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, cached_file_sha256, fingerprint
+from climb_assets.search.keys import (
+    ALGORITHM_VERSIONS,
+    SearchPlan,
+    cached_file_sha256,
+    fingerprint,
+)
 from climb_assets.search.predictor import Predictor, select_predictor
-from climb_assets.search.reports import predictor_plot, proof_markdown, proof_plot, search_progress, weights_plot
+from climb_assets.search.reports import (
+    predictor_plot,
+    proof_markdown,
+    proof_plot,
+    search_progress,
+    weights_plot,
+)
 from climb_assets.search.settings import ClimbMixConfig, ProofSettings, SearchSettings
 from climb_assets.search.state import read_results, search_inputs, weight_columns
 from climb_assets.search.tracking import MlflowTracking, log_run
@@ -104,7 +115,7 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
 def proof_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
     """Every mixture × seed, paired: the same seeds (data order, initialisation) for every mixture."""
     _, corpus = search_inputs(plan)
-    manifest = json.loads(lake.climbmix_manifest_path(plan.home).read_text())
+    manifest = json.loads(lake.climbmix_manifest_path(plan.home, plan.search_key).read_text())
     settings = proof.proxy_settings(plan.search)
     init = plan.base_path if proof.start == "base" else None
     return [
@@ -168,7 +179,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         home = plan.home
         _, corpus = search_inputs(plan)
         weights, predicted, key = choose_climbmix(config, plan, iterations)
-        manifest_path = lake.climbmix_manifest_path(home)
+        manifest_path = lake.climbmix_manifest_path(home, plan.search_key)
         existing = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
         reused = existing.get("fingerprint") == key
         if reused:
@@ -179,7 +190,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
                 f"iteration_{k}": Predictor.load(plan.predictor_path(k)).extra.get("spearman") for k in range(1, iterations + 1)
             }
             manifest = write_climbmix(
-                home.climbmix, corpus, weights, token_budget=config.token_budget, max_repeats=config.max_repeats,
+                manifest_path.parent, corpus, weights, token_budget=config.token_budget, max_repeats=config.max_repeats,
                 seed=config.seed, docs_per_shard=config.docs_per_shard,
                 manifest_extra={
                     "fingerprint": key,
@@ -232,9 +243,9 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             for stat, column in (("delta", "mean_delta"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))
         })  # fmt: skip
         sink.client.set_terminated(summary_run)
-        with atomic_path(lake.proof_report_path(home)) as tmp:
+        with atomic_path(lake.proof_report_path(home, plan.search_key)) as tmp:
             tmp.write_text(report)
-        write_parquet_atomic(runs_frame, lake.proof_runs_path(home))
+        write_parquet_atomic(runs_frame, lake.proof_runs_path(home, plan.search_key))
         metric = "bpb" if "bpb_mean" in table.columns else "objective"
         return dg.Output(
             None,

@@ -28,7 +28,6 @@ import polars as pl
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-
 K_INIT_PAPER = 1000
 DEFAULT_NITER = 20
 DEFAULT_MAX_POINTS_PER_CENTROID = 256

@@ -1,6 +1,12 @@
 """Document embeddings: offline models (MiniLM, static distilled MiniLM, any sentence-transformers model)."""
 
-from climb_assets.embed.encode import Embeddings, embed_documents, embed_texts, read_embeddings, write_embeddings
+from climb_assets.embed.encode import (
+    Embeddings,
+    embed_documents,
+    embed_texts,
+    read_embeddings,
+    write_embeddings,
+)
 from climb_assets.embed.models import (
     DEFAULT_MODEL,
     EmbeddingModel,

@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.embed.encode import embed_documents, write_embeddings
 from climb_assets.embed.models import load_model
 from climb_assets.home import ClimbHome
@@ -37,9 +38,11 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
         return "minilm" if torch.cuda.is_available() else "static"
 
-    def load(self, home: ClimbHome):
+    def load(self, home: ClimbHome, leased_device: str | None = None):
+        """The model on the configured device, else on the step's leased one (CUDA when present)."""
         return load_model(
-            self.model_name(), device=self.device or None, max_seq_length=self.max_seq_length, cache_dir=home.models / "static-minilm"
+            self.model_name(), device=self.device or leased_device, max_seq_length=self.max_seq_length,
+            cache_dir=home.models / "static-minilm",
         )
 
 
@@ -58,10 +61,11 @@ def embeddings(
     home = climb.home()
     shard = context.partition_key
     docs = pl.read_parquet(raw_shard_path(home, shard), columns=["doc_id", "text"])
-    model = embedder.load(home)
-    started = time.perf_counter()
-    vectors, empty = embed_documents(model, docs["text"].to_list(), batch_size=embedder.batch_size)
-    seconds = time.perf_counter() - started
+    with device_lease(home, gpu_slots(context.instance)) as lease:  # one device per GPU-pool step, never shared
+        model = embedder.load(home, lease.device)
+        started = time.perf_counter()
+        vectors, empty = embed_documents(model, docs["text"].to_list(), batch_size=embedder.batch_size)
+        seconds = time.perf_counter() - started
     rejected = docs[empty].select(
         "doc_id", reason=pl.lit(f"empty_embedding: {model.name} has no vector for any token of the text")
     )
@@ -76,6 +80,7 @@ def embeddings(
             "seconds": round(seconds, 2),
             "model": model.name,
             "device": str(getattr(model, "device", "cpu")),
+            "device_lease": lease.name,
             "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
             "bytes": path.stat().st_size,
             "path": dg.MetadataValue.path(str(path)),

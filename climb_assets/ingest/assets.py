@@ -6,17 +6,22 @@ import dagster as dg
 import polars as pl
 
 from climb_assets.home import ClimbHome
-from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
-from climb_assets.metadata import markdown_table
 from climb_assets.ingest.dedup_index import DedupIndex
+from climb_assets.ingest.landing import landed_path
 from climb_assets.ingest.shards import (
     IngestSettings,
     UnreadableShardError,
     count_shard_rows,
     ingest_shard,
 )
+from climb_assets.lake import (
+    dedup_index_path,
+    duplicates_path,
+    quarantine_path,
+    raw_shard_path,
+)
+from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.ingest.landing import landed_path
 from climb_assets.storage import write_parquet_atomic
 from climb_assets.tags import LAKE_WRITER_POOL
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import polars as pl
 
 from climb_assets.home import ClimbHome
-from climb_assets.lake import landing_registry_dir, landing_rejected_path
 from climb_assets.ingest.shards import SHARD_SUFFIXES, shard_suffix
+from climb_assets.lake import landing_registry_dir, landing_rejected_path
 from climb_assets.storage import safe_name, write_json_atomic, write_parquet_atomic
 
 SLUG_CHARS = 60

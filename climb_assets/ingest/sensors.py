@@ -6,7 +6,12 @@ import json
 import dagster as dg
 
 from climb_assets.ingest.assets import shard_partitions
-from climb_assets.ingest.landing import LandedFile, record_rejections, register, scan_landing
+from climb_assets.ingest.landing import (
+    LandedFile,
+    record_rejections,
+    register,
+    scan_landing,
+)
 from climb_assets.lake import landing_rejected_path
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource

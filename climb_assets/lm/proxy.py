@@ -16,8 +16,19 @@ from climb_assets.home import ClimbHome
 from climb_assets.lake import super_cluster_documents_path, super_cluster_table_path
 from climb_assets.lm.mixture import DocPool, MixtureSampler
 from climb_assets.lm.model import GPT, GPTConfig, preset
-from climb_assets.lm.targets import MCItem, TargetSpec, evaluate_target, load_mc_tasks, load_target_texts
-from climb_assets.lm.token_files import GroupDocs, TokenStore, cached_group_index, open_store
+from climb_assets.lm.targets import (
+    MCItem,
+    TargetSpec,
+    evaluate_target,
+    load_mc_tasks,
+    load_target_texts,
+)
+from climb_assets.lm.token_files import (
+    GroupDocs,
+    TokenStore,
+    cached_group_index,
+    open_store,
+)
 from climb_assets.lm.tokenizer import TextTokenizer
 from climb_assets.lm.train import TrainConfig, pack_documents, train_proxy
 

@@ -18,7 +18,9 @@ against the raw shards' ``doc_id`` column: ids and ints only, never text or toke
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +73,24 @@ def is_current(raw_path: Path, directory: Path) -> bool:
     return True
 
 
+def read_settled(path: Path) -> tuple[bytes, os.stat_result]:
+    """A file's bytes and the stat that describes them: read between two equal stats, so a shard replaced while it
+    is read is never certified by the other version's size, time or hash."""
+    before = path.stat()
+    data = path.read_bytes()
+    after = path.stat()
+    if (before.st_size, before.st_mtime_ns, before.st_ino) != (after.st_size, after.st_mtime_ns, after.st_ino):
+        raise RuntimeError(f"{path} changed while it was read for tokenization: materialize it again")
+    return data, after
+
+
 def tokenize_shard(raw_path: Path, tokenizer: TextTokenizer, directory: Path) -> dict:
-    """Write ``<shard>.bin/.idx/.json`` for one raw shard; memory is one shard's text plus one encode batch."""
+    """Write ``<shard>.bin/.idx/.json`` for one raw shard; memory is one shard's bytes and text plus one encode
+    batch. The meta's hash, size and time are those of the bytes tokenized."""
     shard = raw_path.stem
     dtype = token_dtype(tokenizer.vocab_size)
-    stat = raw_path.stat()
-    texts = pl.read_parquet(raw_path, columns=["text"])["text"]
+    data, stat = read_settled(raw_path)
+    texts = pl.read_parquet(io.BytesIO(data), columns=["text"])["text"]
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     with atomic_path(lake_file(directory, shard, ".bin")) as tmp, open(tmp, "wb") as out:
         for start in range(0, len(texts), ENCODE_BATCH):
@@ -90,7 +104,7 @@ def tokenize_shard(raw_path: Path, tokenizer: TextTokenizer, directory: Path) ->
         np.save(out, offsets)
     meta = {
         "shard": shard,
-        "raw_sha256": file_sha256(raw_path),
+        "raw_sha256": hashlib.sha256(data).hexdigest(),  # the very bytes tokenized, not the file as it is now
         "raw_size": stat.st_size,
         "raw_mtime_ns": stat.st_mtime_ns,
         "dtype": dtype.name,

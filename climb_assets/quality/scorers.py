@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
-from climb_assets.quality.signals import heuristic_score, document_signals
+from climb_assets.quality.signals import document_signals, heuristic_score
 
 
 @runtime_checkable

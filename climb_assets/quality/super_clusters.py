@@ -3,11 +3,14 @@
 import hashlib
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from climb_assets.cluster.kmeans import read_cluster_version
-from climb_assets.cluster.lake import current_cluster_dir, current_version, scan_current_assignments
+from climb_assets.cluster.lake import (
+    current_cluster_dir,
+    current_version,
+    scan_current_assignments,
+)
 from climb_assets.home import ClimbHome
 from climb_assets.lake import (
     cluster_decisions_path,
@@ -37,13 +40,18 @@ class MergeConfig(dg.Config):
     target_count: int = 0
 
 
+VERSION_DIGEST_ROWS = 100_000  # rows serialised per digest update: memory stays bounded by the slice
+
+
 def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_super: pl.DataFrame) -> str:
     """Keyed by the centroids, the fine -> super mapping and which documents are in it (new shards assigned under
-    the same centroids change the version): an order-free digest of every (doc, cluster, super-cluster) row."""
+    the same centroids change the version): sha256 over the rows sorted by every column, written as CSV, so it is
+    order-free and the same on every polars version (``hash_rows`` promises neither)."""
     digest = hashlib.sha256(mapping.write_csv().encode())
-    row_hashes = doc_super.select(sorted(doc_super.columns)).hash_rows(seed=0).to_numpy()
-    digest.update(str(int(row_hashes.sum(dtype=np.uint64))).encode())  # wraps mod 2**64: order-free
-    digest.update(str(doc_super.height).encode())
+    columns = sorted(doc_super.columns)
+    rows = doc_super.select(columns).sort(columns)
+    for start in range(0, rows.height, VERSION_DIGEST_ROWS):
+        digest.update(rows.slice(start, VERSION_DIGEST_ROWS).write_csv(include_header=start == 0).encode())
     return f"{centroid_version}-s{digest.hexdigest()[:8]}"
 
 

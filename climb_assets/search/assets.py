@@ -10,27 +10,39 @@ re-cluster or a settings change starts a new search instead of reading the old o
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from climb_assets import lake
+from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.lm.proxy import run_proxy
 from climb_assets.lm.token_files import ensure_token_files, token_dir, tokenizer_sha256
 from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
 from climb_assets.lm.train import save_checkpoint
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates, token_prior
+from climb_assets.search.candidates import (
+    next_iteration_candidates,
+    sample_dirichlet_candidates,
+    token_prior,
+)
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
 from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.reports import search_plot
 from climb_assets.search.settings import SearchSettings, result_settings_of
 from climb_assets.search.state import read_results, search_inputs, weight_columns
-from climb_assets.search.tracking import MlflowTracking, label_params, log_lightgbm_model, log_run, run_url, tag_run
+from climb_assets.search.tracking import (
+    MlflowTracking,
+    label_params,
+    log_lightgbm_model,
+    log_run,
+    run_url,
+    tag_run,
+)
 from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
@@ -97,7 +109,8 @@ def proxy_token_files(climb: ClimbHomeResource, search: SearchSettings) -> dg.Ma
 
 @dg.asset(group_name="search", deps=[proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
           code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
-def proxy_base_checkpoint(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
+def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
+                          search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
     """One proxy trained on the natural mixture; every proxy continues from it, as the paper's proxies do
     (cuts the cost and the variance of each proxy run). Reused when its fingerprint is unchanged."""
     plan = SearchPlan(climb.home(), search)
@@ -106,12 +119,16 @@ def proxy_base_checkpoint(climb: ClimbHomeResource, search: SearchSettings) -> d
     path = plan.base_path
     record_path = path.with_suffix(".json")  # how it was made; kept out of the checkpoint so its bytes (and hash)
     reused = path.exists() and record_path.exists()  # depend on the weights alone
+    lease_metadata = {}
     if not reused:
         tokenizer, corpus = search_inputs(plan)
         settings = search.base_settings()
-        outcome, model = run_proxy(
-            corpus, tokenizer, corpus.natural_weights(), settings, search.target(plan.home), seed=search.seed
-        )
+        with device_lease(plan.home, gpu_slots(context.instance)) as lease:  # the device and threads are speed-only:
+            pinned = replace(settings, device=lease.device, num_threads=settings.num_threads or lease.threads)
+            outcome, model = run_proxy(  # the key stays the same
+                corpus, tokenizer, corpus.natural_weights(), pinned, search.target(plan.home), seed=search.seed
+            )
+        lease_metadata = lease.metadata()
         save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
         write_json_atomic({"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
                            "fingerprint": plan.base_key}, record_path)  # fmt: skip
@@ -125,6 +142,7 @@ def proxy_base_checkpoint(climb: ClimbHomeResource, search: SearchSettings) -> d
             "seconds": round(extra.get("seconds", 0.0), 1),
             "path": dg.MetadataValue.path(str(path)),
             **{f"target_{k}": round(v, 4) for k, v in extra.get("metrics", {}).items()},
+            **lease_metadata,
         },
         data_version=dg.DataVersion(plan.base_sha),
     )

@@ -18,16 +18,16 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from climb_assets.devices import device_lease
-from climb_assets.resources import ClimbHomeResource
+from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, run_proxy
 from climb_assets.lm.train import load_checkpoint
+from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.keys import SearchPlan, cached_file_sha256
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.state import search_inputs
 from climb_assets.search.tracking import MlflowTracking, log_run, weight_params
-from climb_assets.storage import write_json_atomic
+from climb_assets.storage import exclusive_lock, write_json_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
@@ -61,14 +61,24 @@ class RunLog:
 def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: RunLog) -> dict:
     """The finished record of ``run``: read from its fingerprinted marker, or trained now (as a new MLflow run).
 
-    A run left RUNNING in MLflow by a killed attempt with the same key is marked FAILED first; the marker is written
-    last and atomically, so a killed training leaves no record and is redone, and a finished one is never repeated.
+    One attempt per key at a time: a second attempt (a retry while the first is alive, or two searches sharing a
+    run) waits on the key's lock, then reuses the first's record. Holding the lock, a run still RUNNING in MLflow
+    with the same key can only be a killed attempt's, and is marked FAILED; the marker is written last and
+    atomically, so a killed training leaves no record and is redone, and a finished one is never repeated.
     """
     init_sha = cached_file_sha256(run.init_path) if run.init_path else None
     key = plan.run_key(run.named_weights(), run.settings, run.seed, init_sha)
     marker = marker_dir / f"{key}.json"
-    if marker.exists():
-        return json.loads(marker.read_text()) | {"name": run.name, "reused": True}  # the same work, another name
+    def waiting(pid: str) -> None:
+        sink.log.info(f"{run.name}: another attempt (pid {pid}) is training {key}; waiting for it")
+
+    with exclusive_lock(marker.with_suffix(".lock"), on_wait=waiting):
+        if marker.exists():
+            return json.loads(marker.read_text()) | {"name": run.name, "reused": True}  # the same work, another name
+        return _train(plan, run, key, init_sha, marker, sink) | {"reused": False}
+
+
+def _train(plan: SearchPlan, run: TrainingRun, key: str, init_sha: str | None, marker: Path, sink: RunLog) -> dict:
     client = sink.client
     stale = client.search_runs(
         [sink.experiment], filter_string=f"tags.`climb.fingerprint` = '{key}' and attributes.status = 'RUNNING'"
@@ -93,7 +103,7 @@ def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: R
     }  # fmt: skip
     write_json_atomic(record, marker)
     sink.log.info(f"{run.name}: objective {outcome.metrics['objective']:.4f} in {outcome.seconds:.1f}s ({key})")
-    return record | {"reused": False}
+    return record
 
 
 def run_log(plan: SearchPlan, tracking: MlflowTracking, context, *, experiment_suffix: str = "",
@@ -105,12 +115,6 @@ def run_log(plan: SearchPlan, tracking: MlflowTracking, context, *, experiment_s
     tags = plan.mlflow_tags() | (tags or {})
     parent_id = tracking.open_run(client, experiment, parent, tags, reuse=True) if parent else None
     return RunLog(tracking, client, experiment, parent_id, tags | {"dagster.run_id": context.run_id}, context.log)
-
-
-def gpu_slots(instance: dg.DagsterInstance) -> int:
-    """The ``gpu`` pool's limit on this instance: the number of devices steps may lease."""
-    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
-    return max(1, info.slot_count or 1)
 
 
 def step_key(name: str) -> str:

@@ -99,8 +99,12 @@ class SearchPlan:
 
     @cached_property
     def membership_sha(self) -> str:
-        """Which documents are in which super-cluster (the cluster version names it; the hash proves it)."""
-        return cached_file_sha256(lake.super_cluster_documents_path(self.home)) or "absent"
+        """Which documents are in which super-cluster (the cluster version names it; the hash proves it). A missing
+        file is an error, never a key: a key made of "absent" would match every search's."""
+        sha = cached_file_sha256(lake.super_cluster_documents_path(self.home))
+        if sha is None:
+            raise dg.Failure("no super-cluster membership file: materialize quality_filtered_clusters (recluster_job)")
+        return sha
 
     @cached_property
     def corpus_ingredients(self) -> dict:

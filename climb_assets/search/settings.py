@@ -9,11 +9,17 @@ from dataclasses import asdict
 from typing import Literal
 
 import dagster as dg
+from pydantic import model_validator
 
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, TargetData
 from climb_assets.lm.targets import TargetSpec
-from climb_assets.search.predictor import PREDICTOR_KINDS, PredictorKind, PredictorParams
+from climb_assets.search.predictor import (
+    MIN_RUNS_TO_FIT,
+    PREDICTOR_KINDS,
+    PredictorKind,
+    PredictorParams,
+)
 
 TargetKind = Literal["bpb", "mc", "blend"]
 ModelPreset = Literal["tiny", "demo", "paper_62m", "paper_350m"]
@@ -36,6 +42,20 @@ PAPER_SCALE = {
     "block_size": 1024,
     "predictor_min_child_samples": 5,
 }
+
+
+class SettingsError(ValueError):
+    """Settings that cannot make a result, named with their allowed range: raised when the settings are built (a
+    run's first step, and before launch for the ``climb`` commands), never minutes later inside a step."""
+
+
+def check(owner: str, problems: list[str]) -> None:
+    if problems:
+        raise SettingsError(f"invalid {owner}: " + "; ".join(problems))
+
+
+def at_least(name: str, value: float, low: float, why: str = "") -> list[str]:
+    return [] if value >= low else [f"{name} must be >= {low:g}{f' ({why})' if why else ''}, got {value:g}"]
 
 
 def result_settings_of(settings: ProxySettings) -> dict:
@@ -74,6 +94,41 @@ class SearchSettings(dg.ConfigurableResource):
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
     # process; keep the best each iteration. LightGBM's held-out score is reported either way.
     predictor_kind: PredictorChoice = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchSettings":
+        step = self.batch_size * self.block_size
+        counts = self.proxies_per_iteration
+        problems = [] if counts and min(counts) >= 1 else [f"proxies_per_iteration must be one count >= 1 per "
+                                                           f"iteration, got {counts}"]  # fmt: skip
+        if counts:
+            problems += at_least("proxies_per_iteration[0]", counts[0], MIN_RUNS_TO_FIT, "the first predictor's runs")
+            top = max(max(n * n for n in counts), 128)
+            problems += at_least("pool_size", self.pool_size, top, "the top max(n^2, 128) set is drawn from it")
+        problems += at_least("seed", self.seed, 0)
+        problems += at_least("max_target_texts", self.max_target_texts, 1)
+        problems += at_least("tokenizer_vocab_size", self.tokenizer_vocab_size, 258, "256 bytes + EOT + one merge")
+        problems += at_least("tokenizer_sample_docs", self.tokenizer_sample_docs, 1)
+        for name in ("n_layer", "n_head", "n_embd", "num_threads"):
+            problems += at_least(name, getattr(self, name), 0, "0 means the default")
+        if self.n_head and self.n_embd and self.n_embd % self.n_head:
+            problems.append(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        problems += at_least("block_size", self.block_size, 1) + at_least("batch_size", self.batch_size, 1)
+        problems += at_least("token_budget", self.token_budget, step, "batch_size x block_size: one optimizer step")
+        if self.base_token_budget:
+            problems += at_least("base_token_budget", self.base_token_budget, step, "0 disables the base; else one step")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr:g}")
+        problems += at_least("max_repeats", self.max_repeats, 1, "each document at least once")
+        problems += at_least("predictor_min_child_samples", self.predictor_min_child_samples, 1)
+        problems += at_least("predictor_folds", self.predictor_folds, 2)
+        if self.target_kind == "blend":
+            problems += at_least("target_blend_bpb", self.target_blend_bpb, 0) + at_least("target_blend_mc",
+                                                                                        self.target_blend_mc, 0)
+            if self.target_blend_bpb + self.target_blend_mc <= 0:
+                problems.append("target_blend_bpb + target_blend_mc must be > 0 for target_kind: blend")
+        check("search settings", problems)
+        return self
 
     def proxy_seed(self) -> int:
         """One seed for every proxy of a search (common random numbers): iterations and the random baseline differ
@@ -135,6 +190,16 @@ class ProofSettings(dg.ConfigurableResource):
     n_embd: int = 0
     token_budget: int = PROXY.token_budget
 
+    @model_validator(mode="after")
+    def _check(self) -> "ProofSettings":
+        problems = [] if self.seeds and len(set(self.seeds)) == len(self.seeds) else [
+            f"seeds must be distinct and at least one, got {self.seeds}"]  # fmt: skip
+        for name in ("n_layer", "n_head", "n_embd"):
+            problems += at_least(name, getattr(self, name), 0, "0 means the proxies' shape")
+        problems += at_least("token_budget", self.token_budget, 1)
+        check("proof settings", problems)
+        return self
+
     def proxy_settings(self, search: SearchSettings) -> ProxySettings:
         proxy = search.proxy_settings()
         shape = {k: getattr(self, k) or getattr(proxy, k) for k in ("n_layer", "n_head", "n_embd")}
@@ -153,3 +218,11 @@ class ClimbMixConfig(dg.Config):
     max_repeats: float = PROXY.max_repeats
     docs_per_shard: int = 5_000
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClimbMixConfig":
+        problems = at_least("token_budget", self.token_budget, 1) + at_least("top_k_average", self.top_k_average, 1)
+        problems += at_least("pool_size", self.pool_size, self.top_k_average, "top_k_average is drawn from it")
+        problems += at_least("max_repeats", self.max_repeats, 1) + at_least("docs_per_shard", self.docs_per_shard, 1)
+        check("climbmix config", problems)
+        return self
