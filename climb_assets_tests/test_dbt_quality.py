@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
@@ -168,3 +169,10 @@ def test_every_cluster_accounted_for_catches_a_stale_decision_file(home: ClimbHo
     result = dbt("test", "--select", "cluster_decisions")
     assert not result.success
     assert [name.split("_cluster_decisions")[0] for name in result.failed] == ["every_cluster_accounted_for"]
+
+
+def test_dbt_models_sit_in_the_quality_group_beside_the_python_quality_assets():
+    from climb_assets.quality.dbt import build_dbt_quality_assets
+
+    groups = build_dbt_quality_assets().group_names_by_key
+    assert dg.AssetKey("cluster_decisions") in groups and set(groups.values()) == {"quality"}
