@@ -16,7 +16,7 @@ from climb_assets.cluster.lake import (
     assignment_path,
     current_version,
     fit_centroids,
-    scan_current_assignments,
+    scan_assignments,
     unassigned_shards,
 )
 from climb_assets.cluster.sample import draw_sample, npz_member_memmap, sample_rows
@@ -89,7 +89,7 @@ def test_new_shard_is_assigned_alone_and_touches_no_other_file(home, centers):
     write_shard(home, "new-0", centers[:N_BLOBS], seed=10)
     assert unassigned_shards(home) == ["new-0"]
     with pytest.raises(FileNotFoundError, match="no assignment"):
-        scan_current_assignments(home)
+        scan_assignments(home, version)
     result = assign_shard(home, "new-0")
 
     assert fingerprints(old) == before
@@ -97,7 +97,7 @@ def test_new_shard_is_assigned_alone_and_touches_no_other_file(home, centers):
     assert result["docs"] == SHARD_DOCS and 0.5 < result["drift"] < 1.25
     frame = pl.read_parquet(assignment_path(home, version, "new-0"))
     assert frame["doc_id"].to_list() == [f"new-0-{i}" for i in range(SHARD_DOCS)]
-    assert scan_current_assignments(home).collect().height == 4 * SHARD_DOCS
+    assert scan_assignments(home, version).collect().height == 4 * SHARD_DOCS
 
 
 def test_new_kind_of_text_shows_as_drift(home, centers):
@@ -120,9 +120,25 @@ def test_refit_keeps_ids_stable_and_makes_every_shard_stale(home, centers):
     for shard in unassigned_shards(home):
         assign_shard(home, shard)
     old = pl.read_parquet(home.lake_dir("clusters") / first / "assignments" / "*.parquet")
-    new = scan_current_assignments(home).collect()
+    new = scan_assignments(home, second).collect()
     joined = old.join(new, on="doc_id", suffix="_new")
     assert joined.height == old.height and (joined["cluster_id"] == joined["cluster_id_new"]).mean() > 0.99
+
+
+def test_the_current_version_is_one_file_replaced_by_a_rename(home, centers):
+    write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
+    first, _ = fit_centroids(home, SETTINGS)
+    assign_shard(home, "old-0")
+    pointer = home.lake_dir("clusters") / "CURRENT"
+    before = pointer.stat().st_ino
+    second, _ = fit_centroids(home, FitSettings(k=N_BLOBS, seed=1, nredo=3, max_points_per_centroid=40))
+    entries = {p.name for p in home.lake_dir("clusters").iterdir() if not p.name.startswith(".")}
+    assert entries == {"CURRENT", first, second}  # one pointer: no second one (a symlink) to disagree with it
+    assert pointer.is_file() and not pointer.is_symlink() and pointer.read_text() == second == current_version(home)
+    assert pointer.stat().st_ino != before  # a new file renamed over the old, never rewritten in place
+    assert scan_assignments(home, first).collect()["doc_id"].to_list() == [f"old-0-{i}" for i in range(SHARD_DOCS)]
+    with pytest.raises(FileNotFoundError, match="no assignment under " + second):
+        scan_assignments(home, second)
 
 
 def test_labels_and_examples_read_a_bounded_text_sample():
@@ -198,7 +214,8 @@ def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers,
 
     write_shard(home, "a", centers[:N_BLOBS], seed=0)
     rng = np.random.default_rng(1)  # a second embedding model: every fit fails until "b" is re-embedded
-    write_embeddings(home.lake_dir("embeddings") / "b.npz", ["b-0", "b-1"], unit(rng.standard_normal((2, DIM))), "other")
+    other_model = unit(rng.standard_normal((2, DIM)))
+    write_embeddings(home.lake_dir("embeddings") / "b.npz", ["b-0", "b-1"], other_model, "other")
     (request,) = evaluate().run_requests
     assert request.run_key == "first-fit:attempt-1"
     launched = instance.create_run_for_job(fit_job, tags=request.tags, status=dg.DagsterRunStatus.NOT_STARTED)

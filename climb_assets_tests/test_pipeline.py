@@ -75,7 +75,7 @@ def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
     p.run_job(p.defs, p.instance, "recluster_job")
     assert isinstance(sensor(context()), dg.SkipReason)
 
-    after = pl.read_parquet(p.home.lake_dir("clusters") / "current" / "assignments" / "*.parquet")
+    after = pl.read_parquet(p.home.lake_dir("clusters") / version / "assignments" / "*.parquet")
     all_docs = pl.scan_parquet(p.home.lake_dir("raw_shards") / "*.parquet").select("doc_id").collect()
     assert sorted(after["doc_id"].to_list()) == sorted(all_docs["doc_id"].to_list())
     clusters = pl.read_parquet(p.home.lake_dir("clusters") / version / "clusters.parquet")
