@@ -15,7 +15,6 @@
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -282,14 +281,16 @@ def run(args: argparse.Namespace) -> None:
     run_job(defs, instance, args.job, run_config, gpu_slots=args.gpu_slots or 1)
 
 
+# The UIs replace this process (exec), so `climb ui`'s pid is the server's: a signal to it stops the server and
+# everything it started (dagster dev and mlflow forward SIGTERM to their children), never leaving them orphaned.
 def ui(args: argparse.Namespace) -> None:
     home = ClimbHome.from_env().ensure()
     from climb_assets.instance import prepare_instance
 
     prepare_instance(home)
-    env = os.environ | platform_env(home)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port)]
-    raise SystemExit(subprocess.call(command, env=env, cwd=REPO_ROOT))
+    os.chdir(REPO_ROOT)
+    os.execve(sys.executable, command, os.environ | platform_env(home))
 
 
 def mlflow_ui(args: argparse.Namespace) -> None:
@@ -297,7 +298,7 @@ def mlflow_ui(args: argparse.Namespace) -> None:
 
     home = ClimbHome.from_env().ensure()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", local_tracking_uri(home), "--port", str(args.port)]
-    raise SystemExit(subprocess.call(command))
+    os.execv(sys.executable, command)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

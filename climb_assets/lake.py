@@ -11,7 +11,7 @@ lake/
   landing_registry/, landing_rejected/ what the landing sensor registered or refused
   embeddings/<shard>.npz              document embeddings; embedding_quarantine/<shard>.parquet
   quality/<shard>.parquet             per-document quality signals
-  clusters/<version>/...              centroids and per-shard assignments (see cluster/lake.py); CURRENT
+  clusters/<version>/                 centroids.npy, clusters.parquet, fit.json, assignments/<shard>.parquet; CURRENT
   dbt/cluster_decisions.parquet       dbt_quality's keep/prune decisions; quality.duckdb is dbt's database
   super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
   tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
@@ -91,6 +91,24 @@ def quality_path(home: ClimbHome, shard: str) -> Path:
 
 def clusters_root(home: ClimbHome) -> Path:
     return home.lake_dir("clusters")
+
+
+def current_version_path(home: ClimbHome) -> Path:
+    """The one pointer to the current centroid version (its name), replaced by a rename."""
+    return clusters_root(home) / "CURRENT"
+
+
+def cluster_dir(home: ClimbHome, version: str) -> Path:
+    """One fit: centroids.npy, clusters.parquet, fit.json, and assignments/."""
+    return clusters_root(home) / version
+
+
+def assignments_dir(home: ClimbHome, version: str) -> Path:
+    return cluster_dir(home, version) / "assignments"
+
+
+def assignment_path(home: ClimbHome, version: str, shard: str) -> Path:
+    return lake_file(assignments_dir(home, version), shard, ".parquet")
 
 
 def dbt_dir(home: ClimbHome) -> Path:
@@ -189,9 +207,10 @@ def proof_runs_path(home: ClimbHome, search_key: str) -> Path:
 # --- the dbt sources --------------------------------------------------------------------------------------------
 
 
-def dbt_environment(home: ClimbHome) -> dict[str, str]:
-    """Environment variables for a dbt run of ``dbt_quality`` over ``home``'s lake: the sources' paths come from
-    here (``dbt_quality/models/sources.yml`` reads them with ``env_var``).
+def dbt_environment(home: ClimbHome, cluster_version: str) -> dict[str, str]:
+    """Environment variables for a dbt run of ``dbt_quality`` over ``home``'s lake under one centroid version (read
+    once by the caller and passed down, so the assignments and the decisions dbt writes name the same version): the
+    sources' paths come from here (``dbt_quality/models/sources.yml`` reads them with ``env_var``).
 
     Also creates ``lake/dbt/``: dbt-duckdb writes cluster_decisions.parquet with DuckDB's COPY, which does not
     create directories.
@@ -202,6 +221,7 @@ def dbt_environment(home: ClimbHome) -> dict[str, str]:
         "DBT_DUCKDB_PATH": str(dbt_database_path(home)),
         "CLIMB_LAKE_RAW_SHARDS": str(raw_shards_glob(home)),
         "CLIMB_LAKE_QUALITY": str(quality_dir(home) / "*.parquet"),
-        "CLIMB_LAKE_ASSIGNMENTS": str(clusters_root(home) / "current" / "assignments" / "*.parquet"),
+        "CLIMB_LAKE_ASSIGNMENTS": str(assignments_dir(home, cluster_version) / "*.parquet"),
+        "CLIMB_CLUSTER_VERSION": cluster_version,
         "CLIMB_LAKE_CLUSTER_DECISIONS": str(cluster_decisions_path(home)),
     }

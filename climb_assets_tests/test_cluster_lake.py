@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tracemalloc
 
 import numpy as np
@@ -12,14 +13,14 @@ import pytest
 from climb_assets.cluster.lake import (
     FitSettings,
     assign_shard,
-    assignment_path,
     current_version,
     fit_centroids,
-    scan_current_assignments,
+    scan_assignments,
     unassigned_shards,
 )
 from climb_assets.cluster.sample import draw_sample, npz_member_memmap, sample_rows
 from climb_assets.embed.encode import write_embeddings
+from climb_assets.lake import assignment_path
 from climb_assets.quality.merge import super_cluster_table, text_sample_ids
 
 DIM, N_BLOBS, SHARD_DOCS = 16, 6, 300
@@ -88,7 +89,7 @@ def test_new_shard_is_assigned_alone_and_touches_no_other_file(home, centers):
     write_shard(home, "new-0", centers[:N_BLOBS], seed=10)
     assert unassigned_shards(home) == ["new-0"]
     with pytest.raises(FileNotFoundError, match="no assignment"):
-        scan_current_assignments(home)
+        scan_assignments(home, version)
     result = assign_shard(home, "new-0")
 
     assert fingerprints(old) == before
@@ -96,7 +97,7 @@ def test_new_shard_is_assigned_alone_and_touches_no_other_file(home, centers):
     assert result["docs"] == SHARD_DOCS and 0.5 < result["drift"] < 1.25
     frame = pl.read_parquet(assignment_path(home, version, "new-0"))
     assert frame["doc_id"].to_list() == [f"new-0-{i}" for i in range(SHARD_DOCS)]
-    assert scan_current_assignments(home).collect().height == 4 * SHARD_DOCS
+    assert scan_assignments(home, version).collect().height == 4 * SHARD_DOCS
 
 
 def test_new_kind_of_text_shows_as_drift(home, centers):
@@ -119,9 +120,25 @@ def test_refit_keeps_ids_stable_and_makes_every_shard_stale(home, centers):
     for shard in unassigned_shards(home):
         assign_shard(home, shard)
     old = pl.read_parquet(home.lake_dir("clusters") / first / "assignments" / "*.parquet")
-    new = scan_current_assignments(home).collect()
+    new = scan_assignments(home, second).collect()
     joined = old.join(new, on="doc_id", suffix="_new")
     assert joined.height == old.height and (joined["cluster_id"] == joined["cluster_id_new"]).mean() > 0.99
+
+
+def test_the_current_version_is_one_file_replaced_by_a_rename(home, centers):
+    write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
+    first, _ = fit_centroids(home, SETTINGS)
+    assign_shard(home, "old-0")
+    pointer = home.lake_dir("clusters") / "CURRENT"
+    before = pointer.stat().st_ino
+    second, _ = fit_centroids(home, FitSettings(k=N_BLOBS, seed=1, nredo=3, max_points_per_centroid=40))
+    entries = {p.name for p in home.lake_dir("clusters").iterdir() if not p.name.startswith(".")}
+    assert entries == {"CURRENT", first, second}  # one pointer: no second one (a symlink) to disagree with it
+    assert pointer.is_file() and not pointer.is_symlink() and pointer.read_text() == second == current_version(home)
+    assert pointer.stat().st_ino != before  # a new file renamed over the old, never rewritten in place
+    assert scan_assignments(home, first).collect()["doc_id"].to_list() == [f"old-0-{i}" for i in range(SHARD_DOCS)]
+    with pytest.raises(FileNotFoundError, match="no assignment under " + second):
+        scan_assignments(home, second)
 
 
 def test_labels_and_examples_read_a_bounded_text_sample():
@@ -160,25 +177,78 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
         return sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
 
     write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
-    first = evaluate()
-    assert first.job_name == "cluster_fit_job" and first.run_key == "first-fit"
+    (first,) = evaluate().run_requests
+    assert first.job_name == "cluster_fit_job" and first.run_key == "first-fit:attempt-1"
     version, _ = fit_centroids(home, SETTINGS)
     write_shard(home, "alien", centers[N_BLOBS:], seed=5)
     instance.add_dynamic_partitions("raw_shards", ["old-0", "alien"])
-    assert sorted(r.partition_key for r in evaluate()) == ["alien", "old-0"]
+    assert sorted(r.partition_key for r in evaluate().run_requests) == ["alien", "old-0"]
     for shard in ("old-0", "alien"):
         assert dg.materialize([cluster_assignments], partition_key=shard, instance=instance,
                               resources={"climb": climb_resource}).success  # fmt: skip
 
-    refit = evaluate()
-    assert refit.job_name == "cluster_fit_job" and refit.run_key == f"refit-after-{version}"
+    (refit,) = evaluate().run_requests
+    assert refit.job_name == "cluster_fit_job" and refit.run_key == f"refit-after-{version}:attempt-1"
     assert "alien" in refit.tags["climb/refit_reason"]
     assert jobs[0].execute_in_process(instance=instance, run_config={"ops": {"cluster_centroids": {"config": {
         "k": N_BLOBS, "max_points_per_centroid": 40}}}}).success  # fmt: skip
     assert current_version(home) != version
-    stale = evaluate()  # every shard is stale under the new centroids
+    stale = evaluate().run_requests  # every shard is stale under the new centroids
     assert sorted(r.partition_key for r in stale) == ["alien", "old-0"]
     assert {r.job_name for r in stale} == {"cluster_assign_job"}
+
+
+def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers, instance, climb_resource):
+    import dagster as dg
+
+    from climb_assets.cluster.assets import MAX_ATTEMPTS, build_recluster_sensor
+    from climb_assets.definitions import build_definitions
+
+    defs = build_definitions(climb=climb_resource)
+    fit_job = defs.resolve_job_def("cluster_fit_job")
+    jobs = [fit_job, defs.resolve_job_def("cluster_assign_job"), defs.resolve_job_def("recluster_job")]
+    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
+
+    def evaluate(cursor=None):
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"climb": climb_resource}))
+
+    write_shard(home, "a", centers[:N_BLOBS], seed=0)
+    rng = np.random.default_rng(1)  # a second embedding model: every fit fails until "b" is re-embedded
+    other_model = unit(rng.standard_normal((2, DIM)))
+    write_embeddings(home.lake_dir("embeddings") / "b.npz", ["b-0", "b-1"], other_model, "other")
+    (request,) = evaluate().run_requests
+    assert request.run_key == "first-fit:attempt-1"
+    launched = instance.create_run_for_job(fit_job, tags=request.tags, status=dg.DagsterRunStatus.NOT_STARTED)
+    waiting = evaluate()
+    assert waiting.run_requests == []
+    assert "waiting for the run in progress for first-fit" in waiting.skip_reason.skip_message
+    instance.report_run_canceled(launched)  # a canceled attempt counts as a failed one
+    failed = [launched.run_id]
+    cursor = waiting.cursor
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        result = evaluate(cursor)
+        (request,) = result.run_requests
+        assert request.run_key == f"first-fit:attempt-{attempt}"  # a key Dagster has not seen: it launches
+        run = fit_job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+        assert not run.success
+        failed.append(run.run_id)
+        cursor = result.cursor
+
+    gave_up = evaluate(cursor)
+    assert gave_up.run_requests == []
+    message = gave_up.skip_reason.skip_message
+    assert f"gave up on first-fit after {MAX_ATTEMPTS} failed runs" in message and "launch cluster_fit_job" in message
+    assert all(run_id in message for run_id in failed)
+    (observation,) = gave_up.asset_events  # in the asset catalog, once
+    assert observation.asset_key == dg.AssetKey("cluster_centroids")
+    assert sorted(observation.metadata["failed_runs"].value) == sorted(failed)
+    assert json.loads(gave_up.cursor)["gave_up"] == {"first-fit": sorted(failed)}
+    again = evaluate(gave_up.cursor)
+    assert again.run_requests == [] and again.asset_events == [] and again.skip_reason.skip_message == message
+
+    write_shard(home, "b", centers[:N_BLOBS], seed=1)  # the cause fixed, the fit run by hand: the sensor moves on
+    assert fit_job.execute_in_process(instance=instance).success
+    assert sorted(r.partition_key for r in evaluate(again.cursor).run_requests) == ["a", "b"]
 
 
 def test_super_cluster_version_changes_when_a_new_shard_joins_under_the_same_centroids():

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 from dbt.cli.main import dbtRunner
 
+from climb_assets.cluster.lake import current_version
 from climb_assets.home import ClimbHome
-from climb_assets.lake import cluster_decisions_path, dbt_environment
+from climb_assets.lake import cluster_decisions_path, dbt_database_path, dbt_environment
 from climb_assets.quality.dbt import DBT_PROJECT_DIR
 from climb_assets.quality.merge import load_cluster_decisions
+from climb_assets.resources import ClimbHomeResource
 
 # cluster 0: good docs; cluster 1: boilerplate; cluster 2: one good doc (too small); spread over two shards.
 DOCS = pl.DataFrame(
@@ -31,6 +34,7 @@ DOCS = pl.DataFrame(
         "n_tokens": [120, 300, 80, 150, 20, 25, 30, 200, 90],
     }
 )
+VERSION = "v0001-test"  # the centroid version the lake's assignments are under
 
 
 def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
@@ -38,18 +42,31 @@ def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
         name = shard[0]
         (home.lake / "raw_shards").mkdir(parents=True, exist_ok=True)
         (home.lake / "quality").mkdir(parents=True, exist_ok=True)
-        part.select("doc_id", pl.lit("text").alias("text"), "shard", "n_tokens").write_parquet(
-            home.lake / "raw_shards" / f"{name}.parquet"
-        )
+        raw = part.select("doc_id", pl.lit("text").alias("text"), "shard", "n_tokens", source_kind=pl.lit("web"))
+        raw.write_parquet(home.lake / "raw_shards" / f"{name}.parquet")
         part.select("doc_id", "dup_line_fraction", "dup_5gram_char_fraction", "quality_score").write_parquet(
             home.lake / "quality" / f"{name}.parquet"
         )
-    assignments = home.lake / "clusters" / "current" / "assignments"  # one file per shard, as cluster_assignments
+    _write_assignments(home, VERSION, docs)
+    (home.lake / "clusters" / "CURRENT").write_text(VERSION)
+
+
+def _write_assignments(home: ClimbHome, version: str, docs: pl.DataFrame) -> None:
+    """One file per shard under ``version``, as cluster_assignments writes them."""
+    assignments = home.lake / "clusters" / version / "assignments"
     assignments.mkdir(parents=True, exist_ok=True)
     for shard, part in docs.partition_by("shard", as_dict=True).items():
         part.select("doc_id", "shard", "cluster_id", pl.lit(0.5, dtype=pl.Float32).alias("distance")).write_parquet(
             assignments / f"{shard[0]}.parquet"
         )
+
+
+def _write_centroids(home: ClimbHome, version: str, seed: int) -> None:
+    directory = home.lake / "clusters" / version
+    directory.mkdir(parents=True, exist_ok=True)
+    centroids = np.random.default_rng(seed).standard_normal((3, 8)).astype(np.float32)
+    np.save(directory / "centroids.npy", centroids / np.linalg.norm(centroids, axis=1, keepdims=True))
+    pl.DataFrame({"cluster_id": [0, 1, 2]}).write_parquet(directory / "clusters.parquet")
 
 
 @dataclass
@@ -68,7 +85,7 @@ def home(tmp_path: Path) -> ClimbHome:
 @pytest.fixture()
 def dbt(home: ClimbHome, monkeypatch: pytest.MonkeyPatch) -> Callable[..., DbtRun]:
     """Run dbt in-process (dbtRunner: dbt is imported once for the module) against ``home``."""
-    for key, value in dbt_environment(home).items():
+    for key, value in dbt_environment(home, current_version(home)).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("DBT_TARGET_PATH", str(home.root / "dbt_target"))
     monkeypatch.setenv("DBT_LOG_PATH", str(home.root / "dbt_logs"))
@@ -110,7 +127,7 @@ def test_build_passes_and_decisions_follow_the_data(home: ClimbHome, dbt: Callab
     for column in expected.columns:
         assert got[column].cast(pl.Float64).to_list() == pytest.approx(expected[column].cast(pl.Float64).to_list())
     # The final models are also tables in the DuckDB file.
-    with duckdb.connect(dbt_environment(home)["DBT_DUCKDB_PATH"]) as con:
+    with duckdb.connect(str(dbt_database_path(home))) as con:
         assert con.execute("select count(*) from doc_quality").fetchone() == (DOCS.height,)
         assert con.execute("select count(*) from cluster_quality").fetchone() == (3,)
     # dagster-dbt maps the sources onto the Python assets that write them.
@@ -165,7 +182,7 @@ def test_every_cluster_accounted_for_catches_a_stale_decision_file(home: ClimbHo
         {"doc_id": ["d9"], "shard": ["s9"], "cluster_id": [3], "distance": [0.1]},
         schema_overrides={"distance": pl.Float32},
     )
-    extra.write_parquet(home.lake / "clusters" / "current" / "assignments" / "s9.parquet")
+    extra.write_parquet(home.lake / "clusters" / VERSION / "assignments" / "s9.parquet")
     result = dbt("test", "--select", "cluster_decisions")
     assert not result.success
     assert [name.split("_cluster_decisions")[0] for name in result.failed] == ["every_cluster_accounted_for"]
@@ -176,3 +193,37 @@ def test_dbt_models_sit_in_the_quality_group_beside_the_python_quality_assets():
 
     groups = build_dbt_quality_assets().group_names_by_key
     assert dg.AssetKey("cluster_decisions") in groups and set(groups.values()) == {"quality"}
+
+
+def test_a_merge_reads_one_centroid_version_even_when_a_refit_lands_after_dbt(
+    home: ClimbHome, dbt: Callable[..., DbtRun]
+) -> None:
+    from climb_assets.cluster.lake import current_version
+    from climb_assets.quality.super_clusters import MergeConfig, build_super_clusters
+
+    _write_centroids(home, VERSION, seed=0)
+    assert dbt("build").success
+    assert load_cluster_decisions(cluster_decisions_path(home))["centroid_version"].unique().to_list() == [VERSION]
+    refit = "v0002-refit"  # lands between dbt and the merge: new centroids, every shard reassigned under them
+    _write_centroids(home, refit, seed=1)
+    _write_assignments(home, refit, DOCS.with_columns(cluster_id=pl.lit(2)))
+    (home.lake / "clusters" / "CURRENT").write_text(refit)
+
+    with pytest.raises(ValueError, match=rf"computed under \['{VERSION}'\], not {refit}"):
+        build_super_clusters(home, MergeConfig(target_count=1), current_version(home))
+    _, _, docs, table, version = build_super_clusters(home, MergeConfig(target_count=1), VERSION)
+    assert version.startswith(f"{VERSION}-s") and set(table["version"]) == {version}
+    expected = DOCS.select("doc_id", "cluster_id").sort("doc_id")
+    assert docs.select("doc_id", "cluster_id").sort("doc_id").equals(expected)  # VERSION's assignments, not refit's
+
+
+def test_recluster_job_without_centroids_fails_before_dbt_runs(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    from climb_assets.definitions import build_definitions
+
+    home = ClimbHome(tmp_path / "empty").ensure()
+    defs = build_definitions(climb=ClimbHomeResource(root=str(home.root)))
+    result = defs.resolve_job_def("recluster_job").execute_in_process(instance=instance, raise_on_error=False)
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    assert failure.step_key == "dbt_quality_models"
+    message = failure.step_failure_data.error.to_string()
+    assert "no cluster centroids yet: run cluster_fit_job (or climb crawl) first" in message

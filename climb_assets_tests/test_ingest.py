@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 
 import dagster as dg
 import polars as pl
@@ -86,6 +87,30 @@ def test_sensor_with_lost_cursor_does_not_reingest(home, climb_resource, instanc
     sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
     result = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
     assert result.run_requests == []
+
+
+def test_a_restored_home_with_new_mtimes_is_not_reported_changed(home, climb_resource, instance):
+    from climb_assets.ingest.landing import registered
+
+    path = write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
+    sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
+    first = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+    assert [r.partition_key for r in first.run_requests] == ["a.jsonl"]
+    assert ingest(instance, climb_resource, "a.jsonl").success
+    mtime = path.stat().st_mtime_ns + 3_600 * 10**9  # copied from a backup: same bytes, a new mtime (and ctime)
+    os.utime(path, ns=(mtime, mtime))
+
+    restored = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"climb": climb_resource}))
+    assert restored.run_requests == [] and restored.asset_events == []
+    assert registered(home, "a.jsonl").mtime_ns == mtime  # refreshed: a lost cursor does not hash it again
+    again = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+    assert again.run_requests == [] and again.asset_events == []
+
+    write_jsonl(path, [{"text": PROSE[0].replace("river", "rover")}])  # same size, other bytes: still reported
+    assert path.stat().st_size == registered(home, "a.jsonl").size
+    changed = sensor(dg.build_sensor_context(instance=instance, cursor=restored.cursor, resources={"climb": climb_resource}))
+    (observed,) = changed.asset_events
+    assert observed.partition == "a.jsonl" and observed.metadata["changed_after_ingestion"].value is True
 
 
 def test_two_shards_end_to_end_with_cross_shard_dedup(home, climb_resource, instance):

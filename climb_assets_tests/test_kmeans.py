@@ -20,7 +20,7 @@ from climb_assets.cluster.lake import (
     FitSettings,
     assign_shard,
     fit_centroids,
-    scan_current_assignments,
+    scan_assignments,
 )
 from climb_assets.embed.encode import write_embeddings
 from climb_assets.lake import embeddings_path
@@ -129,7 +129,7 @@ def fit_and_assign(home, settings: FitSettings) -> tuple[str, dict, pl.DataFrame
     for shard in ("shard-a", "shard-b", "shard-n"):
         if embeddings_path(home, shard).exists():
             assign_shard(home, shard, version)
-    return version, info, scan_current_assignments(home).collect().sort("doc_id")
+    return version, info, scan_assignments(home, version).collect().sort("doc_id")
 
 
 def test_fit_centroids_assigns_every_document_once_and_recovers_blobs(home, corpus):

@@ -64,7 +64,7 @@ def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
     assert [f.stem for f in old_files] == sorted(p.wave1)
     before = file_fingerprints(old_files)
 
-    requests = sensor(context())
+    requests = sensor(context()).run_requests
     assert {r.job_name for r in requests} == {"cluster_assign_job"}
     assert sorted(r.partition_key for r in requests) == sorted(p.wave2)  # only the new shards
     assign_job = p.defs.resolve_job_def("cluster_assign_job")
@@ -73,12 +73,12 @@ def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
 
     assert file_fingerprints(old_files) == before  # old shards' assignments untouched (bytes and mtimes)
     assert (p.home.lake_dir("clusters") / "CURRENT").read_text() == version  # no refit
-    merge = sensor(context())
-    assert isinstance(merge, dg.RunRequest) and merge.job_name == "recluster_job"
+    (merge,) = sensor(context()).run_requests
+    assert merge.job_name == "recluster_job"
     p.run_job(p.defs, p.instance, "recluster_job")
     assert isinstance(sensor(context()), dg.SkipReason)
 
-    after = pl.read_parquet(p.home.lake_dir("clusters") / "current" / "assignments" / "*.parquet")
+    after = pl.read_parquet(p.home.lake_dir("clusters") / version / "assignments" / "*.parquet")
     all_docs = pl.scan_parquet(p.home.lake_dir("raw_shards") / "*.parquet").select("doc_id").collect()
     assert sorted(after["doc_id"].to_list()) == sorted(all_docs["doc_id"].to_list())
     clusters = pl.read_parquet(p.home.lake_dir("clusters") / version / "clusters.parquet")

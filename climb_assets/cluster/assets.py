@@ -2,7 +2,9 @@
 ``cluster_assignments`` (one partition per shard, keyed by centroid version), plus the sensor and schedule that
 keep them current: new shards are assigned on their own, a refit happens weekly or when drift crosses its bound."""
 
+import json
 import time
+from collections import defaultdict
 
 import dagster as dg
 import matplotlib
@@ -18,7 +20,6 @@ from climb_assets.cluster.kmeans import (  # noqa: E402
 from climb_assets.cluster.lake import (  # noqa: E402
     FitSettings,
     assign_shard,
-    clusters_root,
     current_version,
     embedded_shards,
     fit_centroids,
@@ -28,12 +29,15 @@ from climb_assets.cluster.sample import draw_sample, shard_shape  # noqa: E402
 from climb_assets.embed.assets import embeddings  # noqa: E402
 from climb_assets.home import ClimbHome  # noqa: E402
 from climb_assets.ingest.assets import shard_partitions  # noqa: E402
+from climb_assets.lake import cluster_dir  # noqa: E402
 from climb_assets.metadata import figure_markdown  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL  # noqa: E402
 
 DEFAULT_MAX_DRIFT = 1.25
 PLOT_SAMPLE = 3000
+MAX_ATTEMPTS = 3  # failed runs of one piece of re-clustering work before the sensor stops and reports it
+ATTEMPT_TAG = "climb/attempt_of"  # on every attempt's run: the stable key of the work it attempts
 
 
 FIT_DEFAULTS = FitSettings()
@@ -51,7 +55,7 @@ class ClusterFitConfig(dg.Config):
 
 def cluster_plots(home: ClimbHome, version: str, seed: int = 0) -> dict:
     """Sample-size histogram and a PCA projection of a bounded sample, coloured by nearest centroid."""
-    centroids, _, clusters = read_cluster_version(clusters_root(home) / version)
+    centroids, _, clusters = read_cluster_version(cluster_dir(home, version))
     figure, axis = plt.subplots(figsize=(5, 3))
     axis.hist(clusters["sample_docs"].to_numpy(), bins=30)
     axis.set(xlabel="sampled documents per cluster", ylabel="clusters", title="cluster sizes (fit sample)")
@@ -105,7 +109,8 @@ def build_recluster_sensor(
     """Keeps clusters current without a global pass: first fit once there are embeddings; per-shard assignment
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard
     assigned since the last fit drifted past ``max_drift``; then the merge (dbt_quality + super-clusters) once
-    every shard is assigned and nothing landed for ``settle_seconds``."""
+    every shard is assigned and nothing landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS
+    (see ``bounded_attempts``)."""
 
     @dg.sensor(
         name="recluster_sensor",
@@ -119,28 +124,76 @@ def build_recluster_sensor(
             return dg.SkipReason("no embeddings yet")
         version = current_version(home)
         if version is None:
-            return dg.RunRequest(run_key="first-fit", job_name=fit_job.name)
+            first = dg.RunRequest(run_key="first-fit", job_name=fit_job.name)
+            return bounded_attempts(context, [first], "cluster_centroids")
         drifted = drifted_shards(context.instance, version, max_drift)
         if drifted:
-            return dg.RunRequest(
+            refit = dg.RunRequest(
                 run_key=f"refit-after-{version}", job_name=fit_job.name,
                 tags={"climb/refit_reason": f"drift > {max_drift} in {', '.join(drifted[:5])}"},
             )  # fmt: skip
+            return bounded_attempts(context, [refit], "cluster_centroids")
         missing = unassigned_shards(home, version)
         if missing:
-            return [
+            return bounded_attempts(context, [
                 dg.RunRequest(run_key=f"{version}:{shard}", job_name=assign_job.name, partition_key=shard)
                 for shard in missing
-            ]
+            ], "cluster_assignments")  # fmt: skip
         latest = context.instance.fetch_materializations(dg.AssetKey("cluster_assignments"), limit=1).records
         merged = context.instance.fetch_materializations(dg.AssetKey("quality_filtered_clusters"), limit=1).records
         if merged and latest and merged[0].storage_id > latest[0].storage_id:
             return dg.SkipReason(f"super-clusters are current for {version}")
         if latest and time.time() - latest[0].timestamp < settle_seconds:
             return dg.SkipReason(f"waiting {settle_seconds:.0f}s for more shards to land")
-        return dg.RunRequest(run_key=f"merge-{version}-{latest[0].storage_id if latest else 0}", job_name=merge_job.name)
+        merge = dg.RunRequest(run_key=f"merge-{version}-{latest[0].storage_id if latest else 0}", job_name=merge_job.name)
+        return bounded_attempts(context, [merge], "quality_filtered_clusters")
 
     return recluster_sensor
+
+
+def bounded_attempts(context: dg.SensorEvaluationContext, wanted: list[dg.RunRequest], asset: str) -> dg.SensorResult:
+    """``wanted`` (each ``run_key`` a stable name for one piece of work) as fresh attempts. Dagster never launches a
+    run key twice, failed or not, so each attempt gets its own key; none while one is queued or running, none once
+    one succeeded, and after MAX_ATTEMPTS failures the work is reported instead (skip reason, an observation on
+    ``asset`` once, and the cursor's ``gave_up``) until the cause is fixed and the job run by hand."""
+    runs = defaultdict(list)
+    for run in context.instance.get_runs(dg.RunsFilter(tags={ATTEMPT_TAG: [r.run_key for r in wanted]})):
+        runs[run.tags[ATTEMPT_TAG]].append(run)
+    requests, waiting, gave_up = [], [], {}
+    for request in wanted:
+        attempts = runs[request.run_key]
+        failed = sorted(run.run_id for run in attempts if run.is_failure_or_canceled)
+        if not all(run.is_finished for run in attempts):
+            waiting.append(request.run_key)
+        elif any(run.is_success for run in attempts):
+            continue
+        elif len(failed) >= MAX_ATTEMPTS:
+            gave_up[request.run_key] = (request, failed)
+        else:
+            requests.append(dg.RunRequest(
+                run_key=f"{request.run_key}:attempt-{len(failed) + 1}", job_name=request.job_name,
+                partition_key=request.partition_key, tags={**request.tags, ATTEMPT_TAG: request.run_key},
+            ))  # fmt: skip
+    reported = json.loads(context.cursor).get("gave_up", {}) if context.cursor else {}
+    events = [
+        dg.AssetObservation(asset_key=asset, partition=request.partition_key, metadata={
+            "recluster_gave_up": key, "failed_runs": failed, "how_to_clear": clear_hint(request.job_name)})
+        for key, (request, failed) in gave_up.items() if key not in reported
+    ]  # fmt: skip
+    reasons = [f"gave up on {key} after {len(failed)} failed runs ({', '.join(failed)}): "
+               f"{clear_hint(request.job_name)}" for key, (request, failed) in list(gave_up.items())[:5]]
+    reasons += [f"waiting for the run in progress for {key}" for key in waiting[:5]]  # fmt: skip
+    return dg.SensorResult(
+        run_requests=requests,
+        skip_reason=None if requests else "; ".join(reasons) or "nothing to run",
+        asset_events=events,
+        cursor=json.dumps({"gave_up": {key: failed for key, (_, failed) in gave_up.items()}}, sort_keys=True),
+    )
+
+
+def clear_hint(job_name: str) -> str:
+    return (f"fix the cause (see the failed runs), then launch {job_name} yourself, or delete those runs to let "
+            f"the sensor try {MAX_ATTEMPTS} more times")  # fmt: skip
 
 
 def drifted_shards(instance: dg.DagsterInstance, version: str, max_drift: float, limit: int = 1000) -> list[str]:

@@ -4,19 +4,19 @@
 lake/clusters/
   vNNNN-<hash>/centroids.npy, clusters.parquet, fit.json   one fit (centroids + stats measured on its sample)
   vNNNN-<hash>/assignments/<shard>.parquet                 doc_id, shard, cluster_id, distance: one file per shard
-  CURRENT                                                  the current version's name
-  current -> vNNNN-<hash>                                  symlink, what dbt globs
+  CURRENT                                                  the current version's name: the only pointer
 ```
 
 A refit writes a new version: every shard's assignment under it is missing (stale) until that shard is assigned
-again; a new shard under the same centroids writes one file and touches no other.
+again; a new shard under the same centroids writes one file and touches no other. ``CURRENT`` is replaced by a
+rename, so a reader sees the old name or the new one; a reader reads it once and passes that version down (dbt
+gets it as ``CLIMB_CLUSTER_VERSION``), so centroids, assignments and decisions always come from one version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,26 +38,27 @@ from climb_assets.cluster.kmeans import (
 from climb_assets.cluster.sample import draw_sample, sample_size, shard_shape
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.home import ClimbHome
-from climb_assets.lake import clusters_root, embeddings_dir
-from climb_assets.storage import atomic_path, lake_file, write_parquet_atomic
+from climb_assets.lake import (
+    assignment_path,
+    assignments_dir,
+    cluster_dir,
+    current_version_path,
+    embeddings_dir,
+)
+from climb_assets.storage import atomic_path, write_parquet_atomic
 
 
 def current_version(home: ClimbHome) -> str | None:
-    pointer = clusters_root(home) / "CURRENT"
+    pointer = current_version_path(home)
     return pointer.read_text().strip() if pointer.exists() else None
 
 
-def current_cluster_dir(home: ClimbHome) -> Path:
-    """A stable path (symlink) to the current version's directory (what dbt and the merge read)."""
-    return clusters_root(home) / "current"
-
-
-def assignments_dir(home: ClimbHome, version: str) -> Path:
-    return clusters_root(home) / version / "assignments"
-
-
-def assignment_path(home: ClimbHome, version: str, shard: str) -> Path:
-    return lake_file(assignments_dir(home, version), shard, ".parquet")
+def require_current_version(home: ClimbHome) -> str:
+    """The current version, or a clear error where nothing downstream of clustering can run yet."""
+    version = current_version(home)
+    if version is None:
+        raise FileNotFoundError("no cluster centroids yet: run cluster_fit_job (or climb crawl) first")
+    return version
 
 
 def embedded_shards(home: ClimbHome) -> dict[str, Path]:
@@ -75,11 +76,8 @@ def unassigned_shards(home: ClimbHome, version: str | None = None) -> list[str]:
     return [s for s in shards if s not in done]
 
 
-def scan_current_assignments(home: ClimbHome) -> pl.LazyFrame:
-    """Every shard's assignment under the current version; fails clearly while some shard is still unassigned."""
-    version = current_version(home)
-    if version is None:
-        raise FileNotFoundError("no cluster centroids yet: run cluster_fit_job")
+def scan_assignments(home: ClimbHome, version: str) -> pl.LazyFrame:
+    """Every shard's assignment under ``version``; fails clearly while some shard is still unassigned."""
     missing = unassigned_shards(home, version)
     if missing:
         raise FileNotFoundError(
@@ -121,7 +119,7 @@ def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
         max_points_per_centroid=settings.max_points_per_centroid,
     )  # fmt: skip
     previous = current_version(home)
-    prior = read_cluster_version(clusters_root(home) / previous)[:2] if previous else None
+    prior = read_cluster_version(cluster_dir(home, previous))[:2] if previous else None
     if prior is not None and prior[0].shape[1] == centroids.shape[1]:
         ids, moved = match_to_previous(centroids, prior[0], prior[1])
     else:  # first fit, or a different embedding model: nothing to keep ids stable against
@@ -145,29 +143,20 @@ def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
     digest = hashlib.sha256(centroids.tobytes() + ids.tobytes() + info["model"].encode()).hexdigest()[:8]
     number = int(previous.split("-")[0][1:]) + 1 if previous else 1
     version = f"v{number:04d}-{digest}"
-    with atomic_path(clusters_root(home) / version) as tmp:
+    with atomic_path(cluster_dir(home, version)) as tmp:
         (tmp / "assignments").mkdir(parents=True)
         np.save(tmp / "centroids.npy", centroids)
         pl.DataFrame({"cluster_id": ids, "sample_docs": sizes, "sample_inertia": inertia}).write_parquet(
             tmp / "clusters.parquet"
         )
         (tmp / "fit.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-    _point_current_at(home, version)
+    with atomic_path(current_version_path(home)) as pointer:  # written aside, renamed over the old one
+        pointer.write_text(version)
     return version, info
 
 
-def _point_current_at(home: ClimbHome, version: str) -> None:
-    link = current_cluster_dir(home)
-    tmp = link.with_name(f".current.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(version, target_is_directory=True)
-    os.replace(tmp, link)  # atomic swap of the symlink
-    with atomic_path(clusters_root(home) / "CURRENT") as pointer:
-        pointer.write_text(version)
-
-
 def read_fit_info(home: ClimbHome, version: str) -> dict:
-    return json.loads((clusters_root(home) / version / "fit.json").read_text())
+    return json.loads((cluster_dir(home, version) / "fit.json").read_text())
 
 
 def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dict:
@@ -175,10 +164,8 @@ def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dic
 
     Returns counts and ``drift``: the shard's mean squared distance to its centroid over the fit sample's.
     """
-    version = version or current_version(home)
-    if version is None:
-        raise FileNotFoundError("no cluster centroids yet: run cluster_fit_job")
-    centroids, cluster_ids, _ = read_cluster_version(clusters_root(home) / version)
+    version = version or require_current_version(home)
+    centroids, cluster_ids, _ = read_cluster_version(cluster_dir(home, version))
     info = read_fit_info(home, version)
     embedded = read_embeddings(embedded_shards(home)[shard])
     if embedded.model != info["model"]:

@@ -8,7 +8,8 @@ that is already a safe lake name is its own partition key; any other name gets a
 The landing sensor's tick only lists the directory and compares stat data: files whose inode change time (ctime:
 set by a write, and by the rename that lands a file, even one that keeps an old mtime) is at or below the cursor's
 high-water mark were seen by an earlier tick, so the work per tick is the new files only, and the cursor stays a few
-names long however many files have landed. Content hashing happens in the ingest step.
+names long however many files have landed. Content hashing happens in the ingest step, and in the sensor only for
+a registered file whose size is the same but whose mtime moved (a copied or restored home).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import json
 import os
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -26,7 +28,12 @@ import polars as pl
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.shards import SHARD_SUFFIXES, shard_suffix
 from climb_assets.lake import landing_registry_dir, landing_rejected_path
-from climb_assets.storage import safe_name, write_json_atomic, write_parquet_atomic
+from climb_assets.storage import (
+    file_sha256,
+    safe_name,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 SLUG_CHARS = 60
 NAME_HASH_CHARS = 10
@@ -136,6 +143,22 @@ def scan_landing(home: ClimbHome, cursor: dict, known_keys: set[str]) -> Landing
     scan.new.sort(key=lambda f: f.key)
     scan.cursor = {"high_water_ctime_ns": newest, "names_at_high_water": sorted(names_at_newest)}
     return scan
+
+
+def changed_content(
+    home: ClimbHome, changed: list[tuple[LandedFile, int, int]], ingested_sha256: Callable[[str], str | None]
+) -> list[tuple[LandedFile, int, int]]:
+    """The entries of ``changed`` whose bytes really changed. A file of the registered size whose sha256 is the one
+    it was ingested with (a copied or restored CLIMB_HOME: new mtimes, same bytes) is re-registered with its new
+    mtime instead, so it is hashed once, not reported."""
+    really = []
+    for landed, size, mtime_ns in changed:
+        sha = ingested_sha256(landed.key) if size == landed.size else None
+        if sha and file_sha256(home.landing / landed.name) == sha:
+            register(home, replace(landed, mtime_ns=mtime_ns))
+        else:
+            really.append((landed, size, mtime_ns))
+    return really
 
 
 def record_rejections(home: ClimbHome, rejections: list[Rejection]) -> pl.DataFrame:

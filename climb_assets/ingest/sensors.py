@@ -8,6 +8,7 @@ import dagster as dg
 from climb_assets.ingest.assets import shard_partitions
 from climb_assets.ingest.landing import (
     LandedFile,
+    changed_content,
     record_rejections,
     register,
     scan_landing,
@@ -35,7 +36,8 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         scan = scan_landing(home, cursor, known)
         for landed in scan.new:
             register(home, landed)
-        events = [_changed_event(context, landed, size, mtime) for landed, size, mtime in scan.changed]
+        changed = changed_content(home, scan.changed, lambda key: _ingested_sha256(context.instance, key))
+        events = [_changed_event(context, landed, size, mtime) for landed, size, mtime in changed]
         if scan.rejected:
             table = record_rejections(home, scan.rejected)
             for rejection in scan.rejected:
@@ -62,6 +64,15 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         )
 
     return landing_sensor
+
+
+def _ingested_sha256(instance: dg.DagsterInstance, key: str) -> str | None:
+    """The sha256 of the file as its latest ``raw_shards`` run ingested it (None if it never was)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RAW_SHARDS, asset_partitions=[key]), limit=1
+    ).records
+    metadata = records[0].asset_materialization.metadata if records else {}
+    return metadata["file_sha256"].value if "file_sha256" in metadata else None
 
 
 def _changed_event(context, landed: LandedFile, size: int, mtime_ns: int) -> dg.AssetObservation:

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from climb_assets.cluster.lake import current_version, require_current_version
 from climb_assets.home import ClimbHome
 from climb_assets.lake import dbt_environment
 from climb_assets.resources import ClimbHomeResource
@@ -27,7 +28,7 @@ DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
 def parse_dbt_project(home: ClimbHome) -> Path:
     """``dbt parse`` with the lake's paths in the environment (the sources read them); returns the manifest."""
     project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-    os.environ.update(dbt_environment(home))
+    os.environ.update(dbt_environment(home, current_version(home) or "unfitted"))  # parsing reads no data
     DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
         ["parse", "--quiet"], target_path=project.target_path
     ).wait()
@@ -62,7 +63,10 @@ def build_dbt_quality_assets() -> dg.AssetsDefinition:
     def dbt_quality_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, climb: ClimbHomeResource):
         """dbt_quality: per-document and per-cluster quality and the keep/prune decision; dbt tests become asset
         checks."""
-        os.environ.update(dbt_environment(climb.home()))  # the dbt profile and sources read the lake's paths
+        home = climb.home()
+        # the profile and sources read the lake's paths under the version read once here (a clear error before dbt
+        # starts when nothing is fitted yet); the merge checks the decisions name the version it reads
+        os.environ.update(dbt_environment(home, require_current_version(home)))
         yield from dbt.cli(["build"], context=context).stream()
 
     return dbt_quality_models

@@ -7,9 +7,9 @@ import polars as pl
 
 from climb_assets.cluster.kmeans import read_cluster_version
 from climb_assets.cluster.lake import (
-    current_cluster_dir,
-    current_version,
-    scan_current_assignments,
+    cluster_dir,
+    require_current_version,
+    scan_assignments,
 )
 from climb_assets.home import ClimbHome
 from climb_assets.lake import (
@@ -30,6 +30,7 @@ from climb_assets.quality.merge import (
     write_super_clusters,
 )
 from climb_assets.resources import ClimbHomeResource
+from climb_assets.tags import CLUSTER_VERSION_POOL
 
 
 class MergeConfig(dg.Config):
@@ -55,14 +56,20 @@ def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_sup
     return f"{centroid_version}-s{digest.hexdigest()[:8]}"
 
 
-def build_super_clusters(home: ClimbHome, config: MergeConfig):
-    centroids, cluster_ids, _ = read_cluster_version(current_cluster_dir(home))
+def build_super_clusters(home: ClimbHome, config: MergeConfig, centroid_version: str):
+    """Everything read under one explicit ``centroid_version``: centroids, assignments, and dbt's decisions (refused
+    when dbt ran under another version, e.g. a refit landed between the two steps)."""
+    centroids, cluster_ids, _ = read_cluster_version(cluster_dir(home, centroid_version))
     decisions = load_cluster_decisions(cluster_decisions_path(home))
+    decided_under = set(decisions["centroid_version"]) if decisions.height else {centroid_version}
+    if decided_under != {centroid_version}:
+        raise ValueError(f"dbt's cluster decisions were computed under {sorted(decided_under)}, not {centroid_version}"
+                         " (a refit moved the current version since): run recluster_job again")  # fmt: skip
     result = prune_and_merge(
         centroids, cluster_ids, decisions,
         distance_threshold=config.distance_threshold, target_count=config.target_count or None,
     )  # fmt: skip
-    assignments = scan_current_assignments(home).select("doc_id", "cluster_id", "distance").collect()
+    assignments = scan_assignments(home, centroid_version).select("doc_id", "cluster_id", "distance").collect()
     doc_super = document_super_map(assignments, result.mapping)
     raw = pl.scan_parquet(raw_shards_glob(home))
     quality = pl.scan_parquet(quality_dir(home) / "*.parquet").select("doc_id", "quality_score")
@@ -75,7 +82,7 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
     )
     wanted = text_sample_ids(docs)
     texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
-    version = super_clusters_version(current_version(home), result.mapping, doc_super)
+    version = super_clusters_version(centroid_version, result.mapping, doc_super)
     table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version))
     write_super_clusters(home, result, doc_super, table)
     return result, decisions, docs, table, version
@@ -84,12 +91,13 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig):
 @dg.asset(
     deps=["cluster_centroids", "cluster_assignments", dg.AssetKey(["cluster_decisions"])],
     group_name="quality",
+    pool=CLUSTER_VERSION_POOL,  # no refit moves the current version while a merge reads it
     kinds={"scipy"},
 )
 def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
     """Kept fine clusters merged into super-clusters, the dimensions of the mixture search (CLIMB step 3)."""
     home = climb.home()
-    result, decisions, docs, table, version = build_super_clusters(home, config)
+    result, decisions, docs, table, version = build_super_clusters(home, config, require_current_version(home))
     pruned = decisions.filter(pl.col("decision") != "keep")
     purity = purity_table(docs.select("doc_id", "super_cluster_id"), docs.select("doc_id", "source_kind"))
     dominant = (
@@ -124,6 +132,6 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
 def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
     home = climb.home()
     doc_super = pl.read_parquet(super_cluster_documents_path(home))
-    assignments = scan_current_assignments(home).select("doc_id", "cluster_id").collect()
+    assignments = scan_assignments(home, require_current_version(home)).select("doc_id", "cluster_id").collect()
     passed, message = check_partition(doc_super, assignments)
     return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})

@@ -31,6 +31,7 @@ select
         else 'kept'
     end as reason,
     cast({{ var('min_mean_quality') }} as double) as min_mean_quality,
-    cast({{ var('min_cluster_docs') }} as bigint) as min_cluster_docs
+    cast({{ var('min_cluster_docs') }} as bigint) as min_cluster_docs,
+    '{{ env_var('CLIMB_CLUSTER_VERSION', 'unset') }}' as centroid_version  -- the merge checks it is its version
 from flagged
 order by cluster_id
