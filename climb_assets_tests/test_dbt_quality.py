@@ -199,7 +199,7 @@ def test_a_merge_reads_one_centroid_version_even_when_a_refit_lands_after_dbt(
     home: ClimbHome, dbt: Callable[..., DbtRun]
 ) -> None:
     from climb_assets.cluster.lake import current_version
-    from climb_assets.quality.super_clusters import MergeConfig, build_super_clusters
+    from climb_assets.quality.super_clusters import MergeConfig, build_super_clusters, super_clusters_partition_check
 
     _write_centroids(home, VERSION, seed=0)
     assert dbt("build").success
@@ -213,6 +213,8 @@ def test_a_merge_reads_one_centroid_version_even_when_a_refit_lands_after_dbt(
         build_super_clusters(home, MergeConfig(target_count=1), current_version(home))
     _, _, docs, table, version = build_super_clusters(home, MergeConfig(target_count=1), VERSION)
     assert version.startswith(f"{VERSION}-s") and set(table["version"]) == {version}
+    check = super_clusters_partition_check(ClimbHomeResource(root=str(home.root)))  # CURRENT is the refit's now
+    assert check.passed, check.description  # the check reads the version the merge read
     expected = DOCS.select("doc_id", "cluster_id").sort("doc_id")
     assert docs.select("doc_id", "cluster_id").sort("doc_id").equals(expected)  # VERSION's assignments, not refit's
 

@@ -17,6 +17,7 @@ from climb_assets.lake import (
     quality_dir,
     raw_shards_glob,
     super_cluster_documents_path,
+    super_cluster_table_path,
 )
 from climb_assets.metadata import markdown_table
 from climb_assets.quality.merge import (
@@ -83,7 +84,7 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig, centroid_version:
     wanted = text_sample_ids(docs)
     texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
     version = super_clusters_version(centroid_version, result.mapping, doc_super)
-    table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version))
+    table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version), centroid_version=pl.lit(centroid_version))
     write_super_clusters(home, result, doc_super, table)
     return result, decisions, docs, table, version
 
@@ -132,6 +133,8 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
 def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
     home = climb.home()
     doc_super = pl.read_parquet(super_cluster_documents_path(home))
-    assignments = scan_assignments(home, require_current_version(home)).select("doc_id", "cluster_id").collect()
+    # the version the merge read, not CURRENT: a refit landing between the merge and its check changes nothing here
+    (version,) = pl.read_parquet(super_cluster_table_path(home), columns=["centroid_version"])["centroid_version"].unique()
+    assignments = scan_assignments(home, version).select("doc_id", "cluster_id").collect()
     passed, message = check_partition(doc_super, assignments)
     return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})
