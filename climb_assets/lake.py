@@ -158,6 +158,11 @@ def tokenizer_path(home: ClimbHome, tokenizer_fingerprint: str) -> Path:
     return search_root(home) / "tokenizers" / f"{tokenizer_fingerprint}.json"
 
 
+def tokenizer_record_path(home: ClimbHome, tokenizer_fingerprint: str) -> Path:
+    """What the tokenizer was trained on (sample size and digest, the super-cluster version then current)."""
+    return search_root(home) / "tokenizers" / f"{tokenizer_fingerprint}.sample.json"
+
+
 def base_checkpoint_path(home: ClimbHome, base_fingerprint: str) -> Path:
     return search_root(home) / "base" / f"{base_fingerprint}.pt"
 

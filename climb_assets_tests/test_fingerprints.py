@@ -114,6 +114,7 @@ def test_a_new_token_budget_retrains_every_proxy_and_records_it(searched):
         ({"block_size": 32}, {"base", "proxies"}),
         ({"base_token_budget": 0}, {"proxies"}),  # proxies from scratch instead of from the base
         ({"tokenizer_vocab_size": 300}, {"tokenizer", "base", "proxies"}),
+        ({"tokenizer_generation": 1}, {"tokenizer", "base", "proxies"}),  # the user asks for a new tokenizer
         ({"max_target_texts": 3}, {"proxies"}),
         ({"num_threads": 1}, set()),  # speed only: the same results
     ],
@@ -142,13 +143,38 @@ def test_new_super_clusters_start_a_new_search(searched):
     table = home.lake_dir("super_clusters") / "super_clusters.parquet"
     pl.read_parquet(table).with_columns(version=pl.lit("v2")).write_parquet(table)
     metadata = materialize(home, instance)
-    assert not metadata["proxy_tokenizer"]["reused"]  # the tokenizer is trained on the new version's documents
+    assert metadata["proxy_tokenizer"]["reused"]  # the tokenizer stays; its content hash is in every key below
     assert metadata["iteration_1/proxy_results"]["trained"] == 3
     assert metadata["iteration_1/proxy_results"]["search_key"] != old_key
     client = MlflowClient(local_tracking_uri(home))
     assert {e.name for e in client.search_experiments()} >= {"climb-search/v1", "climb-search/v2"}
     for experiment in [e for e in client.search_experiments() if e.name.startswith("climb-search/")]:
         assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_new_wave_keeps_the_tokenizer_and_tokenizes_only_its_new_shards(searched):
+    home, instance = searched
+    before = {p.name: p.stat().st_mtime_ns for p in (home.lake / "tokens").rglob("*.bin")}
+    raw = home.lake_dir("raw_shards")
+    wave = pl.read_parquet(raw / "shard-0.parquet").with_columns(
+        doc_id=pl.col("doc_id") + "-w2", shard=pl.lit("shard-w2"), text=pl.col("text").str.reverse()
+    )  # fmt: skip
+    wave.write_parquet(raw / "shard-w2.parquet")
+    members = home.lake_dir("super_clusters") / "documents.parquet"
+    old = pl.read_parquet(members)
+    new_members = wave.select("doc_id").join(old.with_columns(doc_id=pl.col("doc_id") + "-w2"), on="doc_id")
+    pl.concat([old, new_members]).write_parquet(members)  # the new wave joins the same super-clusters
+
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**BASE),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    result = dg.materialize(build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1[:2]],
+                            resources=resources, instance=instance)  # fmt: skip
+    tokenizer = result.asset_materializations_for_node("proxy_tokenizer")[0].metadata
+    tokens = result.asset_materializations_for_node("proxy_token_files")[0].metadata
+    assert tokenizer["reused"].value and tokens["shards_tokenized"].value == 1
+    assert tokens["tokenized"].value == "shard-w2" and tokens["shards_reused"].value == 2
+    after = {p.name: p.stat().st_mtime_ns for p in (home.lake / "tokens").rglob("*.bin")}
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"shard-w2.bin"}
 
 
 def test_a_missing_membership_file_is_an_error_not_a_key(home):

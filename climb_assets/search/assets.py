@@ -8,6 +8,7 @@ results and predictors live under the search's own key (cluster version + every 
 re-cluster or a settings change starts a new search instead of reading the old one's results.
 """
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, replace
@@ -47,36 +48,53 @@ from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_a
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
-@dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
-          code_version=ALGORITHM_VERSIONS["tokenizer"])  # fmt: skip
-def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
-    """A byte-level BPE trained offline on a sample of the kept documents, shared by every proxy (reused when the
-    super-clusters and tokenizer settings are unchanged)."""
-    plan = SearchPlan(climb.home(), search)
-    path = plan.tokenizer_path
-    reused = path.exists()
-    started = time.perf_counter()
+def train_proxy_tokenizer(plan: SearchPlan):
+    """Train on a bounded sample of the kept documents; returns the tokenizer and what it was trained on."""
+    search = plan.search
     members = pl.read_parquet(lake.super_cluster_documents_path(plan.home), columns=["doc_id", "super_cluster_id"]).drop_nulls()
     sample = members.sample(min(search.tokenizer_sample_docs, members.height), seed=search.seed)
     texts = (
         pl.scan_parquet(lake.raw_shards_glob(plan.home)).select("doc_id", "text")
         .join(sample.lazy(), on="doc_id").sort("doc_id").collect()["text"].to_list()
     )  # fmt: skip
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=search.tokenizer_vocab_size)
+    encoded = tokenizer.encode_batch(texts[:500])
+    bytes_per_token = sum(len(t.encode()) for t in texts[:500]) / max(1, sum(len(e) for e in encoded))
+    return tokenizer, {
+        "trained_on_docs": len(texts),
+        "sample_doc_ids_sha256": hashlib.sha256("\n".join(sorted(sample["doc_id"])).encode()).hexdigest(),
+        "cluster_version": plan.cluster_version,
+        "bytes_per_token": round(bytes_per_token, 3),
+    }
+
+
+@dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
+          code_version=ALGORITHM_VERSIONS["tokenizer"])  # fmt: skip
+def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
+    """A byte-level BPE trained offline on a sample of the kept documents, shared by every proxy. Trained once per
+    tokenizer settings and kept across crawl waves and re-clusterings, so a new wave tokenizes only its new shards;
+    ``tokenizer_generation`` asks for a new one."""
+    plan = SearchPlan(climb.home(), search)
+    path = plan.tokenizer_path
+    record_path = lake.tokenizer_record_path(plan.home, plan.tokenizer_fingerprint)
+    reused = path.exists() and record_path.exists()
+    started = time.perf_counter()
     if reused:
         tokenizer = load_tokenizer(path)
     else:
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=search.tokenizer_vocab_size)
+        tokenizer, record = train_proxy_tokenizer(plan)
         with atomic_path(path) as tmp:
             tokenizer.save(tmp)
-    encoded = tokenizer.encode_batch(texts[:500])
-    bytes_per_token = sum(len(t.encode()) for t in texts[:500]) / max(1, sum(len(e) for e in encoded))
+        write_json_atomic(record, record_path)
+    record = json.loads(record_path.read_text())
     return dg.MaterializeResult(
         metadata={
             "reused": reused,
             "fingerprint": plan.tokenizer_fingerprint,
             "vocab_size": tokenizer.vocab_size,
-            "trained_on_docs": len(texts),
-            "bytes_per_token": round(bytes_per_token, 3),
+            "trained_on_docs": record["trained_on_docs"],
+            "trained_under_cluster_version": record["cluster_version"],
+            "bytes_per_token": record["bytes_per_token"],
             "seconds": round(time.perf_counter() - started, 2),
             "path": dg.MetadataValue.path(str(path)),
         },

@@ -112,11 +112,14 @@ class SearchPlan:
 
     @cached_property
     def tokenizer_fingerprint(self) -> str:
-        """The key the tokenizer is trained and stored under (its settings and sample), not the file's hash."""
+        """The key the tokenizer is stored under: its own settings, not who is in which super-cluster. The first
+        tokenizer trained for them stays across crawl waves and re-clusterings (so does every shard's token file);
+        ``tokenizer_generation`` asks for a new one. What it was trained on is recorded beside it, and every
+        downstream key holds the tokenizer's content hash."""
         s = self.search
         return fingerprint({
-            "algorithm": ALGORITHM_VERSIONS["tokenizer"], **self.corpus_ingredients,
-            "vocab_size": s.tokenizer_vocab_size, "sample_docs": s.tokenizer_sample_docs, "seed": s.seed,
+            "algorithm": ALGORITHM_VERSIONS["tokenizer"], "vocab_size": s.tokenizer_vocab_size,
+            "sample_docs": s.tokenizer_sample_docs, "seed": s.seed, "generation": s.tokenizer_generation,
         })  # fmt: skip
 
     @property

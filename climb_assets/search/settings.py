@@ -76,6 +76,7 @@ class SearchSettings(dg.ConfigurableResource):
     # tokenizer and proxy model
     tokenizer_vocab_size: int = 4096
     tokenizer_sample_docs: int = 4000
+    tokenizer_generation: int = 0  # bump to train a new tokenizer; else the first one trained stays across waves
     model_preset: ModelPreset = PROXY.model_preset  # tiny ~0.9M params (2 layers x 128); demo, paper_62m, paper_350m
     n_layer: int = 0  # 0: the preset's shape
     n_head: int = 0
@@ -109,6 +110,7 @@ class SearchSettings(dg.ConfigurableResource):
         problems += at_least("max_target_texts", self.max_target_texts, 1)
         problems += at_least("tokenizer_vocab_size", self.tokenizer_vocab_size, 258, "256 bytes + EOT + one merge")
         problems += at_least("tokenizer_sample_docs", self.tokenizer_sample_docs, 1)
+        problems += at_least("tokenizer_generation", self.tokenizer_generation, 0)
         for name in ("n_layer", "n_head", "n_embd", "num_threads"):
             problems += at_least(name, getattr(self, name), 0, "0 means the default")
         if self.n_head and self.n_embd and self.n_embd % self.n_head:
