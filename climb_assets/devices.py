@@ -9,15 +9,14 @@ its share of the cores as torch threads, so two slots do not thrash each other.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from climb_assets.home import ClimbHome
+from climb_assets.storage import exclusive_lock
 from climb_assets.tags import GPU_POOL
 
 WAIT_SECONDS = 0.2
@@ -69,24 +68,11 @@ def device_lease(home: ClimbHome, slots: int) -> Iterator[Lease]:
     """Hold one free device until the block ends (or the process dies). Waits if every device is held, which the
     pool limit prevents in normal operation; a deployment with more processes than slots still stays correct."""
     directory = home.root / "devices"
-    directory.mkdir(parents=True, exist_ok=True)
     candidates = _devices(slots)
     while True:
         for name, device, threads in candidates:
-            handle = open(Path(directory) / f"{name}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
-                yield Lease(name, device, threads)
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
+            with exclusive_lock(directory / f"{name}.lock", wait=False) as held:
+                if held:
+                    yield Lease(name, device, threads)
+                    return
         time.sleep(WAIT_SECONDS)

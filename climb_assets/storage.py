@@ -71,14 +71,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def exclusive_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` for the block, waiting for any other holder (``on_wait`` is told the
-    holder's pid first). The kernel releases it when the holder dies, so a killed process never keeps it."""
+def exclusive_lock(path: Path, *, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` for the block (the holder's pid is written in it); yields whether it
+    is held. With ``wait`` it waits for another holder (``on_wait`` is told that holder's pid first); without, it
+    yields False at once. The kernel releases the lock when the holder dies, so a killed process never keeps it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             handle.seek(0)
             if on_wait:
                 on_wait(handle.read().strip() or "?")
@@ -88,7 +92,7 @@ def exclusive_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> 
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
