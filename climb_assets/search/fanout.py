@@ -69,6 +69,7 @@ def train_or_reuse(plan: SearchPlan, run: TrainingRun, marker_dir: Path, sink: R
     init_sha = cached_file_sha256(run.init_path) if run.init_path else None
     key = plan.run_key(run.named_weights(), run.settings, run.seed, init_sha)
     marker = marker_dir / f"{key}.json"
+
     def waiting(pid: str) -> None:
         sink.log.info(f"{run.name}: another attempt (pid {pid}) is training {key}; waiting for it")
 
