@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -223,6 +226,28 @@ def test_bad_streams_fail_clearly():
         train_proxy(tiny_cfg(), train_cfg(block_size=BLOCK * 2), repetitive_stream())
     with pytest.raises(ValueError, match="schedule"):
         train_cfg(schedule="linear")
+
+
+ALLOCATION_CHURN = """
+import resource, sys, torch
+from climb_assets.lm.train import retain_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.ones(48 << 18)  # 48 MiB of floats, freed at once: a proxy's logits
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+plain = faults()
+print(plain, faults() if retain_freed_memory() else -1)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
+def test_freed_training_memory_is_kept_instead_of_faulted_in_again():
+    plain, retained = map(int, subprocess.run(
+        [sys.executable, "-c", ALLOCATION_CHURN], check=True, capture_output=True, text=True).stdout.split())  # fmt: skip
+    assert retained >= 0, "mallopt refused the thresholds"
+    assert plain > 20 * 10_000  # each 48 MiB tensor faults in ~12k fresh pages under glibc's defaults
+    assert retained < plain / 10
 
 
 def test_training_restores_torch_threads():
