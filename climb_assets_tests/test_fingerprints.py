@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from climb_assets.lake import proxy_markers_dir
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import keys as fingerprint_module
-from climb_assets.search.assets import build_search_assets
+from climb_assets.search.assets import build_search_assets, ensure_base_checkpoint, ensure_proxy_tokenizer
 from climb_assets.search.fanout import RunLog, TrainingRun, train_or_reuse
 from climb_assets.search.keys import SearchPlan, fingerprint
 from climb_assets.search.settings import SearchSettings
@@ -243,3 +243,35 @@ def test_two_attempts_of_one_run_train_it_once_and_fail_nothing(home, instance):
     assert records[0]["fingerprint"] == records[1]["fingerprint"] and records[0]["metrics"] == records[1]["metrics"]
     runs = client.search_runs([sink.experiment], filter_string=f"tags.`climb.fingerprint` = '{records[0]['fingerprint']}'")
     assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_two_searches_sharing_a_tokenizer_and_a_base_make_each_once(home, instance):
+    """Two searches launched together in one home (two targets share the tokenizer and the base): the second of each
+    pair waits for the first and reuses its file, instead of training its own and overwriting it under a key the
+    first search's proxies already hashed."""
+    write_search_state(home)
+    plan = SearchPlan(home, SearchSettings(**BASE))
+
+    def together(make) -> list:
+        start, outcomes, waits = threading.Barrier(2), [], []
+
+        def attempt() -> None:
+            start.wait()
+            outcomes.append(make(waits.append))
+
+        threads = [threading.Thread(target=attempt) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes, waits
+
+    tokenizers, waits = together(lambda on_wait: ensure_proxy_tokenizer(plan, on_wait))
+    assert sorted(reused for _, _, reused in tokenizers) == [False, True] and len(waits) == 1
+    assert tokenizers[0][1] == tokenizers[1][1]  # one training record, read back by the waiter
+
+    bases, waits = together(lambda on_wait: ensure_base_checkpoint(plan, 1, on_wait))
+    assert sorted(reused for _, reused, _ in bases) == [False, True] and len(waits) == 1
+    trained = next(record for record, reused, _ in bases if not reused)
+    assert all(record == trained for record, _, _ in bases)
+    assert [lease["device"] for _, reused, lease in bases if not reused] == ["cpu-slot-0"]

@@ -8,6 +8,8 @@ builds its definitions. Under ``dagster dev``/``dg`` (or before any manifest exi
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -25,13 +27,31 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_quality"
 DBT_EXECUTABLE = shutil.which("dbt") or str(Path(sys.executable).parent / "dbt")
 
 
+@contextmanager
+def lake_environment(home: ClimbHome, cluster_version: str) -> Iterator[None]:
+    """The lake's paths in this process's environment while a dbt process starts (it inherits them; dbt-dagster's
+    ``cli`` takes no environment of its own), then the environment as it was, so no later step sees another
+    home's or another version's paths."""
+    values = dbt_environment(home, cluster_version)
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def parse_dbt_project(home: ClimbHome) -> Path:
     """``dbt parse`` with the lake's paths in the environment (the sources read them); returns the manifest."""
     project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-    os.environ.update(dbt_environment(home, current_version(home) or "unfitted"))  # parsing reads no data
-    DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
-        ["parse", "--quiet"], target_path=project.target_path
-    ).wait()
+    with lake_environment(home, current_version(home) or "unfitted"):  # parsing reads no data
+        DbtCliResource(project_dir=project, dbt_executable=DBT_EXECUTABLE).cli(
+            ["parse", "--quiet"], target_path=project.target_path
+        ).wait()
     return project.manifest_path
 
 
@@ -66,8 +86,9 @@ def build_dbt_quality_assets() -> dg.AssetsDefinition:
         home = climb.home()
         # the profile and sources read the lake's paths under the version read once here (a clear error before dbt
         # starts when nothing is fitted yet); the merge checks the decisions name the version it reads
-        os.environ.update(dbt_environment(home, require_current_version(home)))
-        yield from dbt.cli(["build"], context=context).stream()
+        with lake_environment(home, require_current_version(home)):
+            build = dbt.cli(["build"], context=context)  # dbt's process starts here
+        yield from build.stream()
 
     return dbt_quality_models
 

@@ -11,6 +11,7 @@ re-cluster or a settings change starts a new search instead of reading the old o
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 
 import dagster as dg
@@ -44,7 +45,7 @@ from climb_assets.search.tracking import (
     run_url,
     tag_run,
 )
-from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
+from climb_assets.storage import atomic_path, exclusive_lock, write_json_atomic, write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
@@ -68,25 +69,38 @@ def train_proxy_tokenizer(plan: SearchPlan):
     }
 
 
-@dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
-          code_version=ALGORITHM_VERSIONS["tokenizer"])  # fmt: skip
-def proxy_tokenizer(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
-    """A byte-level BPE trained offline on a sample of the kept documents, shared by every proxy. Trained once per
-    tokenizer settings and kept across crawl waves and re-clusterings, so a new wave tokenizes only its new shards;
-    ``tokenizer_generation`` asks for a new one."""
-    plan = SearchPlan(climb.home(), search)
+def waiting_in(context) -> Callable[[str], None]:
+    """An ``on_wait`` that tells the step's log who holds the work it waits for."""
+    return lambda pid: context.log.info(f"another process (pid {pid}) is making this; waiting for it to finish")
+
+
+def ensure_proxy_tokenizer(plan: SearchPlan, on_wait: Callable[[str], None] | None = None):
+    """The tokenizer of ``plan``, its record and whether it was reused: trained now only if missing, by one process
+    at a time (two searches sharing it, or a retry while the first attempt lives, wait and reuse the first's)."""
     path = plan.tokenizer_path
     record_path = lake.tokenizer_record_path(plan.home, plan.tokenizer_fingerprint)
-    reused = path.exists() and record_path.exists()
-    started = time.perf_counter()
-    if reused:
-        tokenizer = load_tokenizer(path)
-    else:
+    with exclusive_lock(path.with_suffix(".lock"), on_wait=on_wait):
+        reused = path.exists() and record_path.exists()
+        if reused:
+            return load_tokenizer(path), json.loads(record_path.read_text()), True
         tokenizer, record = train_proxy_tokenizer(plan)
         with atomic_path(path) as tmp:
             tokenizer.save(tmp)
         write_json_atomic(record, record_path)
-    record = json.loads(record_path.read_text())
+        return tokenizer, record, False
+
+
+@dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
+          code_version=ALGORITHM_VERSIONS["tokenizer"])  # fmt: skip
+def proxy_tokenizer(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
+                    search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
+    """A byte-level BPE trained offline on a sample of the kept documents, shared by every proxy. Trained once per
+    tokenizer settings and kept across crawl waves and re-clusterings, so a new wave tokenizes only its new shards;
+    ``tokenizer_generation`` asks for a new one."""
+    plan = SearchPlan(climb.home(), search)
+    started = time.perf_counter()
+    tokenizer, record, reused = ensure_proxy_tokenizer(plan, waiting_in(context))
+    path = plan.tokenizer_path
     return dg.MaterializeResult(
         metadata={
             "reused": reused,
@@ -125,6 +139,30 @@ def proxy_token_files(climb: ClimbHomeResource, search: SearchSettings) -> dg.Ma
     )
 
 
+def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str], None] | None = None):
+    """The base checkpoint's record, whether it was reused, and the device lease it trained on ({} if reused).
+
+    Trained by one process at a time per key: two searches that share a base (or a retry while the first attempt
+    lives) wait and reuse it, so the file is written once and every proxy that keys on its hash reads those bytes.
+    """
+    path = plan.base_path
+    record_path = path.with_suffix(".json")  # how it was made; kept out of the checkpoint so its bytes (and hash)
+    with exclusive_lock(path.with_suffix(".lock"), on_wait=on_wait):  # depend on the weights alone
+        if path.exists() and record_path.exists():
+            return json.loads(record_path.read_text()), True, {}
+        tokenizer, corpus = search_inputs(plan)
+        settings = plan.search.base_settings()
+        with device_lease(plan.home, slots) as lease:  # the device and threads are speed-only: the key stays the same
+            pinned = replace(settings, device=lease.device, num_threads=settings.num_threads or lease.threads)
+            outcome, model = run_proxy(corpus, tokenizer, corpus.natural_weights(), pinned,
+                                       plan.search.target(plan.home), seed=plan.search.seed)  # fmt: skip
+        save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
+        record = {"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
+                  "fingerprint": plan.base_key}  # fmt: skip
+        write_json_atomic(record, record_path)
+        return record, False, lease.metadata()
+
+
 @dg.asset(group_name="search", deps=[proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
           code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
 def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
@@ -135,22 +173,7 @@ def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeRes
     if plan.base_path is None:
         return dg.MaterializeResult(metadata={"enabled": False}, data_version=dg.DataVersion("disabled"))
     path = plan.base_path
-    record_path = path.with_suffix(".json")  # how it was made; kept out of the checkpoint so its bytes (and hash)
-    reused = path.exists() and record_path.exists()  # depend on the weights alone
-    lease_metadata = {}
-    if not reused:
-        tokenizer, corpus = search_inputs(plan)
-        settings = search.base_settings()
-        with device_lease(plan.home, gpu_slots(context.instance)) as lease:  # the device and threads are speed-only:
-            pinned = replace(settings, device=lease.device, num_threads=settings.num_threads or lease.threads)
-            outcome, model = run_proxy(  # the key stays the same
-                corpus, tokenizer, corpus.natural_weights(), pinned, search.target(plan.home), seed=search.seed
-            )
-        lease_metadata = lease.metadata()
-        save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
-        write_json_atomic({"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
-                           "fingerprint": plan.base_key}, record_path)  # fmt: skip
-    extra = json.loads(record_path.read_text())
+    extra, reused, lease_metadata = ensure_base_checkpoint(plan, gpu_slots(context.instance), waiting_in(context))
     return dg.MaterializeResult(
         metadata={
             "enabled": True,
