@@ -40,22 +40,41 @@ SETTINGS = {**TINY_SEARCH, "proxies_per_iteration": [CANDIDATES, 3, 3], "token_b
             "base_token_budget": 0, "max_repeats": 20.0}  # fmt: skip
 PROXY_RESULTS = dg.AssetKey(["iteration_1", "proxy_results"])
 # The child trains on one core: its proxies then take the same time however busy the other core is.
+# A base long enough (a few seconds) to be caught while it trains.
+BASE_SETTINGS = {**SETTINGS, "base_token_budget": 96_000}
 CHILD = """
-import os, signal, sys
+import json, os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 from climb_assets_tests.test_resume import materialize_search
-materialize_search(sys.argv[1], [["iteration_1", "proxy_results"]])
+materialize_search(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]))
 """
 
 
-def materialize_search(root: str, keys: list[list[str]]) -> bool:
+def start_child(home: ClimbHome, keys: list[list[str]], settings: dict, log: Path) -> subprocess.Popen:
+    """``materialize_search`` in a child process on one core, its output in ``log``."""
+    env = {**os.environ, "CLIMB_HOME": str(home.root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(home.root), json.dumps(keys), json.dumps(settings)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def kill(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+
+
+def materialize_search(root: str, keys: list[list[str]], settings: dict = SETTINGS) -> bool:
     """Materialize some assets of the tiny search in this process, on the platform instance in CLIMB_HOME/dagster."""
     home = ClimbHome(Path(root))
     resources = {
         "climb": ClimbHomeResource(root=root),
-        "search": SearchSettings(**SETTINGS),
+        "search": SearchSettings(**settings),
         "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home)),
     }
     with prepare_instance(home) as instance:
@@ -129,13 +148,7 @@ def killed_search(home, tmp_path, monkeypatch):
                                                ["iteration_1", "mixture_candidates"]])  # fmt: skip
     proxies = proxy_markers_dir(home)
     log = tmp_path / "child.log"
-    env = {**os.environ, "CLIMB_HOME": str(home.root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(home.root)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    child = start_child(home, [PROXY_RESULTS.path], SETTINGS, log)
     try:
         wait_for(lambda: list(proxies.glob("*.json")), 240, child, log, "the first proxy result")
 
@@ -148,12 +161,8 @@ def killed_search(home, tmp_path, monkeypatch):
         with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
             assert release_dead_runs(instance) == []  # the child's run is alive: never released
         wait_for(in_training, 120, child, log, "a proxy run in training")
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
     finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
+        kill(child)
     assert child.returncode == -signal.SIGKILL
     return home
 
@@ -217,3 +226,30 @@ def test_killed_proxy_run_is_rerun_alone(killed_search):
         assert event.run_id == resumed.run_id
         assert event.asset_materialization.metadata["proxies"].value == CANDIDATES
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots == []
+
+
+def test_a_base_checkpoint_killed_while_it_trains_leaves_nothing_and_is_trained_again(home, tmp_path, monkeypatch):
+    """SIGKILL in the base checkpoint step (a second point of the main job, before any proxy): no checkpoint is
+    visible, its lock and gpu slot are free again, and the next run trains it and the proxies go on from it."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    write_search_state(home)
+    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_token_files"]], BASE_SETTINGS)
+    plan = SearchPlan(home, SearchSettings(**BASE_SETTINGS))
+    lock = plan.base_path.with_suffix(".lock")
+    log = tmp_path / "child.log"
+    child = start_child(home, [["proxy_base_checkpoint"]], BASE_SETTINGS, log)
+    try:  # the lock holds the trainer's pid from the moment it starts loading the corpus to the checkpoint's rename
+        wait_for(lambda: lock.exists() and lock.read_text().strip() == str(child.pid), 120, child, log, "the base training")
+    finally:
+        kill(child)
+    assert child.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    assert not plan.base_path.exists() and not plan.base_path.with_suffix(".json").exists()
+
+    with prepare_instance(home) as instance:  # releases the killed run's gpu slot
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots == []
+    assert materialize_search(str(home.root), [["proxy_base_checkpoint"]], BASE_SETTINGS)
+    with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("proxy_base_checkpoint"))
+        assert event.asset_materialization.metadata["reused"].value is False
+    record = json.loads(plan.base_path.with_suffix(".json").read_text())
+    assert record["fingerprint"] == plan.base_key and record["tokens_seen"] >= BASE_SETTINGS["base_token_budget"]
