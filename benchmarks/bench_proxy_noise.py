@@ -50,8 +50,6 @@ VARIANTS = {
     "lr_div10": {"lr_scale": 0.1},
     "lr_x2": {"lr_scale": 2.0},
     "batch_x2": {"batch_scale": 2},  # the same tokens in half the steps
-    "swa_last25": {"average_last_frac": 0.25},  # weights averaged over the last quarter of the steps
-    "lr_div4_swa": {"lr_scale": 0.25, "average_last_frac": 0.25},
     "tokens_x2": {"token_scale": 2.0},
     "eval_x3": {"eval_scale": 3},  # three times the held-out target texts
     "base_x2": {"base_scale": 2.0},  # a base checkpoint trained on twice the tokens
@@ -70,7 +68,6 @@ def variant_inputs(search: SearchSettings, home: ClimbHome, variant: dict):
     proxy = search.proxy_settings()
     lr = proxy.lr * variant.get("lr_scale", 1.0)
     proxy = replace(proxy, lr=lr, min_lr=lr / 10, token_budget=int(proxy.token_budget * variant.get("token_scale", 1.0)),
-                    average_last_frac=variant.get("average_last_frac", proxy.average_last_frac),
                     batch_size=proxy.batch_size * variant.get("batch_scale", 1))
     target = search.model_copy(update={"max_target_texts": search.max_target_texts * variant.get("eval_scale", 1)})
     return proxy, target.target(home)

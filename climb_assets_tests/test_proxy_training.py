@@ -213,27 +213,6 @@ def test_eval_fn_runs_every_eval_every_steps_and_at_end():
     assert result.evals[0][2]["n_params"] == result.model.num_params()
 
 
-def test_weight_averaging_returns_the_mean_of_the_last_steps_weights():
-    cfg = train_cfg(token_budget=BATCH * BLOCK * 8, eval_every=1)
-    trajectory: list[dict[str, torch.Tensor]] = []
-
-    def snapshot(model: GPT) -> dict[str, float]:
-        trajectory.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {}
-
-    plain = train_proxy(tiny_cfg(), cfg, repetitive_stream(), eval_fn=snapshot)
-    averaged = train_proxy(tiny_cfg(), train_cfg(token_budget=BATCH * BLOCK * 8, average_last_frac=0.25),
-                           repetitive_stream())  # fmt: skip
-    assert cfg.num_steps == 8 and train_cfg(average_last_frac=0.25, token_budget=BATCH * BLOCK * 8).first_averaged_step == 6
-    assert averaged.loss_curve == plain.loss_curve  # averaging never changes the trajectory, only the result
-    for name, value in averaged.model.state_dict().items():
-        expected = (trajectory[6][name] + trajectory[7][name]) / 2
-        assert torch.allclose(value, expected, atol=1e-6), name
-    assert not torch.equal(averaged.model.state_dict()["lm_head.weight"], plain.model.state_dict()["lm_head.weight"])
-    with pytest.raises(ValueError, match="average_last_frac"):
-        train_cfg(average_last_frac=1.5)
-
-
 def test_bad_streams_fail_clearly():
     with pytest.raises(RuntimeError, match="ran out at step 2"):
         train_proxy(tiny_cfg(), train_cfg(), [torch.zeros((BATCH, BLOCK + 1), dtype=torch.long)] * 2)

@@ -121,7 +121,6 @@ class ProxySettings:
     min_lr: float = 2e-4
     warmup_frac: float = 0.05
     schedule: str = "cosine"
-    average_last_frac: float = 0.0  # weights averaged over this final fraction of steps (0 = the last weights)
     max_repeats: float = 4.0
     num_threads: int | None = None  # CPU threads for training; None = all cores (set 1 when runs share the cores)
     device: str = "auto"  # "auto": CUDA when present; a step's device lease pins it ("cuda:1", "cpu")
@@ -140,7 +139,6 @@ class ProxySettings:
             min_lr=self.min_lr,
             warmup_frac=self.warmup_frac,
             schedule=self.schedule,
-            average_last_frac=self.average_last_frac,
             seed=seed,
             num_threads=self.num_threads,
             device=self.device,

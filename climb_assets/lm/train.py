@@ -41,9 +41,6 @@ class TrainConfig:
     warmup_frac: float = 0.05
     schedule: Literal["cosine", "wsd"] = "cosine"
     decay_frac: float = 0.2  # WSD only: final fraction of steps that decays linearly to min_lr
-    # Uniform average of the weights over this final fraction of steps (stochastic weight averaging; 0 = off): the
-    # result depends less on the last few batches, which is most of a short proxy's seed noise.
-    average_last_frac: float = 0.0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 disables clipping
@@ -59,8 +56,8 @@ class TrainConfig:
         for name in ("token_budget", "batch_size", "block_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not (0.0 <= self.warmup_frac < 1.0 and 0.0 <= self.decay_frac <= 1.0 and 0.0 <= self.average_last_frac <= 1.0):
-            raise ValueError("warmup_frac must be in [0, 1), decay_frac and average_last_frac in [0, 1]")
+        if not (0.0 <= self.warmup_frac < 1.0 and 0.0 <= self.decay_frac <= 1.0):
+            raise ValueError("warmup_frac must be in [0, 1) and decay_frac in [0, 1]")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
@@ -72,13 +69,6 @@ class TrainConfig:
     def num_steps(self) -> int:
         """Optimizer steps needed to see at least ``token_budget`` tokens."""
         return math.ceil(self.token_budget / self.tokens_per_step)
-
-    @property
-    def first_averaged_step(self) -> int | None:
-        """The step from which weights are averaged (None: no averaging)."""
-        if self.average_last_frac <= 0:
-            return None
-        return self.num_steps - max(1, round(self.average_last_frac * self.num_steps))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -242,7 +232,6 @@ def _train(
             evals.append((step, tokens, eval_fn(model)))
         model.train()
 
-    averaged = None
     tokens_seen = 0
     start = time.perf_counter()
     model.train()
@@ -265,15 +254,9 @@ def _train(
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training loss became {loss_value} at step {step}; lower lr or check data")
         loss_curve.append((step, tokens_seen, loss_value))
-        if train_cfg.first_averaged_step is not None and step >= train_cfg.first_averaged_step:
-            if averaged is None:
-                averaged = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
-            averaged.update_parameters(model)
         if on_step is not None:
             on_step(step, tokens_seen, loss_value)
         last = step == train_cfg.num_steps - 1
-        if last and averaged is not None:
-            model.load_state_dict(averaged.module.state_dict())
         if eval_fn is not None and (last or (train_cfg.eval_every and (step + 1) % train_cfg.eval_every == 0)):
             run_eval(step, tokens_seen)
     if device.type == "cuda":
