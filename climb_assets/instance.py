@@ -8,6 +8,7 @@ import dagster as dg
 
 from climb_assets.devices import default_slots
 from climb_assets.home import ClimbHome
+from climb_assets.storage import process_alive, sweep_abandoned_temps
 from climb_assets.tags import GPU_POOL
 
 # One slot per pool by default: lake writers never race each other's de-duplication. The gpu pool is capacity, sized
@@ -29,8 +30,8 @@ nux:
 
 def prepare_instance(home: ClimbHome, gpu_slots: int = 0) -> dg.DagsterInstance:
     """Point DAGSTER_HOME at ``CLIMB_HOME/dagster``, write its dagster.yaml once, open the instance, size the ``gpu``
-    pool (``gpu_slots``, or one slot per GPU, one on a CPU-only machine) and release the runs a killed process left
-    behind. Lake pools keep their single slot: they are locks, not capacity."""
+    pool (``gpu_slots``, or one slot per GPU, one on a CPU-only machine), and release the runs and remove the temp
+    outputs a killed process left behind. Lake pools keep their single slot: they are locks, not capacity."""
     home.ensure()
     config = home.dagster / "dagster.yaml"
     if not config.exists():
@@ -39,6 +40,7 @@ def prepare_instance(home: ClimbHome, gpu_slots: int = 0) -> dg.DagsterInstance:
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_slots or default_slots())
     release_dead_runs(instance)
+    sweep_abandoned_temps(home.root)
     return instance
 
 
@@ -55,16 +57,6 @@ def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark as failed every unfinished run whose process is gone, and free the pool slots it held.
 
@@ -75,7 +67,7 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     released = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
         pid = _run_pid(instance, run.run_id)
-        if pid is None or _alive(pid):
+        if pid is None or process_alive(pid):
             continue
         instance.report_run_failed(run, f"Its process (pid {pid}) is gone: it was killed before it could finish.")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

@@ -46,6 +46,36 @@ def lake_file(directory: Path, name: str, suffix: str) -> Path:
     return path
 
 
+TEMP_SUFFIX = ".tmp"
+_TEMP_PID = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_abandoned_temps(root: Path) -> list[Path]:
+    """Remove the temp directories that ``atomic_path`` writers killed mid-write (SIGKILL, OOM) left under ``root``;
+    a live writer's are kept. Nothing reads them, but they hold whole half-written outputs (token files, shards)."""
+    removed = []
+    for directory, subdirs, _ in os.walk(root):
+        for name in list(subdirs):
+            match = _TEMP_PID.match(name)
+            if match is None:
+                continue
+            subdirs.remove(name)  # never descend into a temp
+            if not process_alive(int(match.group(1))):
+                shutil.rmtree(Path(directory) / name, ignore_errors=True)
+                removed.append(Path(directory) / name)
+    return removed
+
+
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temp path next to ``final``; on success rename it over ``final``, on failure remove it.
@@ -54,7 +84,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    # The writer's pid is in the name, so a sweep can tell a killed writer's leftovers from a live one's work.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=TEMP_SUFFIX, dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp

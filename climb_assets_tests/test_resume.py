@@ -30,6 +30,7 @@ from climb_assets.search.assets import build_search_assets
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
+from climb_assets.storage import atomic_path
 from climb_assets.tags import GPU_POOL
 from climb_assets_tests.conftest import TINY_SEARCH
 
@@ -253,3 +254,32 @@ def test_a_base_checkpoint_killed_while_it_trains_leaves_nothing_and_is_trained_
         assert event.asset_materialization.metadata["reused"].value is False
     record = json.loads(plan.base_path.with_suffix(".json").read_text())
     assert record["fingerprint"] == plan.base_key and record["tokens_seen"] >= BASE_SETTINGS["base_token_budget"]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from climb_assets.storage import atomic_path
+with atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.mkdir()
+    (tmp / "part-0.parquet").write_bytes(b"half written")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writers_temp_output_is_swept_and_a_live_writers_is_kept(home, monkeypatch):
+    """A writer SIGKILLed inside ``atomic_path`` leaves its hidden temp directory (never visible as the output);
+    the next ``prepare_instance`` removes it, and never touches the temp of a writer that is still alive."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    final = home.lake / "search" / "token_files" / "shard-0"
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(final)], cwd=REPO, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    abandoned = [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.pid")]
+    assert len(abandoned) == 1 and not final.exists()
+    with atomic_path(home.lake / "live" / "result.json") as live:
+        live.write_text("{}")
+        with prepare_instance(home):
+            pass
+        assert not abandoned[0].exists()
+        assert live.exists()  # this process is alive: its temp stays until its own rename
+    assert (home.lake / "live" / "result.json").read_text() == "{}"
