@@ -46,7 +46,6 @@ def lake_file(directory: Path, name: str, suffix: str) -> Path:
     return path
 
 
-TEMP_SUFFIX = ".tmp"
 _TEMP_PID = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
 
 
@@ -60,11 +59,13 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def sweep_abandoned_temps(root: Path) -> list[Path]:
-    """Remove the temp directories that ``atomic_path`` writers killed mid-write (SIGKILL, OOM) left under ``root``;
-    a live writer's are kept. Nothing reads them, but they hold whole half-written outputs (token files, shards)."""
+def sweep_abandoned_temps(root: Path, skip: frozenset[Path] = frozenset()) -> list[Path]:
+    """Remove the temp directories that ``atomic_path`` writers killed mid-write (SIGKILL, OOM) left under ``root``
+    (not under ``skip``: trees no ``atomic_path`` writes to); a live writer's are kept. Nothing reads them, but they
+    hold whole half-written outputs (token files, shards)."""
     removed = []
     for directory, subdirs, _ in os.walk(root):
+        subdirs[:] = [name for name in subdirs if Path(directory) / name not in skip]
         for name in list(subdirs):
             match = _TEMP_PID.match(name)
             if match is None:
@@ -85,7 +86,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid is in the name, so a sweep can tell a killed writer's leftovers from a live one's work.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=TEMP_SUFFIX, dir=final.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.pid{os.getpid()}.", suffix=".tmp", dir=final.parent))
     tmp = tmp_dir / final.name
     try:
         yield tmp
