@@ -188,6 +188,23 @@ def search_iteration_dir(home: ClimbHome, search_key: str, iteration: int) -> Pa
     return search_state_dir(home, search_key) / f"iteration_{iteration}"
 
 
+def search_groups_path(home: ClimbHome, search_key: str) -> Path:
+    """The super-clusters a search searched over (fine clusters per group, token prior), kept with the search: the
+    lake's super-clusters move on with the crawl, and a later search compares its own with these."""
+    return search_state_dir(home, search_key) / "groups.parquet"
+
+
+def search_continuation_path(home: ClimbHome, search_key: str) -> Path:
+    """How a search started: from scratch, or continuing its lineage's previous search (and the refresh's verdict)."""
+    return search_state_dir(home, search_key) / "continuation.json"
+
+
+def lineage_dir(home: ClimbHome, lineage: str) -> Path:
+    """Searches with the same settings, tokenizer and target over a growing crawl: ``finished/<search key>.json``
+    per completed search, ``parents/<corpus>.json`` pins which one a search over that corpus continues."""
+    return search_root(home) / "lineages" / lineage
+
+
 # --- ClimbMix ---------------------------------------------------------------------------------------------------
 
 

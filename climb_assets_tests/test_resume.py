@@ -117,6 +117,8 @@ def write_search_state(home: ClimbHome) -> None:
     pl.DataFrame(
         {"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v1"] * 3}
     ).write_parquet(supers / "super_clusters.parquet")
+    pl.DataFrame({"cluster_id": list(range(7)), "decision": ["keep"] * 6 + ["prune"],
+                  "super_cluster_id": [0, 0, 1, 1, 2, 2, None]}).write_parquet(supers / "mapping.parquet")  # fmt: skip
     (home.targets / "target.jsonl").write_text("".join(json.dumps({"text": t[:1500]}) + "\n" for t in prose[24:]))
 
 

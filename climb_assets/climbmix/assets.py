@@ -29,7 +29,8 @@ from climb_assets.search.reports import (
     weights_plot,
 )
 from climb_assets.search.settings import ClimbMixConfig, ProofSettings, SearchSettings
-from climb_assets.search.state import read_results, search_inputs, weight_columns
+from climb_assets.search import continuation
+from climb_assets.search.state import search_inputs, weight_columns
 from climb_assets.search.tracking import MlflowTracking, log_run
 from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
 
@@ -43,7 +44,7 @@ def choose_climbmix(config: ClimbMixConfig, plan: SearchPlan, iterations: int) -
     """The final mixture and the fingerprint of everything that made it (final predictor, config, corpus)."""
     _, corpus = search_inputs(plan)
     predictor = Predictor.load(plan.predictor_path(iterations))
-    trained = read_results(plan, iterations).select(weight_columns(corpus.groups)).to_numpy()
+    trained = continuation.training_set(plan, iterations).select(weight_columns(corpus.groups)).to_numpy()
     weights, predicted = best_predicted_mixture(
         predictor, token_prior(corpus.tokens_per_group()), config.seed,
         pool_size=config.pool_size, top_k=config.top_k_average, upper_bounds=trained.max(axis=0),
@@ -57,13 +58,14 @@ def choose_climbmix(config: ClimbMixConfig, plan: SearchPlan, iterations: int) -
 
 
 def random_search_runs(plan: SearchPlan, iterations: int) -> list[TrainingRun]:
-    """N random proxies, N = every proxy the search trains, with the search's proxy seed and settings, so
-    iteration 1's n1 proxies are the first n1 here and are reused by fingerprint."""
+    """N random proxies, N = every proxy the search trains (a continued search: the ones it trained itself), with
+    the search's proxy seed and settings, so iteration 1's random draws are the first here, reused by fingerprint."""
     search = plan.search
     _, corpus = search_inputs(plan)
     columns = weight_columns(corpus.groups)
-    first = pl.read_parquet(plan.candidates_path(1)).select(columns).to_numpy()
-    total = sum(search.proxies(k) for k in range(1, iterations + 1))
+    drawn = continuation.load(plan)["random_candidates"]
+    first = pl.read_parquet(plan.candidates_path(1)).select(columns).to_numpy()[:drawn]
+    total = sum(continuation.proxies(plan, k) for k in range(1, iterations + 1))
     weights = random_search_weights(first, token_prior(corpus.tokens_per_group()), total, search.seed)
     seed = search.proxy_seed()
     return [TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed, plan.base_path)
@@ -185,7 +187,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         if reused:
             manifest = existing
         else:
-            results = read_results(plan, iterations)
+            results = continuation.training_set(plan, iterations)
             spearman = {
                 f"iteration_{k}": Predictor.load(plan.predictor_path(k)).extra.get("spearman") for k in range(1, iterations + 1)
             }

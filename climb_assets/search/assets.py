@@ -26,17 +26,14 @@ from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
 from climb_assets.lm.train import save_checkpoint
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.candidates import (
-    next_iteration_candidates,
-    sample_dirichlet_candidates,
-    token_prior,
-)
+from climb_assets.search import continuation
+from climb_assets.search.candidates import next_iteration_candidates, token_prior
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
 from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.reports import search_plot
 from climb_assets.search.settings import SearchSettings, result_settings_of
-from climb_assets.search.state import read_results, search_inputs, weight_columns
+from climb_assets.search.state import search_inputs, weight_columns
 from climb_assets.search.tracking import (
     MlflowTracking,
     label_params,
@@ -198,22 +195,25 @@ def _candidate_frame(iteration: int, groups: list[int], weights: np.ndarray, ver
 
 
 def propose_candidates(plan: SearchPlan, iteration: int) -> tuple[pl.DataFrame, dict]:
-    """Iteration 1: Dirichlet around the token prior. Later: exploit the previous predictor, then explore."""
+    """Iteration 1: Dirichlet around the token prior (half the old search's best when continuing it). Later:
+    exploit the previous predictor, then explore."""
     search = plan.search
     _, corpus = search_inputs(plan)
     prior = token_prior(corpus.tokens_per_group())
-    n = search.proxies(iteration)
     rng = np.random.default_rng([search.seed, iteration])
-    info = {"n": n, "groups": len(corpus.groups), "prior": [round(float(p), 4) for p in prior], "search_key": plan.search_key}
+    info = {"groups": len(corpus.groups), "prior": [round(float(p), 4) for p in prior], "search_key": plan.search_key}
     if iteration == 1:
-        weights = sample_dirichlet_candidates(prior, n, rng)
+        state = continuation.start_search(plan, corpus.groups, prior)
+        weights, extra = continuation.first_candidates(plan, prior, rng)
+        info |= {"n": len(weights), **continuation.metadata(state, refresh=False), **extra}
     else:
+        n = continuation.proxies(plan, iteration)
         predictor = Predictor.load(plan.predictor_path(iteration - 1))
-        done = read_results(plan, iteration - 1)
+        done = continuation.training_set(plan, iteration - 1)
         evaluated = done.select(weight_columns(corpus.groups)).to_numpy()
         weights = next_iteration_candidates(predictor, prior, n, rng, pool_size=search.pool_size, evaluated=evaluated)
         predicted = predictor.predict(weights)
-        info |= {"pool_size": search.pool_size, "top": max(n**2, 128), "mean_predicted_objective": float(predicted.mean())}
+        info |= {"n": n, "pool_size": search.pool_size, "top": max(n**2, 128), "mean_predicted_objective": float(predicted.mean())}
     return _candidate_frame(iteration, corpus.groups, weights, plan.cluster_version), info
 
 
@@ -262,10 +262,12 @@ def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, record
 
 
 def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
-    """Refit the predictor on every proxy run so far; report each kind's k-fold held-out Spearman."""
+    """Refit the predictor on every proxy run so far (and the continued search's evidence); report each kind's
+    k-fold held-out Spearman. Iteration 1 of a continued search first judges the refresh."""
     search = plan.search
     _, corpus = search_inputs(plan)
-    results = read_results(plan, iteration)
+    state = continuation.judge_refresh(plan, corpus.groups) if iteration == 1 else continuation.load(plan)
+    results = continuation.training_set(plan, iteration)
     columns = weight_columns(corpus.groups)
     X, y = results.select(columns).to_numpy(), results["objective"].to_numpy()
     params = search.predictor_params()
@@ -290,7 +292,12 @@ def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
         metrics={"predictor_spearman": cv.spearman, "predictor_num_rounds": predictor.num_rounds,
                  "runs_so_far": len(y), "best_objective_so_far": float(y.max()), **by_kind},
     )  # fmt: skip
-    tag_run(client, parent, {"climb.predictor_kind": predictor.kind})
+    tag_run(client, parent, {"climb.predictor_kind": predictor.kind, "climb.search_start": state["start"],
+                             "climb.continuation": state.get("decision", state["start"])})  # fmt: skip
+    if iteration == 1 and state["start"] == "refresh":
+        measured = {k: state[k] for k in ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift")
+                    if state.get(k) is not None}  # fmt: skip
+        log_run(client, parent, metrics=measured | {"refresh_offset": state["offset"]})
     if predictor.booster is not None:
         log_lightgbm_model(client, parent, predictor.booster, "predictor")
     if predictor.linear is not None:
@@ -299,8 +306,9 @@ def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
     return predictor, scores, results
 
 
-def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
-    """The three assets of one search iteration, wired to the previous iteration's predictor."""
+def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinition]:
+    """The three assets of one search iteration, wired to the previous iteration's predictor; the final one's
+    predictor records the search as finished in its lineage."""
     prefix = f"iteration_{iteration}"
     upstream = ["proxy_token_files"] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
 
@@ -370,6 +378,9 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
         plan = SearchPlan(climb.home(), search)
         sink = iteration_run_log(plan, mlflow_tracking, iteration, context)
         fitted, scores, results = fit_iteration_predictor(plan, sink, iteration)
+        state = continuation.load(plan)
+        if final:
+            plan.register_finished(iteration)
         cv = scores[fitted.kind]
         importance = fitted.feature_importance()
         return dg.MaterializeResult(
@@ -380,6 +391,8 @@ def build_iteration_assets(iteration: int) -> list[dg.AssetsDefinition]:
                 "cv_folds": cv.folds,
                 "cv_note": cv.reason or "",
                 "runs": cv.n,
+                "runs_reused_from_parent": int((results["iteration"] == 0).sum()),
+                **continuation.metadata(state, refresh=iteration == 1),
                 "num_rounds": fitted.num_rounds,
                 "search_key": plan.search_key,
                 "constant_model": bool(fitted.extra.get("constant", False)),
@@ -403,5 +416,5 @@ def build_search_assets(iterations: int) -> list[dg.AssetsDefinition]:
     if iterations < 1:
         raise ValueError(f"a search needs at least one iteration, got {iterations}")
     return [proxy_tokenizer, proxy_token_files, proxy_base_checkpoint] + [
-        asset for k in range(1, iterations + 1) for asset in build_iteration_assets(k)
+        asset for k in range(1, iterations + 1) for asset in build_iteration_assets(k, final=k == iterations)
     ]

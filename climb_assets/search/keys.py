@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -26,7 +27,7 @@ from climb_assets import lake
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings
 from climb_assets.search.settings import SearchSettings, result_settings_of
-from climb_assets.storage import file_sha256
+from climb_assets.storage import exclusive_lock, file_sha256, write_json_atomic
 
 # The code's own version of each algorithm: bump one when a change alters what that step produces, so results made
 # by older code are never reused for it. Also used as the Dagster code_version of the assets that run the step.
@@ -169,11 +170,46 @@ class SearchPlan:
         }
 
     @cached_property
+    def lineage_key(self) -> str:
+        """Everything that makes a search but the corpus: the searches of one lineage differ only in crawl waves (and
+        re-clusterings), so a later one can continue an earlier one."""
+        return fingerprint({
+            "algorithms": ALGORITHM_VERSIONS, "tokenizer_sha256": self.tokenizer_sha, "target": self.target_ingredients,
+            "settings": self.search.lineage_settings(),
+        })  # fmt: skip
+
+    @cached_property
+    def parent_search_key(self) -> str | None:
+        """The finished search of this lineage that this one continues: the latest finished over another corpus when
+        this corpus was first searched, pinned then (so the key never changes once any of its steps ran, even after
+        this search finishes itself); None for the first search of a lineage or with ``search_start: fresh``."""
+        if self.search.search_start == "fresh":
+            return None
+        directory = lake.lineage_dir(self.home, self.lineage_key)
+        corpus = fingerprint(self.corpus_ingredients)
+        pin = directory / "parents" / f"{corpus}.json"
+        with exclusive_lock(directory / "pins.lock"):
+            if not pin.exists():
+                finished = [json.loads(p.read_text()) for p in sorted((directory / "finished").glob("*.json"))]
+                earlier = [f for f in finished if f["corpus"] != corpus]
+                parent = max(earlier, key=lambda f: f["finished_ns"])["search_key"] if earlier else None
+                write_json_atomic({"parent": parent, "corpus": self.corpus_ingredients, "pinned_ns": time.time_ns()}, pin)
+            return json.loads(pin.read_text())["parent"]
+
+    def register_finished(self, iterations: int) -> Path:
+        """Record this search as finished in its lineage: the next crawl wave's search continues from it."""
+        entry = {"search_key": self.search_key, "corpus": fingerprint(self.corpus_ingredients), "iterations": iterations,
+                 "cluster_version": self.cluster_version, "finished_ns": time.time_ns()}  # fmt: skip
+        return write_json_atomic(entry, lake.lineage_dir(self.home, self.lineage_key) / "finished" / f"{self.search_key}.json")
+
+    @cached_property
     def search_key(self) -> str:
-        """Cluster version + every setting + the tokenizer, base and target: one search, one directory."""
+        """Cluster version + every setting + the tokenizer, base and target + the search it continues: one search,
+        one directory."""
         return fingerprint({
             "algorithms": ALGORITHM_VERSIONS, **self.corpus_ingredients, "tokenizer_sha256": self.tokenizer_sha,
             "base": self.base_key, "target": self.target_ingredients, "settings": self.search.result_settings(),
+            "parent": self.parent_search_key,
         })  # fmt: skip
 
     def candidates_path(self, iteration: int) -> Path:
@@ -198,4 +234,5 @@ class SearchPlan:
         })  # fmt: skip
 
     def mlflow_tags(self) -> dict[str, str]:
-        return {"climb.cluster_version": self.cluster_version, "climb.search_key": self.search_key}
+        return {"climb.cluster_version": self.cluster_version, "climb.search_key": self.search_key,
+                "climb.lineage": self.lineage_key, "climb.parent_search": self.parent_search_key or "none"}  # fmt: skip

@@ -12,13 +12,13 @@ from climb_assets.metadata import figure_markdown  # noqa: E402
 from climb_assets.search.keys import SearchPlan  # noqa: E402
 from climb_assets.search.predictor import Predictor  # noqa: E402
 from climb_assets.search.settings import ProofSettings  # noqa: E402
-from climb_assets.search.state import read_results  # noqa: E402
+from climb_assets.search.continuation import training_set  # noqa: E402
 
 
 def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
     """One row per iteration: proxies so far, the predictor kept and every kind's held-out Spearman, and the
     iteration's best and mean proxy objective (higher is better), so a search that stalls shows it."""
-    results = read_results(plan, iterations)
+    results = training_set(plan, iterations)
     rows = []
     for k in range(1, iterations + 1):
         predictor = Predictor.load(plan.predictor_path(k))
@@ -50,7 +50,7 @@ def predictor_plot(plan: SearchPlan, iteration: int):
     """``search_plot`` for the search up to ``iteration``, with that iteration's predictor."""
     extra = Predictor.load(plan.predictor_path(iteration)).extra
     predicted = np.array([np.nan if v is None else v for v in extra["cv_predictions"]], dtype=np.float64)
-    return search_plot(read_results(plan, iteration), predicted, extra["spearman"])
+    return search_plot(training_set(plan, iteration), predicted, extra["spearman"])
 
 
 def weights_plot(labels: list[str], weights: np.ndarray, natural: np.ndarray):

@@ -24,8 +24,13 @@ from climb_assets.search.predictor import (
 TargetKind = Literal["bpb", "mc", "blend"]
 ModelPreset = Literal["tiny", "demo", "paper_62m", "paper_350m"]
 PredictorChoice = Literal["auto", "lightgbm", "ridge", "ensemble", "gp"]
+SearchStart = Literal["continue", "fresh"]
 # Settings that change how fast a result is made, never what it is: left out of every fingerprint.
 SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
+# How a search continues its lineage's previous one: part of a search's key, not of the lineage's (a user who tunes
+# them keeps continuing the same line of searches).
+CONTINUATION_SETTINGS = frozenset({"search_start", "continued_proxy_fraction", "continue_min_spearman",
+                                   "continue_max_prior_shift"})  # fmt: skip
 
 PROXY = ProxySettings()
 DEFAULT_PROXIES_PER_ITERATION = (16, 8, 8)
@@ -95,6 +100,12 @@ class SearchSettings(dg.ConfigurableResource):
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
     # process; keep the best each iteration. LightGBM's held-out score is reported either way.
     predictor_kind: PredictorChoice = "auto"
+    # a new crawl wave: continue the previous search with the same settings (its runs become evidence once a refresh
+    # shows its predictor still ranks new runs), or search from scratch
+    search_start: SearchStart = "continue"
+    continued_proxy_fraction: float = 0.5  # a continued search trains this share of each iteration's proxies
+    continue_min_spearman: float = 0.5  # the old predictor's rank correlation on the refresh runs, to keep its runs
+    continue_max_prior_shift: float = 0.1  # total variation between the old and new token priors, to continue at all
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
@@ -124,6 +135,12 @@ class SearchSettings(dg.ConfigurableResource):
         problems += at_least("max_repeats", self.max_repeats, 1, "each document at least once")
         problems += at_least("predictor_min_child_samples", self.predictor_min_child_samples, 1)
         problems += at_least("predictor_folds", self.predictor_folds, 2)
+        if not 0 < self.continued_proxy_fraction <= 1:
+            problems.append(f"continued_proxy_fraction must be in (0, 1], got {self.continued_proxy_fraction:g}")
+        if not -1 <= self.continue_min_spearman <= 1:
+            problems.append(f"continue_min_spearman must be in [-1, 1], got {self.continue_min_spearman:g}")
+        if not 0 <= self.continue_max_prior_shift <= 1:
+            problems.append(f"continue_max_prior_shift must be in [0, 1], got {self.continue_max_prior_shift:g}")
         if self.target_kind == "blend":
             problems += at_least("target_blend_bpb", self.target_blend_bpb, 0) + at_least("target_blend_mc",
                                                                                         self.target_blend_mc, 0)
@@ -151,6 +168,10 @@ class SearchSettings(dg.ConfigurableResource):
     def result_settings(self) -> dict:
         """Every setting that can change a result (all of them but the speed-only ones)."""
         return {k: v for k, v in self.model_dump().items() if k not in SPEED_ONLY_SETTINGS}
+
+    def lineage_settings(self) -> dict:
+        """The settings searches must share for one to continue another."""
+        return {k: v for k, v in self.result_settings().items() if k not in CONTINUATION_SETTINGS}
 
     def target_spec(self) -> TargetSpec:
         weights = {"bpb": self.target_blend_bpb, "mc": self.target_blend_mc} if self.target_kind == "blend" else {}

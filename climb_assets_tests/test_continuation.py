@@ -1,0 +1,135 @@
+"""A new crawl wave continues the previous search instead of restarting it: a refresh judges the old predictor on
+new runs, the old runs become evidence, and fewer proxies are trained; a changed structure restarts, and says why."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from climb_assets import lake
+from climb_assets.resources import ClimbHomeResource
+from climb_assets.search import continuation
+from climb_assets.search.assets import build_search_assets
+from climb_assets.search.keys import SearchPlan
+from climb_assets.search.predictor import Predictor
+from climb_assets.search.settings import SearchSettings
+from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
+from climb_assets_tests.conftest import TINY_SEARCH
+from climb_assets_tests.test_resume import write_search_state
+
+BASE = {**TINY_SEARCH, "proxies_per_iteration": [6, 4], "token_budget": 2_000, "base_token_budget": 2_000,
+        "max_repeats": 20.0, "predictor_folds": 3}  # fmt: skip
+
+
+def search(home, instance, **changes) -> dict[str, dict]:
+    """A two-iteration search with ``changes`` on the tiny settings; every search asset's metadata."""
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**(BASE | changes)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    result = dg.materialize(build_search_assets(2), resources=resources, instance=instance)
+    assert result.success
+    nodes = [f"iteration_{k}__{name}" for k in (1, 2) for name in ("mixture_candidates", "proxy_results", "predictor")]
+    return {
+        m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
+        for node in nodes for m in result.asset_materializations_for_node(node)
+    }
+
+
+def land_wave(home, version: str, drop_group: int | None = None) -> None:
+    """A new wave under the same centroids: reversed copies of shard-0's documents join their super-clusters (the
+    super-cluster version moves, as a merge's does); ``drop_group`` makes that super-cluster vanish."""
+    raw, supers = home.lake_dir("raw_shards"), home.lake_dir("super_clusters")
+    wave = pl.read_parquet(raw / "shard-0.parquet").with_columns(
+        doc_id=pl.col("doc_id") + "-w2", shard=pl.lit("shard-w2"), text=pl.col("text").str.reverse()
+    )  # fmt: skip
+    wave.write_parquet(raw / "shard-w2.parquet")
+    members = pl.read_parquet(supers / "documents.parquet")
+    new = wave.select("doc_id").join(members.with_columns(doc_id=pl.col("doc_id") + "-w2"), on="doc_id")
+    members = pl.concat([members, new])
+    table = pl.read_parquet(supers / "super_clusters.parquet").with_columns(version=pl.lit(version))
+    mapping = pl.read_parquet(supers / "mapping.parquet")
+    if drop_group is not None:
+        members = members.filter(pl.col("super_cluster_id") != drop_group)
+        table = table.filter(pl.col("super_cluster_id") != drop_group)
+        mapping = mapping.filter(pl.col("super_cluster_id") != drop_group)
+    members.write_parquet(supers / "documents.parquet")
+    table.write_parquet(supers / "super_clusters.parquet")
+    mapping.write_parquet(supers / "mapping.parquet")
+
+
+@pytest.fixture
+def first_search(home, instance):
+    write_search_state(home)
+    metadata = search(home, instance)
+    assert metadata["iteration_1/mixture_candidates"]["continuation_start"] == "first"
+    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
+    return SearchPlan(home, SearchSettings(**BASE)).search_key
+
+
+def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, instance, first_search):
+    land_wave(home, "v2")
+    changes = {"continue_min_spearman": -1.0}  # keep the old runs whatever the refresh says: the reuse path
+    metadata = search(home, instance, **changes)
+    plan = SearchPlan(home, SearchSettings(**(BASE | changes)))
+    start = metadata["iteration_1/mixture_candidates"]
+    assert start["continuation_start"] == "refresh" and start["continuation_parent"] == first_search
+    assert start["continuation_prior_shift"] <= 0.1 and start["random_candidates"] == 2
+    # a refresh of half the first iteration (at least 4 to rank), then half of each later one
+    assert metadata["iteration_1/proxy_results"]["trained"] == 4 and metadata["iteration_2/proxy_results"]["trained"] == 2
+
+    state = continuation.load(plan)
+    assert state["decision"] == "reuse" and state["refresh_runs"] == 4
+    # the refresh's numbers are the old final predictor's, measured on the new runs
+    own = pl.read_parquet(plan.results_path(1))
+    columns = [c for c in own.columns if c.startswith("w_")]
+    old_predictor = Predictor.load(lake.search_iteration_dir(home, first_search, 2) / "predictor")
+    residual = own["objective"].to_numpy() - old_predictor.predict(own.select(columns).to_numpy())
+    assert state["offset"] == pytest.approx(float(np.median(residual)))
+    assert state["refresh_rmse"] == pytest.approx(float(np.sqrt(np.mean(residual**2))), abs=1e-5)
+
+    # the old search's own runs are evidence, shifted by the offset, in every predictor of the continued search
+    final = metadata["iteration_2/predictor"]
+    assert final["runs_reused_from_parent"] == 10 and final["runs"] == 16 and final["continuation_decision"] == "reuse"
+    evidence = continuation.training_set(plan, 2).filter(pl.col("evidence_from") == first_search)
+    old_runs = pl.concat([pl.read_parquet(lake.search_iteration_dir(home, first_search, k) / "results.parquet") for k in (1, 2)])
+    assert sorted(evidence["fingerprint"]) == sorted(old_runs["fingerprint"])
+    shifted = evidence.join(old_runs.select("fingerprint", old="objective"), on="fingerprint")
+    assert np.allclose(shifted["objective"] - shifted["old"], state["offset"])
+    trained_on = Predictor.load(plan.predictor_path(2)).extra["trained_on"]
+    assert set(old_runs["fingerprint"]) <= set(trained_on)
+
+    client = MlflowClient(local_tracking_uri(home))
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string=f"tags.`climb.search_key` = '{plan.search_key}' and tags.`climb.iteration` = '1'")  # fmt: skip
+    parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["climb.continuation"] == "reuse" and parent.data.tags["climb.parent_search"] == first_search
+    assert parent.data.metrics["refresh_rmse"] == pytest.approx(state["refresh_rmse"])
+
+    # the key is pinned: the finished continued search computes the same key, and its own wave has no other parent
+    assert SearchPlan(home, SearchSettings(**(BASE | changes))).search_key == plan.search_key
+    finished = json.loads((lake.lineage_dir(home, plan.lineage_key) / "finished" / f"{plan.search_key}.json").read_text())
+    assert finished["iterations"] == 2
+    fresh = SearchPlan(home, SearchSettings(**(BASE | {"search_start": "fresh"})))
+    assert fresh.parent_search_key is None and fresh.lineage_key == plan.lineage_key and fresh.search_key != plan.search_key
+
+
+def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instance, first_search):
+    land_wave(home, "v2", drop_group=2)
+    metadata = search(home, instance)
+    start = metadata["iteration_1/mixture_candidates"]
+    assert start["continuation_start"] == "restart" and start["continuation_parent"] == first_search
+    assert start["continuation_reasons"] == "super-clusters vanished: [2]"
+    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
+    assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
+
+
+def test_compare_groups_names_what_moved_and_measures_the_prior_shift():
+    old = pl.DataFrame({"super_cluster_id": [0, 1], "fine_clusters": [[0, 1], [2]], "prior": [0.5, 0.5]})
+    same = old.with_columns(prior=pl.Series([0.6, 0.4]))
+    assert continuation.compare_groups(old, same) == ([], pytest.approx(0.1))
+    moved = pl.DataFrame({"super_cluster_id": [0, 1, 3], "fine_clusters": [[0], [1, 2], [4]], "prior": [0.3, 0.3, 0.4]})
+    problems, shift = continuation.compare_groups(old, moved)
+    assert problems == ["super-clusters appeared: [3]", "super-clusters changed their fine clusters: [0, 1]"]
+    assert np.isnan(shift)
