@@ -150,19 +150,20 @@ def open_platform(gpu_slots: int = 0):
 
 
 def search_config(args: argparse.Namespace) -> dict:
-    """Run config for search_job: the user's YAML, with the target named on the command line on top."""
+    """Run config for search_job: the user's YAML, with the target and ``--full-search`` from the command line on top."""
     import yaml
 
     config = yaml.safe_load(Path(args.config).read_text()) if getattr(args, "config", None) else {}
-    target = {
+    flags = {
         "target_texts_path": str(Path(args.target_texts).resolve()) if getattr(args, "target_texts", None) else None,
         "target_mc_path": str(Path(args.target_mc).resolve()) if getattr(args, "target_mc", None) else None,
         "target_kind": getattr(args, "target_kind", None),
+        "search_start": "fresh" if getattr(args, "full_search", False) else None,
     }
-    for key, path in target.items():
+    for key, path in flags.items():
         if key.endswith("_path") and path and not Path(path).is_file():
             raise SystemExit(f"{key.removesuffix('_path').replace('_', ' ')}: no such file {path}")
-    chosen = {k: v for k, v in target.items() if v}
+    chosen = {k: v for k, v in flags.items() if v}
     if chosen:
         search = config.setdefault("resources", {}).setdefault("search", {}).setdefault("config", {})
         search.update(chosen)
@@ -306,6 +307,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-texts", help="held-out texts (jsonl or Parquet with a text field) the search targets")
     parser.add_argument("--target-mc", help="multiple-choice items (jsonl: context, choices, answer)")
     parser.add_argument("--target-kind", choices=["bpb", "mc", "blend"], help="what the search maximises")
+    parser.add_argument("--full-search", action="store_true",
+                        help="search from scratch instead of continuing the previous search (search_start: fresh)")
     parser.add_argument("--gpu-slots", type=int, default=0,
                         help="proxies trained side by side (default: one per GPU, one on CPU); >1 runs every step "
                              "in its own process")  # fmt: skip

@@ -29,6 +29,7 @@ from climb_assets.quality.super_clusters import (  # noqa: E402
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.search.assets import build_search_assets  # noqa: E402
+from climb_assets.search.sensors import build_search_sensor  # noqa: E402
 from climb_assets.search.settings import (  # noqa: E402
     SEARCH_ITERATIONS,
     ProofSettings,
@@ -96,16 +97,18 @@ def build_definitions(
     search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
     dbt_quality_models = build_dbt_quality_assets()
     recluster_job = build_recluster_job(dbt_quality_models)
+    search_job = build_search_job(search_assets)
     return dg.Definitions(
         assets=[
             raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, dbt_quality_models,
             quality_filtered_clusters, *search_assets,
         ],  # fmt: skip
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, recluster_job, build_search_job(search_assets)],
+        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, recluster_job, search_job],
         sensors=[
             build_landing_sensor(ingest_shard_job),
             build_recluster_sensor(cluster_fit_job, cluster_assign_job, recluster_job),
+            build_search_sensor(search_job),
         ],
         schedules=[build_refit_schedule(cluster_fit_job)],
         resources=default_resources() | resource_overrides,

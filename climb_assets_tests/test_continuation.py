@@ -15,6 +15,7 @@ from climb_assets.search import continuation
 from climb_assets.search.assets import build_search_assets
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor
+from climb_assets.search.sensors import build_search_sensor
 from climb_assets.search.settings import SearchSettings
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
@@ -76,11 +77,12 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "refresh" and start["continuation_parent"] == first_search
     assert start["continuation_prior_shift"] <= 0.1 and start["random_candidates"] == 2
-    # a refresh of half the first iteration (at least 4 to rank), then half of each later one
-    assert metadata["iteration_1/proxy_results"]["trained"] == 4 and metadata["iteration_2/proxy_results"]["trained"] == 2
+    # a refresh of a quarter of the first iteration (at least 4, to rank), then a quarter of each later one
+    assert metadata["iteration_1/proxy_results"]["trained"] == 4 and metadata["iteration_2/proxy_results"]["trained"] == 1
 
     state = continuation.load(plan)
     assert state["decision"] == "reuse" and state["refresh_runs"] == 4
+    assert f"continued search `{first_search}`" in continuation.describe(state) and "kept as evidence" in continuation.describe(state)
     # the refresh's numbers are the old final predictor's, measured on the new runs
     own = pl.read_parquet(plan.results_path(1))
     columns = [c for c in own.columns if c.startswith("w_")]
@@ -91,7 +93,7 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
 
     # the old search's own runs are evidence, shifted by the offset, in every predictor of the continued search
     final = metadata["iteration_2/predictor"]
-    assert final["runs_reused_from_parent"] == 10 and final["runs"] == 16 and final["continuation_decision"] == "reuse"
+    assert final["runs_reused_from_parent"] == 10 and final["runs"] == 15 and final["continuation_decision"] == "reuse"
     evidence = continuation.training_set(plan, 2).filter(pl.col("evidence_from") == first_search)
     old_runs = pl.concat([pl.read_parquet(lake.search_iteration_dir(home, first_search, k) / "results.parquet") for k in (1, 2)])
     assert sorted(evidence["fingerprint"]) == sorted(old_runs["fingerprint"])
@@ -123,6 +125,8 @@ def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instanc
     assert start["continuation_reasons"] == "super-clusters vanished: [2]"
     assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
     assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
+    restarted = continuation.load(SearchPlan(home, SearchSettings(**BASE)))
+    assert continuation.describe(restarted).endswith("by restarting it: super-clusters vanished: [2].")
 
 
 def test_compare_groups_names_what_moved_and_measures_the_prior_shift():
@@ -133,3 +137,21 @@ def test_compare_groups_names_what_moved_and_measures_the_prior_shift():
     problems, shift = continuation.compare_groups(old, moved)
     assert problems == ["super-clusters appeared: [3]", "super-clusters changed their fine clusters: [0, 1]"]
     assert np.isnan(shift)
+
+
+def test_the_opt_in_search_sensor_requests_one_search_per_super_cluster_version(home, instance, climb_resource):
+    search_job = dg.define_asset_job("search_job", selection=dg.AssetSelection.assets(*build_search_assets(1)))
+    sensor = build_search_sensor(search_job)
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED  # it costs proxies: the user turns it on
+
+    def tick():
+        return sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+
+    assert "no super-clusters yet" in tick().skip_message
+    write_search_state(home)
+    (request,) = tick().run_requests
+    assert request.run_key == "search-v1:attempt-1" and request.job_name == "search_job"
+    assert request.tags["climb/super_cluster_version"] == "v1"
+    land_wave(home, "v2")
+    (request,) = tick().run_requests
+    assert request.run_key == "search-v2:attempt-1"

@@ -237,7 +237,8 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         runs_frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
         paired = paired_comparison(runs_frame)
         progress = search_progress(plan, iterations)
-        report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search), progress)
+        report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search), progress,
+                                continuation.describe(continuation.load(plan)))  # fmt: skip
         sink = proof_run_log(plan, context.resources.mlflow_tracking, context)
         summary_run = sink.tracking.open_run(sink.client, sink.experiment, "proof-summary", sink.tags)
         log_run(sink.client, summary_run, metrics={

@@ -195,3 +195,18 @@ def metadata(state: dict, refresh: bool) -> dict:
         ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift", "offset") if refresh else ())
     shown = {f"continuation_{k}": state[k] for k in keys if state.get(k) is not None}
     return shown | {"continuation_reasons": "; ".join(state["reasons"])}
+
+
+def describe(state: dict) -> str:
+    """One sentence for reports: how the search started and what it kept."""
+    if state["start"] in ("first", "fresh"):
+        return "The search started from scratch (" + ("the first of its lineage" if state["start"] == "first"
+                                                         else "search_start: fresh") + ")."  # fmt: skip
+    head = f"The search continued search `{state['parent']}`"
+    if state["start"] == "restart":
+        return f"{head} by restarting it: " + "; ".join(state["reasons"]) + "."
+    verdict = ("its runs are kept as evidence, shifted by the median residual "
+               f"{state['offset']:+.4f}" if reusing(state) else "its runs were dropped: " + "; ".join(state["reasons"]))  # fmt: skip
+    return (f"{head}: the old predictor ranked {state['refresh_runs']} refresh runs with Spearman "
+            f"{state['refresh_spearman']} (RMSE {state['refresh_rmse']}, {state['refresh_rmse_after_shift']} after the "
+            f"level shift); {verdict}.")

@@ -103,7 +103,7 @@ class SearchSettings(dg.ConfigurableResource):
     # a new crawl wave: continue the previous search with the same settings (its runs become evidence once a refresh
     # shows its predictor still ranks new runs), or search from scratch
     search_start: SearchStart = "continue"
-    continued_proxy_fraction: float = 0.5  # a continued search trains this share of each iteration's proxies
+    continued_proxy_fraction: float = 0.25  # a continued search trains this share of each iteration's proxies
     continue_min_spearman: float = 0.5  # the old predictor's rank correlation on the refresh runs, to keep its runs
     continue_max_prior_shift: float = 0.1  # total variation between the old and new token priors, to continue at all
 
