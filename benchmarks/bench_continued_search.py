@@ -65,7 +65,8 @@ def pick(plan, iterations: int) -> tuple[np.ndarray, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="demo corpus scale (1.0: the demo's)")
+    parser.add_argument("--corpus", choices=["demo", "packages"], default="demo", help="built-in corpus")
+    parser.add_argument("--scale", type=float, default=1.0, help="corpus scale (1.0: the demo's)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="paired evaluation seeds of the two picks")
     parser.add_argument("--home", default="", help="CLIMB_HOME to use (default: a new temp dir)")
     args = parser.parse_args()
@@ -82,17 +83,17 @@ def main() -> None:
 
     merge = {"ops": {"quality_filtered_clusters": {"config": {"target_count": DEFAULT_TARGET_COUNT}}}}
     home, instance, defs = open_platform()
-    print(f"CLIMB_HOME {home.root}; scale {args.scale}; search settings: the defaults", flush=True)
+    print(f"CLIMB_HOME {home.root}; {args.corpus} corpus, scale {args.scale}; search settings: the defaults", flush=True)
     rows = []
     started = time.perf_counter()
-    build_demo_corpus(home, wave=1, scale=args.scale, recipe=RECIPES["demo"])
+    build_demo_corpus(home, wave=1, scale=args.scale, recipe=RECIPES[args.corpus])
     ingest_landed(defs, instance, home)
     bring_clusters_current(defs, instance, home, merge_config=merge)
     print(f"wave 1 ingested and clustered in {time.perf_counter() - started:.0f} s", flush=True)
     first = run_search(defs, instance, home, {}, SEARCH_ITERATIONS)
     rows.append({"search": "wave 1 (first)", **{k: v for k, v in first.items() if k != "plan"}})
     started = time.perf_counter()
-    build_demo_corpus(home, wave=2, scale=args.scale, recipe=RECIPES["demo"])
+    build_demo_corpus(home, wave=2, scale=args.scale, recipe=RECIPES[args.corpus])
     ingest_landed(defs, instance, home)
     bring_clusters_current(defs, instance, home, merge_config=merge)
     print(f"wave 2 ingested and assigned in {time.perf_counter() - started:.0f} s", flush=True)

@@ -47,6 +47,7 @@ def lake_file(directory: Path, name: str, suffix: str) -> Path:
 
 
 _TEMP_PID = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
+_OLD_PID = re.compile(r"^\.(.+)\.pid(\d+)\.old$")  # the previous version, moved aside during a directory swap
 
 
 def process_alive(pid: int) -> bool:
@@ -60,20 +61,27 @@ def process_alive(pid: int) -> bool:
 
 
 def sweep_abandoned_temps(root: Path, skip: frozenset[Path] = frozenset()) -> list[Path]:
-    """Remove the temp directories that ``atomic_path`` writers killed mid-write (SIGKILL, OOM) left under ``root``
-    (not under ``skip``: trees no ``atomic_path`` writes to); a live writer's are kept. Nothing reads them, but they
-    hold whole half-written outputs (token files, shards)."""
+    """Remove what ``atomic_path`` writers killed mid-write (SIGKILL, OOM) left under ``root`` (not under ``skip``:
+    trees no ``atomic_path`` writes to); a live writer's is kept. A temp holds a whole half-written output (token
+    files, shards): removed. A previous version moved aside by a directory swap killed between its two renames is put
+    back when the output is missing (the reader sees the last complete version again), else removed."""
     removed = []
     for directory, subdirs, _ in os.walk(root):
         subdirs[:] = [name for name in subdirs if Path(directory) / name not in skip]
         for name in list(subdirs):
-            match = _TEMP_PID.match(name)
-            if match is None:
+            temp, old = _TEMP_PID.match(name), _OLD_PID.match(name)
+            if temp is None and old is None:
                 continue
             subdirs.remove(name)  # never descend into a temp
-            if not process_alive(int(match.group(1))):
-                shutil.rmtree(Path(directory) / name, ignore_errors=True)
-                removed.append(Path(directory) / name)
+            if process_alive(int(temp.group(1)) if temp else int(old.group(2))):
+                continue
+            path = Path(directory) / name
+            final = Path(directory) / old.group(1) if old else None
+            if final is not None and not final.exists():
+                os.replace(path, final)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -91,7 +99,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         if final.is_dir() and tmp.is_dir():
-            old = final.with_name(f".{final.name}.old")
+            old = final.with_name(f".{final.name}.pid{os.getpid()}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)

@@ -269,6 +269,40 @@ with atomic_path(Path(sys.argv[1])) as tmp:
 """
 
 
+KILLED_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from climb_assets.storage import atomic_path
+final = Path(sys.argv[1])
+final.mkdir(parents=True)
+(final / "part-0.parquet").write_bytes(b"version 1")
+replace, calls = os.replace, []
+def replace_then_die(src, dst):  # the swap's second rename never happens
+    calls.append(dst)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst)
+os.replace = replace_then_die
+with atomic_path(final) as tmp:
+    tmp.mkdir()
+    (tmp / "part-0.parquet").write_bytes(b"version 2")
+"""
+
+
+def test_a_directory_swap_killed_between_its_renames_gets_its_last_version_back(home, monkeypatch):
+    """Killed after moving the old version aside and before moving the new one in: the output is missing until the
+    next ``prepare_instance`` puts the previous complete version back (and removes the new one's temp)."""
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    final = home.lake / "climbmix" / "key"
+    child = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(final)], cwd=REPO, capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert not final.exists() and len([p for p in final.parent.iterdir() if p.name.endswith(".old")]) == 1
+    with prepare_instance(home):
+        pass
+    assert (final / "part-0.parquet").read_bytes() == b"version 1"
+    assert [p.name for p in final.parent.iterdir()] == ["key"]
+
+
 def test_a_killed_writers_temp_output_is_swept_and_a_live_writers_is_kept(home, monkeypatch):
     """A writer SIGKILLed inside ``atomic_path`` leaves its hidden temp directory (never visible as the output);
     the next ``prepare_instance`` removes it, and never touches the temp of a writer that is still alive."""
