@@ -189,14 +189,20 @@ def search_iteration_dir(home: ClimbHome, search_key: str, iteration: int) -> Pa
 
 
 def search_groups_path(home: ClimbHome, search_key: str) -> Path:
-    """The super-clusters a search searched over (fine clusters per group, token prior), kept with the search: the
-    lake's super-clusters move on with the crawl, and a later search compares its own with these."""
+    """The super-clusters a search searched over (per kept fine cluster: its super-cluster, tokens and the token
+    prior), kept with the search: the lake's move on with the crawl, and a later search carries runs through these."""
     return search_state_dir(home, search_key) / "groups.parquet"
 
 
 def search_continuation_path(home: ClimbHome, search_key: str) -> Path:
     """How a search started: from scratch, or continuing its lineage's previous search (and the refresh's verdict)."""
     return search_state_dir(home, search_key) / "continuation.json"
+
+
+def search_evidence_dir(home: ClimbHome, search_key: str) -> Path:
+    """A continued search's evidence: the previous search's runs carried into its super-clusters (runs.parquet) and
+    the predictor fitted on them (predictor/)."""
+    return search_state_dir(home, search_key) / "evidence"
 
 
 def lineage_dir(home: ClimbHome, lineage: str) -> Path:

@@ -83,10 +83,10 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
     state = continuation.load(plan)
     assert state["decision"] == "reuse" and state["refresh_runs"] == 4
     assert f"continued search `{first_search}`" in continuation.describe(state) and "kept as evidence" in continuation.describe(state)
-    # the refresh's numbers are the old final predictor's, measured on the new runs
+    # the refresh's numbers are those of the predictor fitted on the carried runs, measured on the new runs
     own = pl.read_parquet(plan.results_path(1))
     columns = [c for c in own.columns if c.startswith("w_")]
-    old_predictor = Predictor.load(lake.search_iteration_dir(home, first_search, 2) / "predictor")
+    old_predictor = Predictor.load(lake.search_evidence_dir(home, plan.search_key) / "predictor")
     residual = own["objective"].to_numpy() - old_predictor.predict(own.select(columns).to_numpy())
     assert state["offset"] == pytest.approx(float(np.median(residual)))
     assert state["refresh_rmse"] == pytest.approx(float(np.sqrt(np.mean(residual**2))), abs=1e-5)
@@ -122,21 +122,35 @@ def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instanc
     metadata = search(home, instance)
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "restart" and start["continuation_parent"] == first_search
-    assert start["continuation_reasons"] == "super-clusters vanished: [2]"
+    assert "(vanished: [2])" in start["continuation_reasons"] and start["continuation_prior_shift"] > 0.1
     assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
     assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
     restarted = continuation.load(SearchPlan(home, SearchSettings(**BASE)))
-    assert continuation.describe(restarted).endswith("by restarting it: super-clusters vanished: [2].")
+    assert "by restarting it: the super-clusters moved by" in continuation.describe(restarted)
 
 
-def test_compare_groups_names_what_moved_and_measures_the_prior_shift():
-    old = pl.DataFrame({"super_cluster_id": [0, 1], "fine_clusters": [[0, 1], [2]], "prior": [0.5, 0.5]})
-    same = old.with_columns(prior=pl.Series([0.6, 0.4]))
-    assert continuation.compare_groups(old, same) == ([], pytest.approx(0.1))
-    moved = pl.DataFrame({"super_cluster_id": [0, 1, 3], "fine_clusters": [[0], [1, 2], [4]], "prior": [0.3, 0.3, 0.4]})
-    problems, shift = continuation.compare_groups(old, moved)
-    assert problems == ["super-clusters appeared: [3]", "super-clusters changed their fine clusters: [0, 1]"]
-    assert np.isnan(shift)
+def test_old_runs_are_carried_into_recut_super_clusters_through_their_fine_clusters():
+    # old: super-cluster 0 = fine clusters 0 (30 tokens) + 1 (10), super-cluster 1 = fine cluster 2 (60)
+    old = pl.DataFrame({"super_cluster_id": [0, 0, 1], "cluster_id": [0, 1, 2], "n_tokens": [30, 10, 60],
+                        "prior": [0.5, 0.5, 0.5]})  # fmt: skip
+    # new: fine cluster 1 moved to super-cluster 1, and a new super-cluster 3 of a new fine cluster 4
+    new = pl.DataFrame({"super_cluster_id": [0, 1, 1, 3], "cluster_id": [0, 1, 2, 4], "n_tokens": [30, 10, 60, 40],
+                        "prior": [0.3, 0.3, 0.3, 0.4]})  # fmt: skip
+    T, old_groups, new_groups = continuation.carry_matrix(old, new)
+    assert old_groups == [0, 1] and new_groups == [0, 1, 3]
+    assert np.allclose(T, [[0.75, 0.25, 0.0], [0.0, 1.0, 0.0]])
+    carried, kept = continuation.carry(np.array([[0.5, 0.5], [1.0, 0.0]]), T)
+    assert np.allclose(carried, [[0.375, 0.625, 0.0], [0.75, 0.25, 0.0]]) and np.allclose(kept, 1.0)
+    change = continuation.structure_change(old, new)
+    assert change["appeared"] == [3] and change["vanished"] == [] and change["super_clusters_recut"]
+    assert change["prior_shift"] == pytest.approx(0.5 * (0.075 + 0.325 + 0.4))
+    # fine cluster 1 pruned now: a quarter of old super-cluster 0 is gone, counted as moved, and a run loses it
+    pruned = new.filter(pl.col("cluster_id") != 1)
+    carried, kept = continuation.carry(np.array([[1.0, 0.0]]), continuation.carry_matrix(old, pruned)[0])
+    assert np.allclose(kept, 0.75) and np.allclose(carried, [[1.0, 0.0, 0.0]])
+    assert continuation.structure_change(old, pruned)["old_prior_kept"] == pytest.approx(0.875)
+    same = continuation.structure_change(old, old)
+    assert same["prior_shift"] == pytest.approx(0.0) and not same["super_clusters_recut"]
 
 
 def test_the_opt_in_search_sensor_requests_one_search_per_super_cluster_version(home, instance, climb_resource):

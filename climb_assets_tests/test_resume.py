@@ -113,7 +113,8 @@ def write_search_state(home: ClimbHome) -> None:
         frame.drop("super_cluster_id").write_parquet(raw / f"{shard}.parquet")
     supers = home.lake_dir("super_clusters")
     supers.mkdir(parents=True)
-    docs.select("doc_id", "super_cluster_id").write_parquet(supers / "documents.parquet")
+    fine = (pl.col("super_cluster_id") * 2 + pl.int_range(pl.len()).over("super_cluster_id") % 2).alias("cluster_id")
+    docs.select("doc_id", fine, "super_cluster_id").write_parquet(supers / "documents.parquet")
     pl.DataFrame(
         {"super_cluster_id": [0, 1, 2], "label": ["prose", "code", "digits"], "version": ["v1"] * 3}
     ).write_parquet(supers / "super_clusters.parquet")

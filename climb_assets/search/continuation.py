@@ -3,16 +3,20 @@
 A new wave changes who is in which super-cluster, so it is a new search (its key holds the corpus). When the
 lineage (same settings, tokenizer and target) has a finished search, the new one continues it:
 
-1. **Structure.** The groups must be the same super-clusters (the same kept fine clusters in each) and the token
-   prior must have moved by at most ``continue_max_prior_shift`` (total variation). Otherwise: ``restart`` (a full
-   search), with the groups that appeared, vanished or changed named.
-2. **Refresh.** Iteration 1 trains ``continued_proxy_fraction`` of its proxies: half the old final predictor's top
-   candidates under the new prior (where the answer is), half fresh Dirichlet draws (the range a ranking is judged
-   on). The old predictor's Spearman and error on them decide: at ``continue_min_spearman`` or above, ``reuse``;
+1. **Carry the old runs over.** Super-clusters are re-cut at every merge (one fine cluster pruned or kept
+   differently moves the Ward tree), but the fine clusters stay (same centroids, or ids kept by Hungarian matching
+   across refits). So an old run's mixture is carried into the new super-clusters through them: the weight of old
+   super-cluster i goes to new super-cluster j in proportion to the tokens of i's fine clusters that are now in j
+   (a fine cluster pruned since loses its share; the rest is renormalised). The old token prior carried the same
+   way must be within ``continue_max_prior_shift`` (total variation) of the new one, else ``restart`` (a full
+   search) with the super-clusters that appeared or vanished named.
+2. **Refresh.** Iteration 1 trains ``continued_proxy_fraction`` of its proxies (at least 4, to rank): half the top
+   candidates of a predictor fitted on the carried runs, half fresh Dirichlet draws (the range a ranking is judged
+   on). That predictor's Spearman and error on them decide: at ``continue_min_spearman`` or above, ``reuse``;
    below, ``restart`` (the later iterations search at full size).
-3. **Reuse.** The old search's own runs join every predictor's training set as evidence, shifted by the refresh's
-   median residual (the new base and data move every objective's level; the ranking is what carries over), and
-   every later iteration trains ``continued_proxy_fraction`` of its proxies. Only the parent's own runs are kept,
+3. **Reuse.** The carried runs join every predictor's training set as evidence, shifted by the refresh's median
+   residual (the new base and data move every objective's level; the ranking is what carries over), and every
+   later iteration trains ``continued_proxy_fraction`` of its proxies. Only the parent's own runs are carried,
    never its inherited ones, so evidence stays bounded and one shift away from a measurement.
 
 Every decision and its numbers are in ``continuation.json`` beside the search, on the assets and in MLflow.
@@ -31,49 +35,81 @@ from scipy import stats
 from climb_assets import lake
 from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates
 from climb_assets.search.keys import SearchPlan
-from climb_assets.search.predictor import MIN_RUNS_TO_SCORE, Predictor
+from climb_assets.search.predictor import MIN_RUNS_TO_SCORE, Predictor, select_predictor
 from climb_assets.search.state import read_results, weight_columns
 from climb_assets.storage import write_json_atomic, write_parquet_atomic
 
+MIN_CARRIED_MASS = 0.5  # an old run whose mixture lost more than half its weight to pruned clusters is not carried
+
 
 def write_groups(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> pl.DataFrame:
-    """Keep the search's groups (kept fine clusters per super-cluster, and the token prior) with the search, read
-    under the search's own super-cluster version."""
-    mapping = pl.read_parquet(lake.super_cluster_mapping_path(plan.home)).drop_nulls("super_cluster_id")
+    """Keep the search's groups with the search: per kept fine cluster, its super-cluster, its tokens and that
+    super-cluster's token prior (read under the search's own super-cluster version)."""
+    members = pl.scan_parquet(lake.super_cluster_documents_path(plan.home)).drop_nulls("super_cluster_id")
+    tokens = pl.scan_parquet(lake.raw_shards_glob(plan.home)).select("doc_id", "n_tokens")
+    fine = (
+        members.select("doc_id", "cluster_id", "super_cluster_id").join(tokens, on="doc_id", how="left")
+        .group_by("super_cluster_id", "cluster_id").agg(n_tokens=pl.col("n_tokens").sum()).collect(engine="streaming")
+    )  # fmt: skip
     now = pl.read_parquet(lake.super_cluster_table_path(plan.home), columns=["version"])["version"].unique().to_list()
     if now != [plan.cluster_version]:
         raise dg.Failure(f"the super-clusters moved to {now} while search {plan.search_key} ({plan.cluster_version}) "
                          "started: run it again")  # fmt: skip
-    table = (
-        mapping.group_by("super_cluster_id").agg(pl.col("cluster_id").sort().alias("fine_clusters"))
-        .join(pl.DataFrame({"super_cluster_id": groups, "prior": prior.tolist()}), on="super_cluster_id", how="right")
-        .select("super_cluster_id", "fine_clusters", "prior").sort("super_cluster_id")
-    )  # fmt: skip
+    priors = pl.DataFrame({"super_cluster_id": groups, "prior": prior.tolist()})
+    table = fine.join(priors, on="super_cluster_id").sort("super_cluster_id", "cluster_id")
     write_parquet_atomic(table, lake.search_groups_path(plan.home, plan.search_key))
     return table
 
 
-def compare_groups(old: pl.DataFrame, new: pl.DataFrame) -> tuple[list[str], float]:
-    """What keeps a search from continuing another (empty: nothing), and the token prior's total variation."""
-    old_sets = {r["super_cluster_id"]: tuple(r["fine_clusters"] or ()) for r in old.iter_rows(named=True)}
-    new_sets = {r["super_cluster_id"]: tuple(r["fine_clusters"] or ()) for r in new.iter_rows(named=True)}
-    problems = []
-    if appeared := sorted(set(new_sets) - set(old_sets)):
-        problems.append(f"super-clusters appeared: {appeared}")
-    if vanished := sorted(set(old_sets) - set(new_sets)):
-        problems.append(f"super-clusters vanished: {vanished}")
-    if changed := sorted(g for g in set(old_sets) & set(new_sets) if old_sets[g] != new_sets[g]):
-        problems.append(f"super-clusters changed their fine clusters: {changed}")
-    if problems:
-        return problems, float("nan")
-    prior = dict(zip(old["super_cluster_id"], old["prior"]))
-    shift = 0.5 * sum(abs(p - prior[g]) for g, p in zip(new["super_cluster_id"], new["prior"]))
-    return problems, float(shift)
+def carry_matrix(old: pl.DataFrame, new: pl.DataFrame) -> tuple[np.ndarray, list[int], list[int]]:
+    """T (old super-clusters x new): T[i, j] = the share of old super-cluster i's tokens in fine clusters that are now
+    in new super-cluster j. A row sums to less than 1 when some of i's fine clusters are pruned now."""
+    old_groups = sorted(old["super_cluster_id"].unique().to_list())
+    new_groups = sorted(new["super_cluster_id"].unique().to_list())
+    joined = old.select("cluster_id", "n_tokens", old_group="super_cluster_id").join(
+        new.select("cluster_id", new_group="super_cluster_id"), on="cluster_id", how="left")  # fmt: skip
+    T = np.zeros((len(old_groups), len(new_groups)))
+    totals = np.zeros(len(old_groups))
+    row, column = {g: i for i, g in enumerate(old_groups)}, {g: j for j, g in enumerate(new_groups)}
+    for old_group, new_group, n in joined.select("old_group", "new_group", "n_tokens").iter_rows():
+        totals[row[old_group]] += n
+        if new_group is not None:
+            T[row[old_group], column[new_group]] += n
+    return T / np.maximum(totals, 1)[:, None], old_groups, new_groups
+
+
+def carry(weights: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Old mixtures (rows over the old super-clusters) in the new ones, renormalised; and the share each kept."""
+    carried = np.atleast_2d(weights) @ T
+    kept = carried.sum(axis=1)
+    return carried / np.maximum(kept, 1e-12)[:, None], kept
+
+
+def prior_of(table: pl.DataFrame) -> tuple[list[int], np.ndarray]:
+    per_group = table.group_by("super_cluster_id").agg(pl.col("prior").first()).sort("super_cluster_id")
+    return per_group["super_cluster_id"].to_list(), per_group["prior"].to_numpy()
+
+
+def structure_change(old: pl.DataFrame, new: pl.DataFrame) -> dict:
+    """How far the super-clusters moved between two searches: the total variation between the old token prior
+    carried into the new super-clusters and the new prior, the old mass lost to pruned clusters counted as moved;
+    the old mass kept; and the super-clusters no old one feeds (appeared) or that feed no new one (vanished)."""
+    T, old_groups, new_groups = carry_matrix(old, new)
+    _, old_prior = prior_of(old)
+    _, new_prior = prior_of(new)
+    carried = old_prior @ T
+    return {
+        "prior_shift": float(0.5 * (np.abs(carried - new_prior).sum() + (1 - carried.sum()))),
+        "old_prior_kept": float(carried.sum()),
+        "appeared": [g for j, g in enumerate(new_groups) if T[:, j].sum() == 0],
+        "vanished": [g for i, g in enumerate(old_groups) if T[i].sum() == 0],
+        "super_clusters_recut": old_groups != new_groups or not np.allclose(T, np.eye(len(old_groups))),
+    }
 
 
 def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict:
     """Iteration 1 decides how the search starts: ``first`` (no finished search in the lineage), ``fresh`` (asked
-    for), ``restart`` (the structure moved) or ``refresh`` (continue if the refresh's runs say so)."""
+    for), ``restart`` (the super-clusters moved too far) or ``refresh`` (continue if the refresh's runs say so)."""
     search = plan.search
     new = write_groups(plan, groups, prior)
     parent = plan.parent_search_key
@@ -85,12 +121,35 @@ def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict
     if not (finished.exists() and old_groups.exists()):
         return save(plan, state | {"start": "restart", "reasons": [f"search {parent} left no groups or finish record"]})
     state["parent_iterations"] = json.loads(finished.read_text())["iterations"]
-    problems, shift = compare_groups(pl.read_parquet(old_groups), new)
-    state["prior_shift"] = None if math.isnan(shift) else round(shift, 4)
-    if not problems and shift > search.continue_max_prior_shift:
-        problems.append(f"the token prior moved by {shift:.3f} (total variation) > continue_max_prior_shift "
-                        f"{search.continue_max_prior_shift:g}")  # fmt: skip
-    return save(plan, state | {"start": "restart" if problems else "refresh", "reasons": problems})
+    change = structure_change(pl.read_parquet(old_groups), new)
+    state |= {k: round(v, 4) if isinstance(v, float) else v for k, v in change.items()}
+    if change["prior_shift"] > search.continue_max_prior_shift:
+        moved = [f"{name}: {change[name]}" for name in ("appeared", "vanished") if change[name]]
+        state["reasons"] = [f"the super-clusters moved by {change['prior_shift']:.3f} (total variation of the old "
+                            f"prior carried through the fine clusters) > continue_max_prior_shift "
+                            f"{search.continue_max_prior_shift:g}" + (f" ({'; '.join(moved)})" if moved else "")]  # fmt: skip
+        return save(plan, state | {"start": "restart"})
+    write_evidence(plan, state, pl.read_parquet(old_groups), new)
+    return save(plan, state | {"start": "refresh"})
+
+
+def write_evidence(plan: SearchPlan, state: dict, old: pl.DataFrame, new: pl.DataFrame) -> None:
+    """The parent's own runs carried into this search's super-clusters (those that kept at least MIN_CARRIED_MASS
+    of their weight), and a predictor fitted on them: it picks half the refresh and is judged by it."""
+    T, old_groups, new_groups = carry_matrix(old, new)
+    runs = parent_runs(plan, state)
+    carried, kept = carry(runs.select(weight_columns(old_groups)).to_numpy(), T)
+    columns = weight_columns(new_groups)
+    evidence = pl.DataFrame(carried, schema=columns, orient="row").with_columns(
+        objective=runs["objective"], fingerprint=runs["fingerprint"], carried_mass=pl.Series(kept),
+    ).filter(pl.col("carried_mass") >= MIN_CARRIED_MASS)  # fmt: skip
+    write_parquet_atomic(evidence, lake.search_evidence_dir(plan.home, plan.search_key) / "runs.parquet")
+    state["evidence_runs"], state["evidence_dropped"] = evidence.height, runs.height - evidence.height
+    search = plan.search
+    predictor, _ = select_predictor(evidence.select(columns).to_numpy(), evidence["objective"].to_numpy(), search.seed,
+                                    k=search.predictor_folds, params=search.predictor_params(), feature_names=columns,
+                                    kinds=search.predictor_kinds())  # fmt: skip
+    predictor.save(lake.search_evidence_dir(plan.home, plan.search_key) / "predictor")
 
 
 def save(plan: SearchPlan, state: dict) -> dict:
@@ -122,10 +181,6 @@ def proxies(plan: SearchPlan, iteration: int) -> int:
     return continued_share(plan, n) if reusing(state) else n
 
 
-def parent_predictor(plan: SearchPlan, state: dict) -> Predictor:
-    return Predictor.load(lake.search_iteration_dir(plan.home, state["parent"], state["parent_iterations"]) / "predictor")
-
-
 def parent_runs(plan: SearchPlan, state: dict) -> pl.DataFrame:
     """The parent's own proxy runs (never those it inherited): every iteration's results.parquet."""
     paths = [lake.search_iteration_dir(plan.home, state["parent"], k) / "results.parquet"
@@ -133,38 +188,43 @@ def parent_runs(plan: SearchPlan, state: dict) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
+def evidence(plan: SearchPlan) -> tuple[pl.DataFrame, Predictor]:
+    directory = lake.search_evidence_dir(plan.home, plan.search_key)
+    return pl.read_parquet(directory / "runs.parquet"), Predictor.load(directory / "predictor")
+
+
 def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Iteration 1's weights: Dirichlet draws; when refreshing, half of them are the old final predictor's top
+    """Iteration 1's weights: Dirichlet draws; when refreshing, half of them are the carried runs' predictor's top
     candidates under the new prior instead (where the answer is), after the draws (the range a ranking is judged on,
     and the random baseline's first runs)."""
     state = load(plan)
     n = proxies(plan, 1)
-    if state["start"] != "refresh":
-        save(plan, state | {"random_candidates": n})
-        return sample_dirichlet_candidates(prior, n, rng), {"random_candidates": n}
-    runs = parent_runs(plan, state)
-    evaluated = runs.select([c for c in runs.columns if c.startswith("w_")]).to_numpy()
-    top = next_iteration_candidates(parent_predictor(plan, state), prior, n // 2, rng, pool_size=plan.search.pool_size,
-                                    evaluated=evaluated)  # fmt: skip
-    save(plan, state | {"random_candidates": n - n // 2})
-    return np.vstack([sample_dirichlet_candidates(prior, n - n // 2, rng), top]), {"random_candidates": n - n // 2}
+    drawn = n - n // 2 if state["start"] == "refresh" else n
+    save(plan, state | {"random_candidates": drawn})
+    weights = sample_dirichlet_candidates(prior, drawn, rng)
+    if state["start"] == "refresh":
+        runs, predictor = evidence(plan)
+        evaluated = runs.select([c for c in runs.columns if c.startswith("w_")]).to_numpy()
+        top = next_iteration_candidates(predictor, prior, n // 2, rng, pool_size=plan.search.pool_size, evaluated=evaluated)
+        weights = np.vstack([weights, top])
+    return weights, {"random_candidates": drawn}
 
 
 def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
-    """After iteration 1's runs: does the old final predictor still rank new runs? Its Spearman on them, its error
-    before and after the level shift (the median residual), and the decision."""
+    """After iteration 1's runs: do the carried runs still rank new ones? Their predictor's Spearman on the refresh
+    runs, its error before and after the level shift (the median residual), and the decision."""
     state = load(plan)
     if state["start"] != "refresh":
         return state
     results = read_results(plan, 1)
     y = results["objective"].to_numpy()
-    predicted = parent_predictor(plan, state).predict(results.select(weight_columns(groups)).to_numpy())
+    predicted = evidence(plan)[1].predict(results.select(weight_columns(groups)).to_numpy())
     residual = y - predicted
     offset = float(np.median(residual))
     rho = float(stats.spearmanr(predicted, y).statistic) if np.ptp(predicted) > 0 and np.ptp(y) > 0 else float("nan")
     keep = bool(rho >= plan.search.continue_min_spearman)  # nan: no ranking, never kept
-    reasons = [] if keep else [f"the old predictor's Spearman on {len(y)} refresh runs is {rho:.3f} < "
-                               f"continue_min_spearman {plan.search.continue_min_spearman:g}"]  # fmt: skip
+    reasons = [] if keep else [f"the carried runs' predictor ranks the {len(y)} refresh runs with Spearman "
+                               f"{rho:.3f} < continue_min_spearman {plan.search.continue_min_spearman:g}"]  # fmt: skip
     return save(plan, state | {
         "decision": "reuse" if keep else "restart", "reasons": state["reasons"] + reasons,
         "refresh_runs": len(y), "refresh_spearman": None if math.isnan(rho) else round(rho, 4),
@@ -176,14 +236,15 @@ def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
 
 def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
     """Every run a predictor of ``iteration`` learns from: this search's own, and, when reusing, the parent's own
-    runs shifted by the refresh's offset (``iteration`` 0, ``evidence_from`` the parent's key)."""
+    runs carried into this search's super-clusters and shifted by the refresh's offset (``iteration`` 0,
+    ``evidence_from`` the parent's key)."""
     own = read_results(plan, iteration)
     state = load(plan)
     if not reusing(state):
         return own
-    old = parent_runs(plan, state).with_columns(
-        objective=pl.col("objective") + state["offset"], iteration=pl.lit(0), evidence_from=pl.lit(state["parent"]),
-        reused=pl.lit(True),
+    old = evidence(plan)[0].with_columns(
+        objective=pl.col("objective") + state["offset"], iteration=pl.lit(0, pl.Int32),
+        evidence_from=pl.lit(state["parent"]), reused=pl.lit(True),
     )  # fmt: skip
     columns = [c for c in own.columns if c.startswith("w_")] + ["objective", "iteration", "fingerprint", "reused"]
     return pl.concat([own, old.select([*columns, "evidence_from"])], how="diagonal_relaxed")
@@ -191,7 +252,7 @@ def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
 
 def metadata(state: dict, refresh: bool) -> dict:
     """The decision for an asset's metadata (the refresh's numbers with ``refresh``); no empty values."""
-    keys = ("parent", "start", "decision", "prior_shift") + (
+    keys = ("parent", "start", "decision", "prior_shift", "old_prior_kept", "evidence_runs", "evidence_dropped") + (
         ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift", "offset") if refresh else ())
     shown = {f"continuation_{k}": state[k] for k in keys if state.get(k) is not None}
     return shown | {"continuation_reasons": "; ".join(state["reasons"])}
@@ -205,8 +266,9 @@ def describe(state: dict) -> str:
     head = f"The search continued search `{state['parent']}`"
     if state["start"] == "restart":
         return f"{head} by restarting it: " + "; ".join(state["reasons"]) + "."
-    verdict = ("its runs are kept as evidence, shifted by the median residual "
-               f"{state['offset']:+.4f}" if reusing(state) else "its runs were dropped: " + "; ".join(state["reasons"]))  # fmt: skip
-    return (f"{head}: the old predictor ranked {state['refresh_runs']} refresh runs with Spearman "
+    verdict = (f"they are kept as evidence, shifted by the median residual {state['offset']:+.4f}" if reusing(state)
+               else "they were dropped: " + "; ".join(state["reasons"]))  # fmt: skip
+    return (f"{head}: {state['evidence_runs']} of its runs carried into these super-clusters (prior moved by "
+            f"{state['prior_shift']}); their predictor ranked {state['refresh_runs']} refresh runs with Spearman "
             f"{state['refresh_spearman']} (RMSE {state['refresh_rmse']}, {state['refresh_rmse_after_shift']} after the "
             f"level shift); {verdict}.")
