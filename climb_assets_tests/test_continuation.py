@@ -153,6 +153,20 @@ def test_old_runs_are_carried_into_recut_super_clusters_through_their_fine_clust
     assert same["prior_shift"] == pytest.approx(0.0) and not same["super_clusters_recut"]
 
 
+def test_a_refresh_that_does_not_rank_drops_the_carried_runs_and_searches_at_full_size():
+    y = np.array([-3.4, -3.3, -3.2, -3.1])
+    kept = continuation.refresh_verdict(y - 0.1 + np.array([0.0, 0.12, -0.12, 0.0]), y, 0.5)  # one pair swapped
+    assert kept["decision"] == "reuse" and kept["refresh_spearman"] == pytest.approx(0.8)
+    assert kept["offset"] == pytest.approx(0.1) and kept["refresh_rmse_after_shift"] < kept["refresh_rmse"]
+    reversed_ranking = continuation.refresh_verdict(y[::-1].copy(), y, 0.5)
+    assert reversed_ranking["decision"] == "restart" and reversed_ranking["refresh_spearman"] == -1.0
+    assert "Spearman -1.000 < continue_min_spearman 0.5" in reversed_ranking["refresh_reasons"][0]
+    assert continuation.refresh_verdict(np.full(4, -3.0), y, -1.0)["decision"] == "restart"  # no ranking at all
+    for state, counts in (({"start": "refresh", **kept}, [4, 2, 2]), ({"start": "refresh", **reversed_ranking}, [4, 8, 8]),
+                          ({"start": "restart"}, [16, 8, 8]), ({"start": "first"}, [16, 8, 8])):  # fmt: skip
+        assert [continuation.proxy_count(state, n, k, 0.25) for k, n in enumerate([16, 8, 8], start=1)] == counts
+
+
 def test_the_opt_in_search_sensor_requests_one_search_per_super_cluster_version(home, instance, climb_resource):
     search_job = dg.define_asset_job("search_job", selection=dg.AssetSelection.assets(*build_search_assets(1)))
     sensor = build_search_sensor(search_job)

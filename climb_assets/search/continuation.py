@@ -168,17 +168,22 @@ def reusing(state: dict) -> bool:
     return state["start"] == "refresh" and state.get("decision") == "reuse"
 
 
-def continued_share(plan: SearchPlan, n: int, floor: int = 1) -> int:
-    return min(n, max(floor, math.ceil(n * plan.search.continued_proxy_fraction)))
+def reasons(state: dict) -> str:
+    """Why the search restarted (the structure), or dropped the carried runs (the refresh)."""
+    return "; ".join(state["reasons"] + state.get("refresh_reasons", []))
+
+
+def proxy_count(state: dict, scheduled: int, iteration: int, fraction: float) -> int:
+    """How many proxies an iteration trains: the schedule's, or its continued share (at least 4 for the refresh, to
+    rank; at least 1 later) while continuing."""
+    share = math.ceil(scheduled * fraction)
+    if iteration == 1:
+        return min(scheduled, max(MIN_RUNS_TO_SCORE, share)) if state["start"] == "refresh" else scheduled
+    return min(scheduled, max(1, share)) if reusing(state) else scheduled
 
 
 def proxies(plan: SearchPlan, iteration: int) -> int:
-    """How many proxies the iteration trains: the schedule's, or its continued share while continuing."""
-    n = plan.search.proxies(iteration)
-    state = load(plan)
-    if iteration == 1:
-        return continued_share(plan, n, MIN_RUNS_TO_SCORE) if state["start"] == "refresh" else n
-    return continued_share(plan, n) if reusing(state) else n
+    return proxy_count(load(plan), plan.search.proxies(iteration), iteration, plan.search.continued_proxy_fraction)
 
 
 def parent_runs(plan: SearchPlan, state: dict) -> pl.DataFrame:
@@ -210,28 +215,32 @@ def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generat
     return weights, {"random_candidates": drawn}
 
 
-def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
-    """After iteration 1's runs: do the carried runs still rank new ones? Their predictor's Spearman on the refresh
-    runs, its error before and after the level shift (the median residual), and the decision."""
-    state = load(plan)
-    if state["start"] != "refresh":
-        return state
-    results = read_results(plan, 1)
-    y = results["objective"].to_numpy()
-    predicted = evidence(plan)[1].predict(results.select(weight_columns(groups)).to_numpy())
+def refresh_verdict(predicted: np.ndarray, y: np.ndarray, min_spearman: float) -> dict:
+    """Do the carried runs still rank new ones? Their predictor's Spearman on the refresh runs, its error before and
+    after the level shift (the median residual), and the decision."""
     residual = y - predicted
     offset = float(np.median(residual))
     rho = float(stats.spearmanr(predicted, y).statistic) if np.ptp(predicted) > 0 and np.ptp(y) > 0 else float("nan")
-    keep = bool(rho >= plan.search.continue_min_spearman)  # nan: no ranking, never kept
-    reasons = [] if keep else [f"the carried runs' predictor ranks the {len(y)} refresh runs with Spearman "
-                               f"{rho:.3f} < continue_min_spearman {plan.search.continue_min_spearman:g}"]  # fmt: skip
-    return save(plan, state | {
-        "decision": "reuse" if keep else "restart", "reasons": state["reasons"] + reasons,
+    keep = bool(rho >= min_spearman)  # nan: no ranking, never kept
+    dropped_because = [] if keep else [f"the carried runs' predictor ranks the {len(y)} refresh runs with Spearman "
+                                       f"{rho:.3f} < continue_min_spearman {min_spearman:g}"]  # fmt: skip
+    return {
+        "decision": "reuse" if keep else "restart", "refresh_reasons": dropped_because,
         "refresh_runs": len(y), "refresh_spearman": None if math.isnan(rho) else round(rho, 4),
         "refresh_rmse": round(float(np.sqrt(np.mean(residual**2))), 5),
         "refresh_rmse_after_shift": round(float(np.sqrt(np.mean((residual - offset) ** 2))), 5),
         "offset": offset,
-    })  # fmt: skip
+    }  # fmt: skip
+
+
+def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
+    """After iteration 1's runs, the refresh's verdict (recomputed from the runs, so a rerun decides the same)."""
+    state = load(plan)
+    if state["start"] != "refresh":
+        return state
+    results = read_results(plan, 1)
+    predicted = evidence(plan)[1].predict(results.select(weight_columns(groups)).to_numpy())
+    return save(plan, state | refresh_verdict(predicted, results["objective"].to_numpy(), plan.search.continue_min_spearman))
 
 
 def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
@@ -255,7 +264,7 @@ def metadata(state: dict, refresh: bool) -> dict:
     keys = ("parent", "start", "decision", "prior_shift", "old_prior_kept", "evidence_runs", "evidence_dropped") + (
         ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift", "offset") if refresh else ())
     shown = {f"continuation_{k}": state[k] for k in keys if state.get(k) is not None}
-    return shown | {"continuation_reasons": "; ".join(state["reasons"])}
+    return shown | {"continuation_reasons": reasons(state)}
 
 
 def describe(state: dict) -> str:
@@ -265,9 +274,9 @@ def describe(state: dict) -> str:
                                                          else "search_start: fresh") + ")."  # fmt: skip
     head = f"The search continued search `{state['parent']}`"
     if state["start"] == "restart":
-        return f"{head} by restarting it: " + "; ".join(state["reasons"]) + "."
+        return f"{head} by restarting it: {reasons(state)}."
     verdict = (f"they are kept as evidence, shifted by the median residual {state['offset']:+.4f}" if reusing(state)
-               else "they were dropped: " + "; ".join(state["reasons"]))  # fmt: skip
+               else f"they were dropped: {reasons(state)}")  # fmt: skip
     return (f"{head}: {state['evidence_runs']} of its runs carried into these super-clusters (prior moved by "
             f"{state['prior_shift']}); their predictor ranked {state['refresh_runs']} refresh runs with Spearman "
             f"{state['refresh_spearman']} (RMSE {state['refresh_rmse']}, {state['refresh_rmse_after_shift']} after the "
