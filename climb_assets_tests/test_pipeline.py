@@ -223,5 +223,6 @@ def test_proof_report_shows_the_search_iteration_by_iteration(searched):
         predictor = Predictor.load(plan.predictor_path(k))
         row = f"| {k} | {runs_so_far} | {predictor.kind} | {predictor.extra['spearman']:.3f} |"
         assert row in report and f"| {results['objective'].max():.4f} | {results['objective'].mean():.4f} |" in report
+    assert report.rstrip().endswith("The search started from scratch (the first of its lineage).")
     event = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof"))
     assert "| iteration |" in event.asset_materialization.metadata["search_progress"].value
