@@ -90,11 +90,11 @@ def prior_of(table: pl.DataFrame) -> tuple[list[int], np.ndarray]:
     return per_group["super_cluster_id"].to_list(), per_group["prior"].to_numpy()
 
 
-def structure_change(old: pl.DataFrame, new: pl.DataFrame) -> dict:
+def structure_change(old: pl.DataFrame, new: pl.DataFrame, carry_T: tuple | None = None) -> dict:
     """How far the super-clusters moved between two searches: the total variation between the old token prior
     carried into the new super-clusters and the new prior, the old mass lost to pruned clusters counted as moved;
     the old mass kept; and the super-clusters no old one feeds (appeared) or that feed no new one (vanished)."""
-    T, old_groups, new_groups = carry_matrix(old, new)
+    T, old_groups, new_groups = carry_T or carry_matrix(old, new)
     _, old_prior = prior_of(old)
     _, new_prior = prior_of(new)
     carried = old_prior @ T
@@ -121,7 +121,9 @@ def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict
     if not (finished.exists() and old_groups.exists()):
         return save(plan, state | {"start": "restart", "reasons": [f"search {parent} left no groups or finish record"]})
     state["parent_iterations"] = json.loads(finished.read_text())["iterations"]
-    change = structure_change(pl.read_parquet(old_groups), new)
+    old = pl.read_parquet(old_groups)
+    carry_T = carry_matrix(old, new)
+    change = structure_change(old, new, carry_T)
     state |= {k: round(v, 4) if isinstance(v, float) else v for k, v in change.items()}
     if change["prior_shift"] > search.continue_max_prior_shift:
         moved = [f"{name}: {change[name]}" for name in ("appeared", "vanished") if change[name]]
@@ -129,14 +131,14 @@ def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict
                             f"prior carried through the fine clusters) > continue_max_prior_shift "
                             f"{search.continue_max_prior_shift:g}" + (f" ({'; '.join(moved)})" if moved else "")]  # fmt: skip
         return save(plan, state | {"start": "restart"})
-    write_evidence(plan, state, pl.read_parquet(old_groups), new)
+    write_evidence(plan, state, carry_T)
     return save(plan, state | {"start": "refresh"})
 
 
-def write_evidence(plan: SearchPlan, state: dict, old: pl.DataFrame, new: pl.DataFrame) -> None:
+def write_evidence(plan: SearchPlan, state: dict, carry_T: tuple) -> None:
     """The parent's own runs carried into this search's super-clusters (those that kept at least MIN_CARRIED_MASS
     of their weight), and a predictor fitted on them: it picks half the refresh and is judged by it."""
-    T, old_groups, new_groups = carry_matrix(old, new)
+    T, old_groups, new_groups = carry_T
     runs = parent_runs(plan, state)
     carried, kept = carry(runs.select(weight_columns(old_groups)).to_numpy(), T)
     columns = weight_columns(new_groups)
@@ -193,9 +195,12 @@ def parent_runs(plan: SearchPlan, state: dict) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
-def evidence(plan: SearchPlan) -> tuple[pl.DataFrame, Predictor]:
-    directory = lake.search_evidence_dir(plan.home, plan.search_key)
-    return pl.read_parquet(directory / "runs.parquet"), Predictor.load(directory / "predictor")
+def evidence_runs(plan: SearchPlan) -> pl.DataFrame:
+    return pl.read_parquet(lake.search_evidence_dir(plan.home, plan.search_key) / "runs.parquet")
+
+
+def evidence_predictor(plan: SearchPlan) -> Predictor:
+    return Predictor.load(lake.search_evidence_dir(plan.home, plan.search_key) / "predictor")
 
 
 def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -208,7 +213,7 @@ def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generat
     save(plan, state | {"random_candidates": drawn})
     weights = sample_dirichlet_candidates(prior, drawn, rng)
     if state["start"] == "refresh":
-        runs, predictor = evidence(plan)
+        runs, predictor = evidence_runs(plan), evidence_predictor(plan)
         evaluated = runs.select([c for c in runs.columns if c.startswith("w_")]).to_numpy()
         top = next_iteration_candidates(predictor, prior, n // 2, rng, pool_size=plan.search.pool_size, evaluated=evaluated)
         weights = np.vstack([weights, top])
@@ -239,7 +244,7 @@ def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
     if state["start"] != "refresh":
         return state
     results = read_results(plan, 1)
-    predicted = evidence(plan)[1].predict(results.select(weight_columns(groups)).to_numpy())
+    predicted = evidence_predictor(plan).predict(results.select(weight_columns(groups)).to_numpy())
     return save(plan, state | refresh_verdict(predicted, results["objective"].to_numpy(), plan.search.continue_min_spearman))
 
 
@@ -251,7 +256,7 @@ def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
     state = load(plan)
     if not reusing(state):
         return own
-    old = evidence(plan)[0].with_columns(
+    old = evidence_runs(plan).with_columns(
         objective=pl.col("objective") + state["offset"], iteration=pl.lit(0, pl.Int32),
         evidence_from=pl.lit(state["parent"]), reused=pl.lit(True),
     )  # fmt: skip
