@@ -6,8 +6,8 @@ can never escape its directory.
 lake/
   raw_shards/<shard>.parquet          accepted documents (doc_id, text, n_tokens, metadata)
   quarantine/<shard>.parquet          rejected rows with their reason
-  duplicates/<shard>.parquet          exact duplicates with the id they duplicate
-  dedup_index/index.duckdb            hashes and ids of every registered shard
+  duplicates/<shard>.parquet          exact and near-duplicates: the id they duplicate, kind, similarity
+  dedup_index/index.duckdb            hashes, ids and MinHash bands of every registered shard
   landing_registry/, landing_rejected/ what the landing sensor registered or refused
   embeddings/<shard>.npz              document embeddings; embedding_quarantine/<shard>.parquet
   quality/<shard>.parquet             per-document quality signals

@@ -2,13 +2,18 @@
 
 
 
+import hashlib
+import json
+
 import dagster as dg
 import polars as pl
 
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.landing import landed_path
+from climb_assets.ingest.near_dedup import FuzzySettings
 from climb_assets.ingest.shards import (
+    EarlierShards,
     IngestSettings,
     UnreadableShardError,
     count_shard_rows,
@@ -33,11 +38,21 @@ class IngestConfig(dg.Config):
     id_field: str = "id"
     min_chars: int = 20
     max_chars: int = 200_000
+    fuzzy_dedup: bool = True  # MinHash-LSH near-duplicates (near_dedup.py); exact duplicates are always removed
+    fuzzy_threshold: float = FuzzySettings.threshold
+    fuzzy_ngram: int = FuzzySettings.ngram
+    fuzzy_bands: int = FuzzySettings.bands
+    fuzzy_rows: int = FuzzySettings.rows
 
     def settings(self) -> IngestSettings:
+        fuzzy = (
+            FuzzySettings(ngram=self.fuzzy_ngram, bands=self.fuzzy_bands, rows=self.fuzzy_rows, threshold=self.fuzzy_threshold)
+            if self.fuzzy_dedup else None
+        )  # fmt: skip
         return IngestSettings(
-            text_field=self.text_field, id_field=self.id_field, min_chars=self.min_chars, max_chars=self.max_chars
-        )
+            text_field=self.text_field, id_field=self.id_field, min_chars=self.min_chars, max_chars=self.max_chars,
+            fuzzy=fuzzy,
+        )  # fmt: skip
 
 
 def earlier_shards(registered: list[str], shard: str) -> list[str]:
@@ -52,19 +67,42 @@ def earlier_shards(registered: list[str], shard: str) -> list[str]:
 def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]):
     """Ingest one landed file; quarantine and duplicates are written first, the documents file, then the index, last.
 
-    De-duplication asks the on-disk index about this shard's hashes only, among shards registered before it.
+    De-duplication asks the on-disk index about this shard's hashes and MinHash bands only, among shards registered
+    before it, and reads back only the texts of its near-duplicate candidates.
     """
     source = landed_path(home, shard)
     if not source.exists():
         raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
+    fuzzy = settings.fuzzy
     with DedupIndex(dedup_index_path(home)) as index:
-        index.backfill(earlier, lambda s: raw_shard_path(home, s))
-        result = ingest_shard(source, shard, settings, lambda hashes, ids: index.lookup(hashes, ids, earlier))
+        index.backfill(earlier, lambda s: raw_shard_path(home, s), fuzzy)
+        asked = EarlierShards(
+            seen=lambda hashes, ids: index.lookup(hashes, ids, earlier),
+            near_candidates=(lambda bands: index.near_candidates(bands, earlier, fuzzy)) if fuzzy else None,
+            texts=lambda s, ids: earlier_texts(home, s, ids),
+        )
+        result = ingest_shard(source, shard, settings, asked)
         write_parquet_atomic(result.quarantine, quarantine_path(home, shard))
         write_parquet_atomic(result.duplicates, duplicates_path(home, shard))
         write_parquet_atomic(result.documents, raw_shard_path(home, shard))
-        index.replace(shard, result.documents)  # after the documents file: a crash before this is healed by backfill
+        # after the documents file: a crash before this is healed by backfill
+        index.replace(shard, result.documents, result.bands, fuzzy)
     return result
+
+
+def earlier_texts(home: ClimbHome, shard: str, doc_ids: list[str]) -> dict[str, str]:
+    """The texts of a few accepted documents of an earlier shard (near-duplicate candidates)."""
+    found = (
+        pl.scan_parquet(raw_shard_path(home, shard)).filter(pl.col("doc_id").is_in(doc_ids)).select("doc_id", "text")
+        .collect()
+    )  # fmt: skip
+    return dict(found.iter_rows())
+
+
+def ingest_version(file_sha256: str, settings: IngestSettings) -> str:
+    """The shard's data version: its bytes and the de-duplication settings that decided which documents stay."""
+    fuzzy = settings.fuzzy.to_dict() if settings.fuzzy else None
+    return hashlib.sha256(json.dumps([file_sha256, fuzzy], sort_keys=True).encode()).hexdigest()
 
 
 def conservation(home: ClimbHome, shard: str, settings: IngestSettings) -> dict[str, int]:
@@ -89,8 +127,9 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
     home = climb.home()
     shard = context.partition_key
     registered = context.instance.get_dynamic_partitions(shard_partitions.name)
+    settings = config.settings()
     try:
-        result = ingest_to_lake(home, shard, config.settings(), earlier_shards(registered, shard))
+        result = ingest_to_lake(home, shard, settings, earlier_shards(registered, shard))
     except UnreadableShardError as exc:
         raise dg.Failure(description=f"Cannot ingest {shard}: {exc}", allow_retries=False) from exc
     docs = result.documents
@@ -100,6 +139,9 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
             "accepted": len(docs),
             "quarantined": len(result.quarantine),
             "duplicates": len(result.duplicates),
+            "exact_duplicates": int((result.duplicates["kind"] == "exact").sum()),
+            "fuzzy_duplicates": int((result.duplicates["kind"] == "fuzzy").sum()),
+            "fuzzy_dedup": dg.MetadataValue.json(settings.fuzzy.to_dict() if settings.fuzzy else {"enabled": False}),
             "quarantine_reasons": dg.MetadataValue.json(result.reasons),
             "bytes_in": landed_path(home, shard).stat().st_size,
             "text_bytes": int(docs["text"].str.len_bytes().sum() or 0),
@@ -111,7 +153,7 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
                 docs.head(5).select("doc_id", pl.col("text").str.slice(0, 120), "n_tokens", "source_kind")
             ),
         },
-        data_version=dg.DataVersion(result.file_sha256),
+        data_version=dg.DataVersion(ingest_version(result.file_sha256, settings)),
     )
 
 

@@ -1,7 +1,8 @@
 """Reading, validating, normalising and de-duplicating one crawl shard.
 
 Plain functions (no Dagster) so tests can call them directly. Every input row ends up in exactly one of three
-places: accepted documents, the quarantine (with a reason), or the duplicates table (with what it duplicates).
+places: accepted documents, the quarantine (with a reason), or the duplicates table (with what it duplicates, the
+kind, ``exact`` or ``fuzzy``, and the similarity).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from climb_assets.ingest.near_dedup import (
+    EarlierCandidates,
+    EarlierTexts,
+    FuzzySettings,
+    find_near_duplicates,
+)
 from climb_assets.storage import file_sha256
 
 SHARD_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
@@ -41,6 +48,7 @@ class IngestSettings:
     min_chars: int = 20
     max_chars: int = 200_000
     quarantine_value_chars: int = 500
+    fuzzy: FuzzySettings | None = FuzzySettings()  # None: exact duplicates only
 
 
 @dataclass
@@ -59,6 +67,7 @@ class ShardResult:
     rows_read: int
     file_sha256: str
     reasons: dict[str, int] = field(default_factory=dict)
+    bands: pl.DataFrame | None = None  # MinHash bands of the accepted documents (None: fuzzy dedup off)
 
 
 def shard_suffix(name: str) -> str | None:
@@ -185,6 +194,8 @@ DUPLICATE_SCHEMA = {
     "content_hash": pl.String,
     "duplicate_of": pl.String,
     "duplicate_of_shard": pl.String,
+    "kind": pl.String,
+    "similarity": pl.Float64,
 }
 DOCUMENT_SCHEMA = {
     "doc_id": pl.String,
@@ -203,11 +214,20 @@ SeenLookup = Callable[[set[str], set[str]], tuple[dict[str, tuple[str, str]], se
 """(this shard's hashes, its ids) -> (hash -> (doc_id, shard) of the earlier copy, ids earlier shards already use)."""
 
 
-def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: SeenLookup | None = None) -> ShardResult:
-    """Validate, normalise and de-duplicate one shard against itself and against documents seen before.
+@dataclass(frozen=True)
+class EarlierShards:
+    """What earlier shards know, asked about this shard's own documents only."""
 
-    Rows are validated first; then earlier shards are asked about this shard's hashes and ids only, so memory stays
-    proportional to the shard however large the corpus is.
+    seen: SeenLookup
+    near_candidates: EarlierCandidates | None = None
+    texts: EarlierTexts | None = None
+
+
+def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: EarlierShards | None = None) -> ShardResult:
+    """Validate, normalise and de-duplicate (exactly, then fuzzily) one shard against itself and earlier shards.
+
+    Rows are validated first; then earlier shards are asked about this shard's hashes, ids and MinHash bands only, so
+    memory stays proportional to the shard however large the corpus is.
     """
     documents, quarantine, duplicates = [], [], []
     candidates = []
@@ -226,12 +246,12 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: 
             continue
         candidates.append((row, text, digest, doc_id))
     seen_hashes, seen_ids = (
-        lookup_seen({c[2] for c in candidates}, {c[3] for c in candidates}) if lookup_seen and candidates else ({}, set())
+        earlier.seen({c[2] for c in candidates}, {c[3] for c in candidates}) if earlier and candidates else ({}, set())
     )
     for row, text, digest, doc_id in candidates:
         if digest in seen_hashes:
             first_id, first_shard = seen_hashes[digest]
-            duplicates.append((shard, row.row_number, doc_id, digest, first_id, first_shard))
+            duplicates.append((shard, row.row_number, doc_id, digest, first_id, first_shard, "exact", 1.0))
             continue
         if doc_id in seen_ids:
             reason = f"duplicate_id: {doc_id!r} already names a different text"
@@ -253,6 +273,18 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: 
                 json.dumps(extra, default=str, ensure_ascii=False, sort_keys=True) if extra else None,
             )
         )
+    bands = None
+    if settings.fuzzy is not None:
+        near, bands = find_near_duplicates(
+            shard, [d[0] for d in documents], [d[1] for d in documents], settings.fuzzy,
+            earlier.near_candidates if earlier else None, earlier.texts if earlier else None,
+        )  # fmt: skip
+        for i, found in near.items():
+            doc_id, _, _, row_number, _, digest, _, _ = documents[i]
+            duplicates.append(
+                (shard, row_number, doc_id, digest, found.duplicate_of, found.duplicate_of_shard, "fuzzy", found.similarity)
+            )
+        documents = [d for i, d in enumerate(documents) if i not in near]
     doc_frame = pl.DataFrame(
         documents,
         schema={k: v for k, v in DOCUMENT_SCHEMA.items() if k != "n_tokens"},
@@ -268,8 +300,9 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, lookup_seen: 
     return ShardResult(
         documents=doc_frame,
         quarantine=quarantine_frame,
-        duplicates=pl.DataFrame(duplicates, schema=DUPLICATE_SCHEMA, orient="row"),
+        duplicates=pl.DataFrame(duplicates, schema=DUPLICATE_SCHEMA, orient="row").sort("row_number"),
         rows_read=rows_read,
         file_sha256=file_sha256(path),
         reasons=dict(reasons),
+        bands=bands,
     )

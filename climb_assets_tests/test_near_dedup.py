@@ -1,0 +1,119 @@
+"""Near-duplicates (MinHash-LSH, verified by Jaccard): found across and inside shards, in registration order,
+recorded with what they duplicate, bounded by the shard, and the same on a re-run."""
+
+import json
+import random
+
+import polars as pl
+import pytest
+
+from climb_assets.ingest.assets import IngestConfig, conservation, ingest_to_lake
+from climb_assets.ingest.dedup_index import DedupIndex
+from climb_assets.ingest.near_dedup import Bander, FuzzySettings, find_near_duplicates, jaccard, shingles
+from climb_assets.ingest.shards import IngestSettings
+from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
+
+VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ri", "so", "tu", "va", "ze") for b in "aeiouybcdfgh"]
+
+
+def article(seed: int, words: int = 150) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(VOCAB) for _ in range(words)) + "."
+
+
+def edited(text: str, every: int, seed: int = 0) -> str:
+    """Replace one word in ``every``: an edit rate of 1/every."""
+    rng = random.Random(seed)
+    words = text.split()
+    for i in range(0, len(words), every):
+        words[i] = rng.choice(VOCAB) + "x"
+    return " ".join(words)
+
+
+def land(home, name, texts):
+    (home.landing / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+def test_shingle_jaccard_tracks_the_edit_rate():
+    original = article(1)
+    light, heavy = edited(original, 75), edited(original, 5)
+    assert jaccard(shingles(original, 5), shingles(original, 5)) == 1.0
+    assert jaccard(shingles(original, 5), shingles(light, 5)) > 0.8 > jaccard(shingles(original, 5), shingles(heavy, 5))
+    assert shingles("!!! ??? ...", 5).size == 0  # no words: never anyone's duplicate
+
+
+def test_inside_a_shard_the_first_copy_stays_and_unrelated_text_is_kept():
+    texts = [article(1), article(2), edited(article(1), 75), edited(article(1), 5), edited(article(2), 70, seed=3)]
+    found, bands = find_near_duplicates("s", [f"d{i}" for i in range(5)], texts, FuzzySettings())
+    assert sorted(found) == [2, 4]
+    assert (found[2].duplicate_of, found[2].duplicate_of_shard) == ("d0", "s")
+    assert found[4].duplicate_of == "d1" and 0.8 <= found[4].similarity < 1.0
+    assert set(bands["doc_id"].unique().to_list()) == {"d0", "d1", "d3"}  # only kept documents are indexed
+    assert bands.height == 3 * FuzzySettings().bands
+
+
+def test_across_shards_the_earlier_shard_wins_and_rerun_is_identical(home):
+    original, copy = article(7), edited(article(7), 75)
+    land(home, "a.jsonl", [original, article(8)])
+    land(home, "b.jsonl", [article(9), copy, edited(article(9), 60)])
+    order = ["a.jsonl", "b.jsonl"]
+    settings = IngestSettings()
+    for position, shard in enumerate(order):
+        ingest_to_lake(home, shard, settings, order[:position])
+    dups = pl.read_parquet(duplicates_path(home, "b.jsonl"))
+    a_ids = pl.read_parquet(raw_shard_path(home, "a.jsonl"))["doc_id"].to_list()
+    b_ids = pl.read_parquet(raw_shard_path(home, "b.jsonl"))["doc_id"].to_list()
+    assert dups["kind"].to_list() == ["fuzzy", "fuzzy"]
+    assert dups["duplicate_of_shard"].to_list() == ["a.jsonl", "b.jsonl"]
+    assert dups["duplicate_of"].to_list() == [a_ids[0], b_ids[0]]
+    assert dups["similarity"].min() >= 0.8
+    assert pl.read_parquet(raw_shard_path(home, "b.jsonl"))["text"].to_list() == [article(9)]
+    counts = conservation(home, "b.jsonl", settings)
+    assert counts == {"rows_read": 3, "accepted": 1, "quarantined": 0, "duplicates": 2}
+
+    before = [p(home, s).read_bytes() for s in order for p in (raw_shard_path, quarantine_path, duplicates_path)]
+    for position, shard in reversed(list(enumerate(order))):  # a re-run after later shards landed: same answer
+        ingest_to_lake(home, shard, settings, order[:position])
+    assert [p(home, s).read_bytes() for s in order for p in (raw_shard_path, quarantine_path, duplicates_path)] == before
+    with DedupIndex(dedup_index_path(home)) as index:
+        banded = index.connection.execute("SELECT count(DISTINCT doc_id) FROM minhash_bands").fetchone()[0]
+    assert banded == 3  # a's two documents and b's one: idempotent
+
+
+def test_switched_off_keeps_near_duplicates_and_new_settings_backfill_their_own_bands(home):
+    land(home, "a.jsonl", [article(11)])
+    land(home, "b.jsonl", [edited(article(11), 75)])
+    off = IngestConfig(fuzzy_dedup=False).settings()
+    ingest_to_lake(home, "a.jsonl", off, [])
+    ingest_to_lake(home, "b.jsonl", off, ["a.jsonl"])
+    assert pl.read_parquet(raw_shard_path(home, "b.jsonl")).height == 1
+    # switching it on later: shard a gets bands under the new settings on first use, and b's copy is found
+    trigrams = IngestConfig(fuzzy_ngram=3).settings()
+    ingest_to_lake(home, "b.jsonl", trigrams, ["a.jsonl"])
+    assert pl.read_parquet(duplicates_path(home, "b.jsonl"))["kind"].to_list() == ["fuzzy"]
+    with DedupIndex(dedup_index_path(home)) as index:
+        assert index.banded_shards(trigrams.fuzzy) == {"a.jsonl", "b.jsonl"}
+        rows = index.connection.execute("SELECT shard, count(*) FROM minhash_bands GROUP BY shard").fetchall()
+        assert rows == [("a.jsonl", trigrams.fuzzy.bands)]  # b's only document is a duplicate: it has no bands
+        assert index.banded_shards(FuzzySettings()) == set()
+
+
+def test_the_index_answers_only_for_this_shards_documents(home):
+    fuzzy = FuzzySettings(max_candidates=2)
+    bander = Bander(fuzzy)
+    with DedupIndex(dedup_index_path(home)) as index:
+        base = article(21)
+        for shard in ("s1", "s2", "s3"):  # every earlier shard holds copies of the same article
+            texts = [edited(base, 75, seed=i) for i in range(4)]
+            ids = [f"{shard}-{i}" for i in range(4)]
+            index.replace(shard, pl.DataFrame({"content_hash": ids, "doc_id": ids}), bander.bands_frame(ids, texts), fuzzy)
+        incoming = bander.bands_frame(["new", "other"], [edited(base, 75, seed=9), article(22)])
+        found = index.near_candidates(incoming, ["s1", "s2"], fuzzy)
+    assert set(found["doc_id"]) == {"new"}  # the unrelated document has no candidates
+    assert found.height == 2 and set(found["other_shard"]) <= {"s1", "s2"}  # capped, and never from a later shard
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"bands": 0}, {"threshold": 1.5}])
+def test_bad_settings_name_themselves(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        FuzzySettings(**bad)
