@@ -16,7 +16,8 @@ lake/
   super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
   tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
   search/                             tokenizers/, base/, proxies/, proof_runs/ (content-addressed), searches/<key>/
-climbmix/<search key>/                the final mixture's shards, manifest.json, proof.md, proof_runs.parquet
+climbmix/<search key>/                the final mixture's shards, manifest.json, proof.md, proof_runs.parquet,
+                                      proof_cluster_loss.parquet
 ```
 """
 
@@ -230,6 +231,11 @@ def proof_report_path(home: ClimbHome, search_key: str) -> Path:
 
 def proof_runs_path(home: ClimbHome, search_key: str) -> Path:
     return climbmix_dir(home, search_key) / "proof_runs.parquet"
+
+
+def proof_cluster_loss_path(home: ClimbHome, search_key: str) -> Path:
+    """Per super-cluster: held-out bits per byte of the base and of each proof mixture's models (mean over seeds)."""
+    return climbmix_dir(home, search_key) / "proof_cluster_loss.parquet"
 
 
 # --- the dbt sources --------------------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ def test_every_proxy_is_an_mlflow_run_with_params_metrics_and_tags(searched):
         weights = [float(v) for k, v in run.data.params.items() if k.startswith("w_")]
         assert math.isclose(sum(weights), 1.0, abs_tol=1e-3)
         assert {"objective", "bpb", "train_loss"} <= set(run.data.metrics)
+        assert any(k.startswith("cluster_bpb_") for k in run.data.metrics)  # held-out loss per super-cluster
         assert run.data.tags["dagster.run_id"] and run.data.tags["climb.cluster_version"]
         assert len(client.get_metric_history(run.info.run_id, "train_loss_curve")) > 1
     for parent in parents:
@@ -158,6 +159,33 @@ def test_later_iterations_use_the_previous_predictor(searched):
         assert metadata["predictor_kind"].value == predictor.kind
     event = searched.instance.get_latest_materialization_event(dg.AssetKey(["iteration_2", "mixture_candidates"]))
     assert event.asset_materialization.metadata["top"].value == 128
+
+
+def test_base_and_each_iterations_best_proxy_report_their_loss_per_super_cluster(searched):
+    plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
+    groups = [c for c in pl.read_parquet(plan.results_path(1)).columns if c.startswith("w_")]
+    base = pl.read_parquet(plan.base_cluster_loss_path)
+    assert base.height == len(groups) and base["base"].is_not_null().sum() >= 1
+    for k in range(1, SEARCH_ITERATIONS + 1):
+        table = pl.read_parquet(plan.cluster_loss_path(k))
+        results = pl.read_parquet(plan.results_path(k))
+        best = results.sort("objective", descending=True).row(0, named=True)
+        assert table["best_candidate"].unique().to_list() == [best["candidate_id"]]
+        measured = table.drop_nulls("best_proxy")
+        assert measured.height >= 1 and measured["base"].null_count() == 0
+        for g, value in zip(measured["super_cluster_id"], measured["best_proxy"]):
+            assert value == best[f"cluster_bpb_{g}"]
+        node = dg.AssetKey([f"iteration_{k}", "proxy_results"])
+        metadata = searched.instance.get_latest_materialization_event(node).asset_materialization.metadata
+        assert {"cluster_bpb", "cluster_bpb_plot"} <= set(metadata)
+    metadata = searched.instance.get_latest_materialization_event(dg.AssetKey("proxy_base_checkpoint")).asset_materialization.metadata
+    assert "cluster_bpb" in metadata
+    proof = pl.read_parquet(climbmix_of(searched.home) / "proof_cluster_loss.parquet")
+    mixtures = ["climbmix", "natural", "uniform", "best_random_proxy", "regmix"]
+    assert set(mixtures) <= set(proof.columns) and proof.height == len(groups)
+    assert proof.drop_nulls("climbmix").height >= 1 and (proof.drop_nulls("climbmix")["climbmix"] > 0).all()
+    metadata = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof")).asset_materialization.metadata
+    assert "cluster_bpb_plot" in metadata
 
 
 def climbmix_of(home) -> Path:

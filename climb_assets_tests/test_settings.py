@@ -39,6 +39,7 @@ def test_defaults_the_tiny_settings_and_the_paper_scale_are_valid():
         ({"pool_size": 50}, "pool_size must be >= 256"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"predictor_folds": 1}, "predictor_folds must be >= 2"),
+        ({"cluster_loss_docs": -1}, "cluster_loss_docs must be >= 0"),
         ({"target_kind": "blend", "target_blend_bpb": 0.0, "target_blend_mc": 0.0}, "must be > 0 for target_kind"),
     ],
 )

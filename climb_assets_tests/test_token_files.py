@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -13,6 +14,7 @@ from climb_assets.lm.proxy import (
     ProxySettings,
     TargetData,
     load_search_corpus,
+    mixture_token_stream,
     run_proxy,
 )
 from climb_assets.lm.targets import TargetSpec
@@ -167,6 +169,39 @@ def test_corpus_indexes_membership_and_proxy_is_deterministic(home, bpe):
     after = file_stamps(token_dir(home, bpe))
     assert {k: v for k, v in after.items() if not k.startswith("index-")} == tokens
     assert len([k for k in after if k.startswith("index-")]) == 2
+
+
+def test_held_out_documents_are_never_trained_on_and_each_super_cluster_gets_a_loss(home, bpe):
+    docs = pl.concat([add_shard(home, "s0", n=60), add_shard(home, "s1", n=60, seed=1)])
+    write_membership(home, docs, n_groups=3)
+    corpus = load_search_corpus(home, bpe)
+    heldout = corpus.heldout(4)
+    assert {g: len(p) for g, p in heldout.items()} == {0: 4, 1: 4, 2: 4}
+    assert all(np.array_equal(heldout[g], p) for g, p in corpus.heldout(4).items())  # the same for every run
+    assert {g: len(p) for g, p in corpus.heldout(30).items()} == {0: 10, 1: 10, 2: 10}  # a quarter of a small group
+    pools = corpus.training_pools(heldout)
+    for g in corpus.groups:
+        assert sorted([*pools[g].doc_ids, *heldout[g]]) == list(range(len(corpus.members[g])))
+
+    def key(tokens) -> tuple:
+        return tuple(np.asarray(tokens).tolist())
+
+    # a budget of several epochs draws every training document, and no held-out one
+    epochs = int(corpus.tokens_per_group().sum() * 5)
+    stream, _ = mixture_token_stream(corpus, np.array([0.4, 0.3, 0.3]), epochs, 50.0, seed=0, heldout=heldout)
+    drawn = {key(t) for t in stream}
+    training = {key(corpus.tokens(g, int(i))) for g in corpus.groups for i in pools[g].doc_ids}
+    held = {key(corpus.tokens(g, int(i))) for g in corpus.groups for i in heldout[g]}
+    assert drawn == training and not (held - training) & drawn and held - training
+
+    settings = ProxySettings(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, token_budget=2_000,
+                             cluster_loss_docs=4)  # fmt: skip
+    outcome, _ = run_proxy(corpus, bpe, np.array([0.5, 0.3, 0.2]), settings,
+                           TargetData(TargetSpec(kind="bpb"), texts=list(docs["text"][:5])), seed=3)  # fmt: skip
+    assert set(outcome.cluster_bpb) == {"0", "1", "2"} and all(0 < v < 20 for v in outcome.cluster_bpb.values())
+    off, _ = run_proxy(corpus, bpe, np.array([0.5, 0.3, 0.2]), replace(settings, cluster_loss_docs=0),
+                       TargetData(TargetSpec(kind="bpb"), texts=list(docs["text"][:5])), seed=3)  # fmt: skip
+    assert off.cluster_bpb == {}
 
 
 def test_membership_naming_a_missing_document_is_an_error(home, bpe):

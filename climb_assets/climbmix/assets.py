@@ -22,6 +22,9 @@ from climb_assets.search.keys import (
 )
 from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.reports import (
+    base_cluster_losses,
+    cluster_loss_report,
+    cluster_loss_table,
     predictor_plot,
     proof_markdown,
     proof_plot,
@@ -249,6 +252,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         with atomic_path(lake.proof_report_path(home, plan.search_key)) as tmp:
             tmp.write_text(report)
         write_parquet_atomic(runs_frame, lake.proof_runs_path(home, plan.search_key))
+        write_parquet_atomic(proof_cluster_losses(plan, records), lake.proof_cluster_loss_path(home, plan.search_key))
         metric = "bpb" if "bpb_mean" in table.columns else "objective"
         return dg.Output(
             None,
@@ -260,6 +264,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
                 "report": dg.MetadataValue.md(report),
                 "proof_plot": proof_plot(runs_frame, table, metric),
                 "search_plot": predictor_plot(plan, iterations),
+                **cluster_loss_report(lake.proof_cluster_loss_path(home, plan.search_key)),
                 "climbmix_rank": table["mixture"].to_list().index("climbmix") + 1,
                 "seconds": float(sum(r.seconds for r in runs)),
                 "trained": sum(not r["reused"] for r in records),
@@ -289,6 +294,19 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         return proof_fan_out(climbmix=climbmix, baselines=baselines)
 
     return [random_search_baseline, climbmix, climbmix_proof]
+
+
+def proof_cluster_losses(plan: SearchPlan, records: list[dict]) -> pl.DataFrame:
+    """Held-out bits per byte per super-cluster: the base's, and each mixture's evaluation models' mean over seeds,
+    so a user sees where ClimbMix's model gained or lost against the baselines."""
+    by_mixture: dict[str, list[dict[str, float]]] = {}
+    for record in records:
+        by_mixture.setdefault(record["name"].rsplit("-seed", 1)[0], []).append(record.get("cluster_bpb") or {})
+    losses = {"base": base_cluster_losses(plan)}
+    for mixture, per_seed in by_mixture.items():
+        groups = set.intersection(*(set(seed) for seed in per_seed))
+        losses[mixture] = {g: float(np.mean([seed[g] for seed in per_seed])) for g in groups}
+    return cluster_loss_table(plan, losses)
 
 
 def proof_mixtures(plan: SearchPlan, corpus, manifest: dict) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from climb_assets.lm.model import GPT, GPTConfig, preset
 from climb_assets.lm.targets import (
     MCItem,
     TargetSpec,
+    bits_per_byte,
     evaluate_target,
     load_mc_tasks,
     load_target_texts,
@@ -50,6 +51,24 @@ class SearchCorpus:
     def pools(self) -> dict[int, DocPool]:
         """Tokens-only pools for the sampler: ids are positions in the group, texts are fetched by ``records``."""
         return {g: DocPool(range(len(self.members[g])), self.members[g].n_tokens) for g in self.groups}
+
+    def heldout(self, per_group: int) -> dict[int, np.ndarray]:
+        """Positions of the documents each super-cluster keeps out of every training run, so its loss can be measured
+        on text no proxy saw: ``per_group`` drawn by a fixed seed, at most a quarter of a small group."""
+        chosen = {}
+        for g in self.groups:
+            n = len(self.members[g])
+            k = min(per_group, n // 4)
+            chosen[g] = np.sort(np.random.default_rng([0, 2, g]).choice(n, size=k, replace=False)) if k else np.empty(0, np.int64)
+        return chosen
+
+    def training_pools(self, heldout: dict[int, np.ndarray]) -> dict[int, DocPool]:
+        """``pools`` without the held-out documents; ids are still positions in the group."""
+        pools = {}
+        for g in self.groups:
+            keep = np.setdiff1d(np.arange(len(self.members[g])), heldout.get(g, np.empty(0, np.int64)), assume_unique=True)
+            pools[g] = DocPool(keep, self.members[g].n_tokens[keep])
+        return pools
 
     def locate(self, groups: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(raw shard index, row, token count) of drawn documents given as (group, index in group), in draw order."""
@@ -122,6 +141,7 @@ class ProxySettings:
     warmup_frac: float = 0.05
     schedule: str = "cosine"
     max_repeats: float = 4.0
+    cluster_loss_docs: int = 4  # per super-cluster, held out of training; each run's loss on them is reported
     num_threads: int | None = None  # CPU threads for training; None = all cores (set 1 when runs share the cores)
     device: str = "auto"  # "auto": CUDA when present; a step's device lease pins it ("cuda:1", "cpu")
 
@@ -156,21 +176,42 @@ class ProxyOutcome:
     seconds: float
     tokens_seen: int
     num_params: int
+    cluster_bpb: dict[str, float] = field(default_factory=dict)  # super-cluster id -> bits per byte, held out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def mixture_token_stream(corpus: SearchCorpus, weights: np.ndarray, budget: int, max_repeats: float, seed: int):
+HELDOUT_CHARS = 1_000  # a held-out document's first characters are scored: bounds the per-cluster loss's cost
+
+
+def mixture_token_stream(
+    corpus: SearchCorpus, weights: np.ndarray, budget: int, max_repeats: float, seed: int,
+    heldout: dict[int, np.ndarray] | None = None,
+):  # fmt: skip
     """Documents drawn by weight (same sampler as ClimbMix) as a lazy stream of memory-mapped token views, plus the
-    sampler's stats: only the packer's shuffle pool is ever materialised."""
+    sampler's stats: only the packer's shuffle pool is ever materialised. ``heldout`` documents are never drawn."""
+    pools = corpus.training_pools(heldout or {})
     sampler = MixtureSampler(
-        corpus.pools(), {g: float(w) for g, w in zip(corpus.groups, weights)},
+        pools, {g: float(w) for g, w in zip(corpus.groups, weights)},
         token_budget=budget, max_repeats=max_repeats, seed=seed,
     )
     plan = sampler.plan()
-    token_lists = (corpus.tokens(int(g), int(i)) for g, i in zip(plan.groups, plan.doc_indices))
+    token_lists = (
+        corpus.tokens(int(g), int(pools[int(g)].doc_ids[i])) for g, i in zip(plan.groups, plan.doc_indices)
+    )
     return token_lists, plan.stats.to_dict()
+
+
+def cluster_losses(model: GPT, tokenizer: TextTokenizer, corpus: SearchCorpus,
+                   heldout: dict[int, np.ndarray]) -> dict[str, float]:  # fmt: skip
+    """Bits per byte on each super-cluster's held-out documents: what the model finds hard, cluster by cluster."""
+    losses = {}
+    for g, positions in heldout.items():
+        if len(positions):
+            _, texts, _, _ = corpus.records(np.full(len(positions), g), positions)
+            losses[str(g)] = bits_per_byte(model, tokenizer, [text[:HELDOUT_CHARS] for text in texts])
+    return losses
 
 
 def run_proxy(
@@ -187,9 +228,11 @@ def run_proxy(
     model_cfg = settings.model_config(tokenizer.vocab_size)
     train_cfg = settings.train_config(seed)
     # Packing drops a document boundary token per doc and the final partial batch: ask for a little more.
+    heldout = corpus.heldout(settings.cluster_loss_docs)
     token_lists, mixture = mixture_token_stream(
-        corpus, weights, int(settings.token_budget * 1.1) + train_cfg.tokens_per_step, settings.max_repeats, seed
-    )
+        corpus, weights, int(settings.token_budget * 1.1) + train_cfg.tokens_per_step, settings.max_repeats, seed,
+        heldout,
+    )  # fmt: skip
     batches = pack_documents(token_lists, settings.block_size, tokenizer.eot_id, settings.batch_size, rng=seed)
     result = train_proxy(model_cfg, train_cfg, batches, init_state=init_state)
     metrics = evaluate_target(result.model, tokenizer, target.spec, texts=target.texts, mc_items=target.mc_items)
@@ -201,4 +244,5 @@ def run_proxy(
         seconds=result.seconds,
         tokens_seen=result.tokens_seen,
         num_params=result.model.num_params(),
+        cluster_bpb=cluster_losses(result.model, tokenizer, corpus, heldout),
     ), result.model

@@ -31,7 +31,7 @@ from climb_assets.search.candidates import next_iteration_candidates, token_prio
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
 from climb_assets.search.predictor import Predictor, select_predictor
-from climb_assets.search.reports import search_plot
+from climb_assets.search.reports import base_cluster_losses, cluster_loss_report, cluster_loss_table, search_plot
 from climb_assets.search.settings import SearchSettings, result_settings_of
 from climb_assets.search.state import search_inputs, weight_columns
 from climb_assets.search.tracking import (
@@ -155,8 +155,10 @@ def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str]
                                        plan.search.target(plan.home), seed=plan.search.seed)  # fmt: skip
         save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
         record = {"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
-                  "fingerprint": plan.base_key}  # fmt: skip
+                  "fingerprint": plan.base_key, "cluster_bpb": outcome.cluster_bpb}  # fmt: skip
         write_json_atomic(record, record_path)
+        if outcome.cluster_bpb:
+            write_parquet_atomic(cluster_loss_table(plan, {"base": outcome.cluster_bpb}), plan.base_cluster_loss_path)
         return record, False, lease.metadata()
 
 
@@ -180,6 +182,7 @@ def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeRes
             "seconds": round(extra.get("seconds", 0.0), 1),
             "path": dg.MetadataValue.path(str(path)),
             **{f"target_{k}": round(v, 4) for k, v in extra.get("metrics", {}).items()},
+            **cluster_loss_report(plan.base_cluster_loss_path),
             **lease_metadata,
         },
         data_version=dg.DataVersion(plan.base_sha),
@@ -241,11 +244,13 @@ def candidate_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
 
 
 def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, records: list[dict]) -> pl.DataFrame:
-    """The iteration's results table, in candidate order, written where the predictor and later iterations read it."""
+    """The iteration's results table, in candidate order, written where the predictor and later iterations read it;
+    and the per-cluster loss of the base and of the iteration's best proxy beside it."""
     rows = pl.DataFrame([
         {"candidate_id": r["name"], **{k: float(v) for k, v in r["metrics"].items()}, "seconds": r["seconds"],
          "tokens_seen": r["tokens_seen"], "fingerprint": r["fingerprint"], "reused": r["reused"],
-         "mlflow_run_id": r["mlflow_run_id"]}
+         "mlflow_run_id": r["mlflow_run_id"],
+         **{f"cluster_bpb_{g}": float(v) for g, v in r.get("cluster_bpb", {}).items()}}
         for r in records
     ])  # fmt: skip
     candidates = pl.read_parquet(plan.candidates_path(iteration))
@@ -254,6 +259,13 @@ def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, record
         raise dg.Failure(f"{candidates.height - results.height} candidates of iteration {iteration} have no result")
     tag_run(sink.client, sink.parent, {"climb.proxies": str(results.height)})
     write_parquet_atomic(results, plan.results_path(iteration))
+    best = results.sort("objective", descending=True).row(0, named=True)
+    best_losses = {k.removeprefix("cluster_bpb_"): v for k, v in best.items() if k.startswith("cluster_bpb_") and v is not None}
+    if best_losses:
+        table = cluster_loss_table(plan, {"base": base_cluster_losses(plan), "best_proxy": best_losses})
+        write_parquet_atomic(table.with_columns(best_candidate=pl.lit(best["candidate_id"])),
+                             plan.cluster_loss_path(iteration))  # fmt: skip
+        log_run(sink.client, sink.parent, metrics={f"best_cluster_bpb_{g}": v for g, v in best_losses.items()})
     return results.with_columns(
         mlflow_url=pl.col("mlflow_run_id").map_elements(
             lambda r: run_url(sink.tracking.uri(plan.home), sink.experiment, r), return_dtype=pl.String
@@ -340,6 +352,7 @@ def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinit
                 "best_mlflow_run": dg.MetadataValue.url(best["mlflow_url"]),
                 "mean_objective": float(results["objective"].mean()),
                 "proxy_seconds_total": float(results["seconds"].sum()),
+                **cluster_loss_report(plan.cluster_loss_path(iteration)),
                 "results": markdown_table(
                     results.select("candidate_id", "objective", *[c for c in ("bpb", "mc_acc") if c in results.columns],
                                    "seconds", "reused", "fingerprint", "mlflow_url").sort("objective", descending=True)  # fmt: skip

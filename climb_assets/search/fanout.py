@@ -95,7 +95,8 @@ def _train(plan: SearchPlan, run: TrainingRun, key: str, init_sha: str | None, m
     outcome, _ = run_proxy(
         corpus, tokenizer, run.weights, run.settings, plan.search.target(plan.home), seed=run.seed, init_state=init_state
     )
-    log_run(client, run_id, metrics=outcome.metrics, curves={"train_loss_curve": outcome.loss_curve})
+    log_run(client, run_id, metrics=outcome.metrics | {f"cluster_bpb_{g}": v for g, v in outcome.cluster_bpb.items()},
+            curves={"train_loss_curve": outcome.loss_curve})  # fmt: skip
     client.set_terminated(run_id)
     record = {
         **asdict(outcome), "name": run.name, "fingerprint": key, "mlflow_run_id": run_id, "weights": run.named_weights(),
@@ -143,7 +144,7 @@ def _training_step(
             "objective": record["metrics"]["objective"], "host": socket.gethostname(),
         })  # fmt: skip
         return {k: record[k] for k in ("name", "fingerprint", "reused", "metrics", "seconds", "tokens_seen",
-                                       "mlflow_run_id", "seed", "weights")}  # fmt: skip
+                                       "mlflow_run_id", "seed", "weights", "cluster_bpb")}  # fmt: skip
 
     return train
 

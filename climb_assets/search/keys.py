@@ -33,7 +33,7 @@ from climb_assets.storage import exclusive_lock, file_sha256, write_json_atomic
 # by older code are never reused for it. Also used as the Dagster code_version of the assets that run the step.
 ALGORITHM_VERSIONS = {
     "tokenizer": "bpe-1",
-    "proxy": "proxy-1",
+    "proxy": "proxy-2",
     "predictor": "select-2",
     "candidates": "dirichlet-1",
     "climbmix": "climbmix-2",
@@ -147,6 +147,11 @@ class SearchPlan:
     def base_path(self) -> Path | None:
         return lake.base_checkpoint_path(self.home, self.base_key) if self.base_key else None
 
+    @property
+    def base_cluster_loss_path(self) -> Path | None:
+        """The base checkpoint's held-out bits per byte per super-cluster, kept with it."""
+        return self.base_path.with_suffix(".cluster_bpb.parquet") if self.base_path else None
+
     @cached_property
     def base_sha(self) -> str | None:
         if self.base_path is None:
@@ -217,6 +222,10 @@ class SearchPlan:
 
     def results_path(self, iteration: int) -> Path:
         return lake.search_iteration_dir(self.home, self.search_key, iteration) / "results.parquet"
+
+    def cluster_loss_path(self, iteration: int) -> Path:
+        """Per super-cluster: held-out bits per byte of the base and of the iteration's best proxy."""
+        return lake.search_iteration_dir(self.home, self.search_key, iteration) / "cluster_loss.parquet"
 
     def predictor_path(self, iteration: int) -> Path:
         return lake.search_iteration_dir(self.home, self.search_key, iteration) / "predictor"

@@ -1,5 +1,8 @@
 """What a search reports: its progress per iteration, the plots in the assets' metadata and the proof's markdown."""
 
+import json
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,11 +11,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from climb_assets.lm.proxy import ProxySettings  # noqa: E402
-from climb_assets.metadata import figure_markdown  # noqa: E402
+from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
+from climb_assets.search.continuation import training_set  # noqa: E402
 from climb_assets.search.keys import SearchPlan  # noqa: E402
 from climb_assets.search.predictor import Predictor  # noqa: E402
 from climb_assets.search.settings import ProofSettings  # noqa: E402
-from climb_assets.search.continuation import training_set  # noqa: E402
+from climb_assets.search.state import search_inputs  # noqa: E402
 
 
 def search_progress(plan: SearchPlan, iterations: int) -> pl.DataFrame:
@@ -64,6 +68,48 @@ def weights_plot(labels: list[str], weights: np.ndarray, natural: np.ndarray):
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure_markdown(figure)
+
+
+def cluster_loss_plot(table: pl.DataFrame, models: list[str]):
+    """Held-out bits per byte per super-cluster, one bar per model: what each model finds hard."""
+    labels = [f"{g}: {label[:40]}" for g, label in zip(table["super_cluster_id"], table["label"])]
+    figure, axis = plt.subplots(figsize=(7, 0.3 * len(labels) * max(1, len(models) / 2) + 1))
+    y = np.arange(len(labels))
+    height = 0.8 / len(models)
+    for i, model in enumerate(models):
+        axis.barh(y + (i - (len(models) - 1) / 2) * height, table[model].fill_null(np.nan).to_numpy(), height=height,
+                  label=model)  # fmt: skip
+    axis.set_yticks(y, labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set(xlabel="held-out bits per byte (lower: the model has it)", title="loss by super-cluster")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure_markdown(figure)
+
+
+def base_cluster_losses(plan: SearchPlan) -> dict[str, float]:
+    record = plan.base_path.with_suffix(".json") if plan.base_path else None
+    return json.loads(record.read_text()).get("cluster_bpb", {}) if record and record.exists() else {}
+
+
+def cluster_loss_table(plan: SearchPlan, losses: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """One row per super-cluster: its label and held-out bits per byte under each named model (null: not measured)."""
+    _, corpus = search_inputs(plan)
+    return pl.DataFrame({
+        "super_cluster_id": corpus.groups,
+        "label": [corpus.labels.get(g, "") for g in corpus.groups],
+        **{name: pl.Series([by_group.get(str(g)) for g in corpus.groups], dtype=pl.Float64)
+           for name, by_group in losses.items()},
+    })  # fmt: skip
+
+
+def cluster_loss_report(path: Path | None) -> dict:
+    """The per-cluster loss table and plot for an asset's metadata (nothing when no cluster was measured)."""
+    if path is None or not path.exists():
+        return {}
+    table = pl.read_parquet(path)
+    models = [c for c in table.columns if c not in ("super_cluster_id", "label", "best_candidate")]
+    return {"cluster_bpb": markdown_table(table), "cluster_bpb_plot": cluster_loss_plot(table, models)}
 
 
 def proof_plot(runs_frame: pl.DataFrame, table: pl.DataFrame, metric: str):

@@ -92,6 +92,7 @@ class SearchSettings(dg.ConfigurableResource):
     batch_size: int = PROXY.batch_size
     lr: float = PROXY.lr  # the proxies' peak learning rate; they decay to lr / 10
     max_repeats: float = PROXY.max_repeats
+    cluster_loss_docs: int = PROXY.cluster_loss_docs  # per super-cluster, held out of training: per-cluster loss
     num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
     # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
     pool_size: int = DEFAULT_POOL_SIZE
@@ -133,6 +134,7 @@ class SearchSettings(dg.ConfigurableResource):
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr:g}")
         problems += at_least("max_repeats", self.max_repeats, 1, "each document at least once")
+        problems += at_least("cluster_loss_docs", self.cluster_loss_docs, 0, "0 holds none out and measures none")
         problems += at_least("predictor_min_child_samples", self.predictor_min_child_samples, 1)
         problems += at_least("predictor_folds", self.predictor_folds, 2)
         if not 0 < self.continued_proxy_fraction <= 1:
@@ -159,7 +161,7 @@ class SearchSettings(dg.ConfigurableResource):
             model_preset=self.model_preset, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
             block_size=self.block_size,
             token_budget=self.token_budget, batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 10,
-            max_repeats=self.max_repeats, num_threads=self.num_threads or None,
+            max_repeats=self.max_repeats, cluster_loss_docs=self.cluster_loss_docs, num_threads=self.num_threads or None,
         )  # fmt: skip
 
     def base_settings(self) -> ProxySettings:
