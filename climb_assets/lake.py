@@ -15,7 +15,8 @@ lake/
   dbt/cluster_decisions.parquet       dbt_quality's keep/prune decisions; quality.duckdb is dbt's database
   super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
   tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
-  search/                             tokenizers/, base/, proxies/, proof_runs/ (content-addressed), searches/<key>/
+  search/                             tokenizers/, base/, proxies/, proof_runs/, loss_guided/ (content-addressed),
+                                      searches/<key>/
 climbmix/<search key>/                the final mixture's shards, manifest.json, proof.md, proof_runs.parquet,
                                       proof_cluster_loss.parquet
 ```
@@ -166,6 +167,11 @@ def tokenizer_record_path(home: ClimbHome, tokenizer_fingerprint: str) -> Path:
 
 def base_checkpoint_path(home: ClimbHome, base_fingerprint: str) -> Path:
     return search_root(home) / "base" / f"{base_fingerprint}.pt"
+
+
+def loss_guided_path(home: ClimbHome, key: str) -> Path:
+    """One loss-guided bootstrapping run (its rounds' weights and losses, its final mixture), by its fingerprint."""
+    return search_root(home) / "loss_guided" / f"{key}.json"
 
 
 def proxy_markers_dir(home: ClimbHome) -> Path:

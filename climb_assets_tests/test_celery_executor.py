@@ -113,7 +113,7 @@ def test_search_runs_on_celery_with_gpu_steps_on_the_gpu_worker(celery_cluster):
     proxy_steps = [k for k in gpu_steps if "_proxy_train[" in k]
     proof_steps = [k for k in gpu_steps if k.startswith("climbmix_proof.proof_train[")]
     assert len(proxy_steps) == sum(SETTINGS["proxies_per_iteration"])  # every proxy its own step
-    assert len(proof_steps) == 5 * len(TINY_SEARCH_RUN_CONFIG["resources"]["proof"]["config"]["seeds"])
+    assert len(proof_steps) == 6 * len(TINY_SEARCH_RUN_CONFIG["resources"]["proof"]["config"]["seeds"])
     for key, pid in starts.items():
         expected = workers["gpu"].pid if key in gpu_steps else workers["cpu"].pid
         assert pid == expected, (key, pid, {n: w.pid for n, w in workers.items()})

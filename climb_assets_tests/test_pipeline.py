@@ -181,7 +181,7 @@ def test_base_and_each_iterations_best_proxy_report_their_loss_per_super_cluster
     metadata = searched.instance.get_latest_materialization_event(dg.AssetKey("proxy_base_checkpoint")).asset_materialization.metadata
     assert "cluster_bpb" in metadata
     proof = pl.read_parquet(climbmix_of(searched.home) / "proof_cluster_loss.parquet")
-    mixtures = ["climbmix", "natural", "uniform", "best_random_proxy", "regmix"]
+    mixtures = ["climbmix", "natural", "uniform", "best_random_proxy", "regmix", "loss_guided"]
     assert set(mixtures) <= set(proof.columns) and proof.height == len(groups)
     assert proof.drop_nulls("climbmix").height >= 1 and (proof.drop_nulls("climbmix")["climbmix"] > 0).all()
     metadata = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof")).asset_materialization.metadata
@@ -216,8 +216,8 @@ def test_climbmix_manifest_matches_the_sampled_shards(searched):
 def test_proof_table_comes_from_real_training_runs(searched):
     home = searched.home
     runs = pl.read_parquet(climbmix_of(home) / "proof_runs.parquet")
-    assert sorted(runs["mixture"].unique()) == ["best_random_proxy", "climbmix", "natural", "regmix", "uniform"]
-    assert runs.group_by("mixture").len()["len"].to_list() == [2] * 5
+    assert sorted(runs["mixture"].unique()) == ["best_random_proxy", "climbmix", "loss_guided", "natural", "regmix", "uniform"]
+    assert runs.group_by("mixture").len()["len"].to_list() == [2] * 6
     assert runs["bpb"].is_finite().all()
     # each seed is its own training run (two mixtures may coincide on a tiny corpus once the repetition cap bites)
     assert (runs.group_by("mixture").agg(pl.col("bpb").n_unique())["bpb"] == 2).all()
@@ -226,7 +226,7 @@ def test_proof_table_comes_from_real_training_runs(searched):
         assert f"| {name} | 2 | {bpb:.4f} ± " in report
     # every baseline has its paired difference, computed from the same seeds' runs
     objective = {(m, s): o for m, s, o in runs.select("mixture", "seed", "objective").iter_rows()}
-    for name in ("best_random_proxy", "natural", "regmix", "uniform"):
+    for name in ("best_random_proxy", "natural", "regmix", "uniform", "loss_guided"):
         delta = sum(objective[("climbmix", s)] - objective[(name, s)] for s in (0, 1)) / 2
         assert f"| {name} | 2 | {delta:+.4f} |" in report
 
@@ -254,3 +254,37 @@ def test_proof_report_shows_the_search_iteration_by_iteration(searched):
     assert report.rstrip().endswith("The search started from scratch (the first of its lineage).")
     event = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof"))
     assert "| iteration |" in event.asset_materialization.metadata["search_progress"].value
+
+
+def test_loss_guided_bootstrapping_reweights_by_excess_loss_and_is_a_proof_baseline(searched):
+    from climb_assets.climbmix.loss_guided import loss_guided_path, update_weights
+    from climb_assets.search.reports import base_cluster_losses
+    from climb_assets.search.settings import ProofSettings
+
+    plan = SearchPlan(searched.home, SearchSettings(**TINY_SEARCH))
+    proof = ProofSettings(**TINY_SEARCH_RUN_CONFIG["resources"]["proof"]["config"])
+    record = json.loads(loss_guided_path(plan, proof).read_text())
+    groups = record["groups"]
+    reference = np.array([base_cluster_losses(plan).get(str(g), np.nan) for g in groups])
+    assert len(record["rounds"]) == proof.loss_guided_rounds
+    for r in record["rounds"]:  # each round's next weights are the rule applied to what that round measured
+        losses = np.array([r["cluster_bpb"].get(str(g), np.nan) for g in groups])
+        expected = update_weights(np.array(r["trained_on"]), losses, reference, proof.loss_guided_eta, proof.loss_guided_floor)
+        assert np.allclose(r["next_weights"], expected) and math.isclose(sum(r["next_weights"]), 1.0)
+    assert np.allclose(record["weights"], np.mean([r["next_weights"] for r in record["rounds"]], axis=0))
+    assert record["tokens"] == sum(r["tokens"] for r in record["rounds"]) > 0
+    report = (climbmix_of(searched.home) / "proof.md").read_text()
+    assert f"loss-guided bootstrapping trained {proof.loss_guided_rounds} rounds ({record['tokens']:,} tokens" in report
+    event = searched.instance.get_latest_materialization_event(dg.AssetKey("loss_guided_baseline"))
+    assert event.asset_materialization.metadata["rounds"].value == proof.loss_guided_rounds
+
+
+def test_the_loss_guided_rule_favours_what_the_model_has_not_learned():
+    from climb_assets.climbmix.loss_guided import update_weights
+
+    weights = np.array([0.5, 0.3, 0.2])
+    reference = np.array([2.0, 2.0, 2.0])
+    moved = update_weights(weights, np.array([1.5, 1.9, np.nan]), reference, eta=1.0, floor=0.0)
+    assert moved[1] / moved[0] > weights[1] / weights[0]  # improved least: gains weight against the mastered one
+    assert math.isclose(moved[2] / moved[1], weights[2] / weights[1] * math.exp(0.1))  # unmeasured: no tilt of its own
+    assert np.allclose(update_weights(weights, np.array([1.0, 5.0, 1.0]), reference, eta=1.0, floor=1.0), 1 / 3)

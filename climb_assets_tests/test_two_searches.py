@@ -35,4 +35,5 @@ def test_two_targets_in_one_home_keep_their_own_climbmix_and_proof(tiny_platform
         shards = pl.concat([pl.read_parquet(climbmix_dir(home, key) / name) for name in manifest["shards"]])
         assert shards.height == manifest["documents"]
         runs = pl.read_parquet(proof_runs_path(home, key))
-        assert sorted(runs["mixture"].unique()) == ["best_random_proxy", "climbmix", "natural", "regmix", "uniform"]
+        assert sorted(runs["mixture"].unique()) == [
+            "best_random_proxy", "climbmix", "loss_guided", "natural", "regmix", "uniform"]

@@ -11,7 +11,9 @@ from climb_assets.climbmix.baselines import paired_comparison, random_search_wei
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.search.assets import final_predictor_key
+from climb_assets.climbmix import loss_guided
+from climb_assets.devices import gpu_slots
+from climb_assets.search.assets import final_predictor_key, waiting_in
 from climb_assets.search.candidates import best_predicted_mixture, token_prior
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import (
@@ -36,6 +38,7 @@ from climb_assets.search import continuation
 from climb_assets.search.state import search_inputs, weight_columns
 from climb_assets.search.tracking import MlflowTracking, log_run
 from climb_assets.storage import atomic_path, write_json_atomic, write_parquet_atomic
+from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 
 def predictor_fingerprint(plan: SearchPlan, iteration: int) -> str:
@@ -126,7 +129,7 @@ def proof_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
     return [
         TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, init)
         for seed in proof.seeds
-        for name, weights in proof_mixtures(plan, corpus, manifest).items()
+        for name, weights in proof_mixtures(plan, corpus, manifest, proof).items()
     ]
 
 
@@ -240,8 +243,9 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         runs_frame = pl.DataFrame([{"mixture": r.mixture, "seed": r.seed, **r.metrics} for r in runs])
         paired = paired_comparison(runs_frame)
         progress = search_progress(plan, iterations)
+        closing = [compute_sentence(plan, proof, iterations), continuation.describe(continuation.load(plan))]
         report = proof_markdown(table, paired, search.target_kind, proof, proof.proxy_settings(search), progress,
-                                continuation.describe(continuation.load(plan)))  # fmt: skip
+                                closing)  # fmt: skip
         sink = proof_run_log(plan, context.resources.mlflow_tracking, context)
         summary_run = sink.tracking.open_run(sink.client, sink.experiment, "proof-summary", sink.tags)
         log_run(sink.client, summary_run, metrics={
@@ -273,9 +277,53 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(fingerprint({"runs": sorted(r["fingerprint"] for r in records)})),
         )
 
+    @dg.asset(group_name="climbmix", deps=["proxy_base_checkpoint"], pool=GPU_POOL, op_tags=GPU_TAGS,
+              kinds={"pytorch", "mlflow"}, code_version=ALGORITHM_VERSIONS["loss_guided"])  # fmt: skip
+    def loss_guided_baseline(context: dg.AssetExecutionContext, climb: ClimbHomeResource, search: SearchSettings,
+                             proof: ProofSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:  # fmt: skip
+        """Loss-guided bootstrapping (DoReMi's rule): rounds of training from the base, each re-weighting the
+        super-clusters by the model's own excess held-out loss; its mixture is a proof baseline. One GPU step."""
+        plan = SearchPlan(climb.home(), search)
+        why_not = loss_guided.unavailable(plan, proof)
+        if why_not:
+            return dg.MaterializeResult(metadata={"enabled": False, "reason": why_not},
+                                        data_version=dg.DataVersion("disabled"))  # fmt: skip
+        record, reused, lease_metadata = loss_guided.ensure_loss_guided(
+            plan, proof, gpu_slots(context.instance), waiting_in(context))
+        _, corpus = search_inputs(plan)
+        if not reused:
+            sink = proof_run_log(plan, mlflow_tracking, context)
+            run_id = sink.tracking.open_run(sink.client, sink.experiment, "loss-guided",
+                                            sink.tags | {"climb.stage": "loss_guided", "climb.fingerprint": record["fingerprint"]})  # fmt: skip
+            rounds = record["rounds"]
+            log_run(sink.client, run_id,
+                    params={"rounds": proof.loss_guided_rounds, "eta": proof.loss_guided_eta, "floor": proof.loss_guided_floor},
+                    metrics={"tokens": record["tokens"]},
+                    curves={**{f"weight_{g}": [(r["round"], r["next_weights"][i]) for r in rounds] for i, g in enumerate(corpus.groups)},
+                            **{f"cluster_bpb_{g}": [(r["round"], r["cluster_bpb"][str(g)]) for r in rounds if str(g) in r["cluster_bpb"]]
+                               for g in corpus.groups},
+                            "objective": [(r["round"], r["objective"]) for r in rounds]})  # fmt: skip
+            sink.client.set_terminated(run_id)
+        labels = [corpus.labels.get(g, str(g)) for g in corpus.groups]
+        weights = np.asarray(record["weights"])
+        table = pl.DataFrame({
+            "super_cluster": corpus.groups, "label": labels, "natural": corpus.natural_weights().round(4),
+            **{f"round_{r['round']}": np.round(r["next_weights"], 4) for r in record["rounds"]}, "final": weights.round(4),
+        })  # fmt: skip
+        return dg.MaterializeResult(
+            metadata={
+                "enabled": True, "reused": reused, "fingerprint": record["fingerprint"], "rounds": len(record["rounds"]),
+                "tokens": record["tokens"], "seconds": round(record["seconds"], 1),
+                "objective_by_round": [round(r["objective"], 4) for r in record["rounds"]],
+                "weights": markdown_table(table), "weights_plot": weights_plot(labels, weights, corpus.natural_weights()),
+                **lease_metadata,
+            },
+            data_version=dg.DataVersion(record["fingerprint"]),
+        )
+
     proof_fan_out = training_fan_out(
         "proof",
-        inputs=["climbmix", "baselines"],
+        inputs=["climbmix", "baselines", "loss_guided_run"],
         runs_of=lambda context, plan: proof_runs_of(plan, context.resources.proof),
         markers_of=lake.proof_markers_dir,
         run_log_of=proof_run_log,
@@ -286,14 +334,16 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
     @dg.graph_asset(
         group_name="climbmix", kinds={"pytorch", "mlflow"},
         ins={"climbmix": dg.AssetIn(key=dg.AssetKey("climbmix"), dagster_type=dg.Nothing),
-             "baselines": dg.AssetIn(key=dg.AssetKey("random_search_baseline"), dagster_type=dg.Nothing)},
+             "baselines": dg.AssetIn(key=dg.AssetKey("random_search_baseline"), dagster_type=dg.Nothing),
+             "loss_guided_run": dg.AssetIn(key=loss_guided_baseline.key, dagster_type=dg.Nothing)},
     )  # fmt: skip
-    def climbmix_proof(climbmix, baselines):
-        """Equal-budget training on ClimbMix vs natural, uniform, the best random proxy and RegMix's pick, paired by
-        seed, one GPU step per mixture × seed; every run is fingerprinted, so a re-run trains only what changed."""
-        return proof_fan_out(climbmix=climbmix, baselines=baselines)
+    def climbmix_proof(climbmix, baselines, loss_guided_run):
+        """Equal-budget training on ClimbMix vs natural, uniform, the best random proxy, RegMix's pick and
+        loss-guided bootstrapping's mixture, paired by seed, one GPU step per mixture × seed; every run is
+        fingerprinted, so a re-run trains only what changed."""
+        return proof_fan_out(climbmix=climbmix, baselines=baselines, loss_guided_run=loss_guided_run)
 
-    return [random_search_baseline, climbmix, climbmix_proof]
+    return [random_search_baseline, loss_guided_baseline, climbmix, climbmix_proof]
 
 
 def proof_cluster_losses(plan: SearchPlan, records: list[dict]) -> pl.DataFrame:
@@ -309,13 +359,31 @@ def proof_cluster_losses(plan: SearchPlan, records: list[dict]) -> pl.DataFrame:
     return cluster_loss_table(plan, losses)
 
 
-def proof_mixtures(plan: SearchPlan, corpus, manifest: dict) -> dict[str, np.ndarray]:
-    """ClimbMix against natural, uniform, the best of N random proxies and RegMix's one-shot pick (same N)."""
+def proof_mixtures(plan: SearchPlan, corpus, manifest: dict, proof: ProofSettings) -> dict[str, np.ndarray]:
+    """ClimbMix against natural, uniform, the best of N random proxies, RegMix's one-shot pick (same N) and, when
+    there is one, loss-guided bootstrapping's mixture."""
     baselines = json.loads(plan.baseline_path().read_text())
-    return {
+    mixtures = {
         "climbmix": np.array([manifest["weights"][str(g)]["weight"] for g in corpus.groups]),
         "natural": corpus.natural_weights(),
         "uniform": np.full(len(corpus.groups), 1.0 / len(corpus.groups)),
         "best_random_proxy": np.asarray(baselines["best_random"], dtype=np.float64),
         "regmix": np.asarray(baselines["regmix"], dtype=np.float64),
     }
+    record = loss_guided.finished(plan, proof)
+    if record:
+        mixtures["loss_guided"] = np.asarray(record["weights"], dtype=np.float64)
+    return mixtures
+
+
+def compute_sentence(plan: SearchPlan, proof: ProofSettings, iterations: int) -> str:
+    """What each strategy spent on proxies, in tokens, for the proof's report."""
+    budget = plan.search.token_budget
+    searched = continuation.training_set(plan, iterations).filter(pl.col("iteration") > 0).height
+    sentence = f"Proxy compute: the search trained {searched} proxies of {budget:,} tokens ({searched * budget:,} tokens)"
+    record = loss_guided.finished(plan, proof)
+    if record:
+        rounds = len(record["rounds"])
+        sentence += (f"; loss-guided bootstrapping trained {rounds} rounds ({record['tokens']:,} tokens, "
+                     f"{searched * budget / max(record['tokens'], 1):.1f}x less)")  # fmt: skip
+    return sentence + ", each continuing from the base checkpoint."

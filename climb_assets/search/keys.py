@@ -38,6 +38,7 @@ ALGORITHM_VERSIONS = {
     "candidates": "dirichlet-1",
     "climbmix": "climbmix-2",
     "proof": "proof-1",
+    "loss_guided": "doremi-1",
 }
 
 FINGERPRINT_CHARS = 20

@@ -129,7 +129,8 @@ def proof_plot(runs_frame: pl.DataFrame, table: pl.DataFrame, metric: str):
 
 
 def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, config: ProofSettings,
-                   settings: ProxySettings, progress: pl.DataFrame, how_the_search_started: str) -> str:  # fmt: skip
+                   settings: ProxySettings, progress: pl.DataFrame, closing: list[str]) -> str:  # fmt: skip
+    """The proof's report; ``closing``: paragraphs after the tables (compute spent, how the search started)."""
     metric_columns = [c for c in table.columns if c.endswith("_mean")]
     start = "continued from the search's base checkpoint" if config.start == "base" else "trained from scratch"
     shape = settings.model_config(vocab_size=256)
@@ -173,4 +174,4 @@ def proof_markdown(table: pl.DataFrame, paired: pl.DataFrame, target: str, confi
         cells = ["n/a" if row[c] is None else f"{row[c]:.3f}" for c in ("spearman", *spearman)]
         lines.append(f"| {row['iteration']} | {row['runs_so_far']} | {row['predictor_kept']} | " + " | ".join(cells)
                      + f" | {row['best_proxy']:.4f} | {row['mean_proxy']:.4f} |")  # fmt: skip
-    return "\n".join(lines + ["", how_the_search_started]) + "\n"
+    return "\n".join(lines + [line for paragraph in closing for line in ("", paragraph)]) + "\n"

@@ -214,6 +214,11 @@ class ProofSettings(dg.ConfigurableResource):
     n_head: int = 0
     n_embd: int = 0
     token_budget: int = PROXY.token_budget
+    # loss-guided bootstrapping (climbmix/loss_guided.py), a fifth baseline: rounds of proxy-sized training from the
+    # base, each re-weighting super-clusters by exp(eta x excess held-out loss over the base), mixed with uniform
+    loss_guided_rounds: int = 3  # 0: no loss-guided baseline
+    loss_guided_eta: float = 1.0
+    loss_guided_floor: float = 0.1
 
     @model_validator(mode="after")
     def _check(self) -> "ProofSettings":
@@ -222,6 +227,11 @@ class ProofSettings(dg.ConfigurableResource):
         for name in ("n_layer", "n_head", "n_embd"):
             problems += at_least(name, getattr(self, name), 0, "0 means the proxies' shape")
         problems += at_least("token_budget", self.token_budget, 1)
+        problems += at_least("loss_guided_rounds", self.loss_guided_rounds, 0, "0 turns the baseline off")
+        if not self.loss_guided_eta > 0:
+            problems.append(f"loss_guided_eta must be > 0, got {self.loss_guided_eta:g}")
+        if not 0 <= self.loss_guided_floor <= 1:
+            problems.append(f"loss_guided_floor must be in [0, 1], got {self.loss_guided_floor:g}")
         check("proof settings", problems)
         return self
 
