@@ -39,7 +39,7 @@ from climb_assets.definitions import SEARCH_ITERATIONS, defs
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-GPU_ASSETS = {"embeddings", "proxy_base_checkpoint", "random_search_baseline", "climbmix_proof"} | {
+GPU_ASSETS = {"embeddings", "proxy_base_checkpoint", "random_search_baseline", "loss_guided_baseline", "climbmix_proof"} | {
     f"iteration_{k}/proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)
 }
 

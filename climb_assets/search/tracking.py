@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from climb_assets.home import ClimbHome
+from climb_assets.storage import exclusive_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training runs, shown as a table.
@@ -37,7 +38,13 @@ class MlflowTracking(dg.ConfigurableResource):
     def client(self, home: ClimbHome) -> MlflowClient:
         # No mlflow.set_tracking_uri: it writes $MLFLOW_TRACKING_URI, which would point every later client in the
         # process (another CLIMB_HOME, a test) at this store.
-        return MlflowClient(tracking_uri=self.uri(home))
+        uri = self.uri(home)
+        if not uri.startswith("sqlite:"):
+            return MlflowClient(tracking_uri=uri)
+        # A new client of a sqlite store creates or migrates its tables: two steps doing it at once (the first two
+        # parallel steps of a run) collide in the migrations, so one process at a time.
+        with exclusive_lock(home.mlflow / "store.lock"):
+            return MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, client: MlflowClient, home: ClimbHome, cluster_version: str) -> str:
         """The experiment of one cluster version (``-proof`` suffixed for proof runs): its searches side by side."""
