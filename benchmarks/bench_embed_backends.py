@@ -1,6 +1,10 @@
 """MiniLM on CPU through sentence-transformers' backends against the static model: docs/s and cluster purity.
 
     python benchmarks/bench_embed_backends.py --docs-per-kind 200      # needs: pip install onnx onnxruntime
+    python benchmarks/bench_embed_backends.py --backends static torch proxy-lm --home .climb
+
+``proxy-lm`` embeds with the proxy model itself: a CLIMB_HOME's base checkpoint (after ``make demo``), its final
+hidden states mean-pooled over each document's first block of tokens (``lm/targets.py``, ``mean_hidden_states``).
 
 Texts are demo-corpus documents with their hidden kind, which only this report reads. Each backend embeds the same
 texts; purity is the share of documents whose K-means cluster (faiss, K = --k) is mostly of their own kind, the
@@ -71,6 +75,31 @@ class OnnxMiniLM:
         return out
 
 
+class ProxyLM:
+    """The home's newest base checkpoint and the proxy tokenizer of its vocabulary size (the newest such; a home with
+    one search has one), as an embedding model."""
+
+    def __init__(self, home: Path):
+        from climb_assets.home import ClimbHome
+        from climb_assets.lake import search_root
+        from climb_assets.lm.tokenizer import load_tokenizer
+        from climb_assets.lm.train import load_checkpoint
+
+        root = search_root(ClimbHome(home))
+        checkpoint = max((root / "base").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+        self.model = load_checkpoint(checkpoint)[0]
+        vocab = self.model.config.vocab_size
+        paths = sorted((root / "tokenizers").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        tokenizers = [load_tokenizer(p) for p in paths if ".sample" not in p.name]
+        self.tokenizer = next(t for t in tokenizers if t.vocab_size == vocab)
+        print(f"proxy-lm: {checkpoint.name}, {self.model.num_params():,} parameters, n_embd {self.model.config.n_embd}")
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        from climb_assets.lm.targets import mean_hidden_states
+
+        return mean_hidden_states(self.model, self.tokenizer, texts, "cpu", batch_size=batch_size)
+
+
 def export_minilm_onnx(cache: Path, quantized: bool) -> Path:
     """The bundled MiniLM as ONNX (fp32, or int8 by onnxruntime's dynamic quantisation), exported once."""
     import torch
@@ -114,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=Path(".climb/models"), help="a CLIMB_HOME's models/ (static model)")
     parser.add_argument("--backends", nargs="+", default=["static", "torch", "onnx", "onnx-int8"])
+    parser.add_argument("--home", type=Path, default=Path(".climb"), help="for proxy-lm: a CLIMB_HOME with a base")
     args = parser.parse_args(argv)
 
     docs = [d for kind in KINDS for d in _kind_docs(kind, 0, args.docs_per_kind, DEMO.readers)]
@@ -126,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         if backend == "static":
             model = load_model("static", device="cpu", cache_dir=args.cache / "static-minilm")
             encode = lambda: model.encode(texts, args.batch_size)  # noqa: E731
+        elif backend == "proxy-lm":
+            st = ProxyLM(args.home)
+            encode = lambda: st.encode(texts, args.batch_size)  # noqa: E731
         elif backend == "torch":
             st = load_model("minilm", device="cpu", max_seq_length=args.max_seq_length)
             encode = lambda: st.encode(texts, args.batch_size)  # noqa: E731

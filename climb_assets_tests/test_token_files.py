@@ -204,6 +204,21 @@ def test_held_out_documents_are_never_trained_on_and_each_super_cluster_gets_a_l
     assert off.cluster_bpb == {}
 
 
+def test_mean_hidden_states_embed_each_text_the_same_alone_or_in_a_padded_batch(bpe):
+    import torch
+
+    from climb_assets.lm.model import GPT, GPTConfig
+    from climb_assets.lm.targets import mean_hidden_states
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    texts = ["alpha beta", " ".join(WORDS * 3), "gamma delta epsilon zeta eta"]
+    together = mean_hidden_states(model, bpe, texts, "cpu", batch_size=8)
+    alone = np.stack([mean_hidden_states(model, bpe, [t], "cpu")[0] for t in texts])
+    assert together.shape == (3, 16) and np.allclose(together, alone, atol=1e-5)
+    assert not np.allclose(together[0], together[2])  # different texts, different vectors
+
+
 def test_membership_naming_a_missing_document_is_an_error(home, bpe):
     docs = add_shard(home, "s0")
     write_membership(home, pl.concat([docs, make_docs("gone", 3, 0)]), n_groups=2)

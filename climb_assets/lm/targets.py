@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 import torch
 from torch.nn import functional as F
@@ -94,6 +95,30 @@ def bits_per_byte(
     with _inference(model, device) as dev:
         logprobs = _window_logprobs(model, windows, [1] * len(windows), dev, batch_size)
     return -math.fsum(logprobs) / math.log(2) / total_bytes
+
+
+def mean_hidden_states(
+    model: GPT, tokenizer: TextTokenizer, texts: Sequence[str], device: str | torch.device | None = None,
+    *, batch_size: int = 64,
+) -> np.ndarray:
+    """One vector per text: the model's final hidden states averaged over its first ``block_size`` tokens (after an
+    EOT, as in training), so texts can be clustered in the model's own space. Float32 (n, n_embd)."""
+    block = model.config.block_size
+    ids = [[tokenizer.eot_id, *seq][:block] for seq in tokenizer.encode_batch(list(texts))]
+    out = np.zeros((len(ids), model.config.n_embd), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    with _inference(model, device) as dev:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            length = max(len(ids[i]) for i in chunk)
+            inputs = torch.zeros((len(chunk), length), dtype=torch.long)
+            mask = torch.zeros((len(chunk), length, 1))
+            for row, i in enumerate(chunk):  # right padding: causal attention keeps it out of earlier positions
+                inputs[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1.0
+            hidden = model.hidden_states(inputs.to(dev)).float().cpu()
+            out[chunk] = ((hidden * mask).sum(dim=1) / mask.sum(dim=1)).numpy()
+    return out
 
 
 @dataclass(frozen=True)
