@@ -117,3 +117,9 @@ def test_the_index_answers_only_for_this_shards_documents(home):
 def test_bad_settings_name_themselves(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         FuzzySettings(**bad)
+
+
+def test_a_bad_ingest_setting_is_refused_when_the_config_is_built():
+    with pytest.raises(ValueError, match="fuzzy_threshold must be in"):
+        IngestConfig(fuzzy_threshold=1.5)
+    assert IngestConfig(fuzzy_dedup=False, fuzzy_threshold=0.5).settings().fuzzy is None

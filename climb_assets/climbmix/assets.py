@@ -292,18 +292,7 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
             plan, proof, gpu_slots(context.instance), waiting_in(context))
         _, corpus = search_inputs(plan)
         if not reused:
-            sink = proof_run_log(plan, mlflow_tracking, context)
-            run_id = sink.tracking.open_run(sink.client, sink.experiment, "loss-guided",
-                                            sink.tags | {"climb.stage": "loss_guided", "climb.fingerprint": record["fingerprint"]})  # fmt: skip
-            rounds = record["rounds"]
-            log_run(sink.client, run_id,
-                    params={"rounds": proof.loss_guided_rounds, "eta": proof.loss_guided_eta, "floor": proof.loss_guided_floor},
-                    metrics={"tokens": record["tokens"]},
-                    curves={**{f"weight_{g}": [(r["round"], r["next_weights"][i]) for r in rounds] for i, g in enumerate(corpus.groups)},
-                            **{f"cluster_bpb_{g}": [(r["round"], r["cluster_bpb"][str(g)]) for r in rounds if str(g) in r["cluster_bpb"]]
-                               for g in corpus.groups},
-                            "objective": [(r["round"], r["objective"]) for r in rounds]})  # fmt: skip
-            sink.client.set_terminated(run_id)
+            loss_guided.log_rounds(proof_run_log(plan, mlflow_tracking, context), record, proof, corpus.groups)
         labels = [corpus.labels.get(g, str(g)) for g in corpus.groups]
         weights = np.asarray(record["weights"])
         table = pl.DataFrame({

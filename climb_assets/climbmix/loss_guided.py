@@ -27,6 +27,7 @@ from climb_assets.search.keys import ALGORITHM_VERSIONS, SearchPlan, fingerprint
 from climb_assets.search.reports import base_cluster_losses
 from climb_assets.search.settings import ProofSettings, result_settings_of
 from climb_assets.search.state import search_inputs
+from climb_assets.search.tracking import log_run
 from climb_assets.storage import exclusive_lock, write_json_atomic
 
 
@@ -114,3 +115,17 @@ def ensure_loss_guided(plan: SearchPlan, proof: ProofSettings, slots: int, on_wa
             )  # fmt: skip
         write_json_atomic(record | {"fingerprint": path.stem}, path)
         return record | {"fingerprint": path.stem}, False, lease.metadata()
+
+
+def log_rounds(sink, record: dict, proof: ProofSettings, groups: list[int]) -> None:
+    """One MLflow run for the whole strategy: its settings, and per round each super-cluster's weight and loss."""
+    rounds = record["rounds"]
+    tags = sink.tags | {"climb.stage": "loss_guided", "climb.fingerprint": record["fingerprint"]}
+    run_id = sink.tracking.open_run(sink.client, sink.experiment, "loss-guided", tags)
+    curves = {f"weight_{g}": [(r["round"], r["next_weights"][i]) for r in rounds] for i, g in enumerate(groups)}
+    curves |= {f"cluster_bpb_{g}": [(r["round"], r["cluster_bpb"][str(g)]) for r in rounds if str(g) in r["cluster_bpb"]]
+               for g in groups}  # fmt: skip
+    curves["objective"] = [(r["round"], r["objective"]) for r in rounds]
+    log_run(sink.client, run_id, metrics={"tokens": record["tokens"]}, curves=curves, params={
+        "rounds": proof.loss_guided_rounds, "eta": proof.loss_guided_eta, "floor": proof.loss_guided_floor})
+    sink.client.set_terminated(run_id)

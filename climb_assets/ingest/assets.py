@@ -7,6 +7,7 @@ import json
 
 import dagster as dg
 import polars as pl
+from pydantic import model_validator
 
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.dedup_index import DedupIndex
@@ -43,6 +44,12 @@ class IngestConfig(dg.Config):
     fuzzy_ngram: int = FuzzySettings.ngram
     fuzzy_bands: int = FuzzySettings.bands
     fuzzy_rows: int = FuzzySettings.rows
+
+    @model_validator(mode="after")
+    def _check(self) -> "IngestConfig":
+        """A bad setting is refused when the run's config is built, named, before any shard is read."""
+        self.settings()
+        return self
 
     def settings(self) -> IngestSettings:
         fuzzy = (

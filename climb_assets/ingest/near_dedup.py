@@ -41,9 +41,9 @@ class FuzzySettings:
     def __post_init__(self) -> None:
         for name in ("ngram", "bands", "rows", "max_candidates"):
             if getattr(self, name) < 1:
-                raise ValueError(f"fuzzy dedup: {name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"fuzzy_{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"fuzzy dedup: threshold must be in (0, 1], got {self.threshold}")
+            raise ValueError(f"fuzzy_threshold must be in (0, 1], got {self.threshold}")
 
     @property
     def num_perm(self) -> int:
@@ -104,12 +104,13 @@ class Bander:
         return [int.from_bytes(hashlib.blake2b(b.tobytes(), digest_size=8).digest(), "little", signed=True) for b in bands]
 
     def bands_frame(self, doc_ids: Sequence[str], texts: Sequence[str]) -> pl.DataFrame:
-        rows = [
-            (doc_id, band, key)
-            for doc_id, text in zip(doc_ids, texts, strict=True)
-            for band, key in enumerate(self.band_keys(shingles(text, self.settings.ngram)))
-        ]
-        return pl.DataFrame(rows, schema=BANDS_SCHEMA, orient="row")
+        return keys_frame(doc_ids, [self.band_keys(shingles(text, self.settings.ngram)) for text in texts])
+
+
+def keys_frame(doc_ids: Sequence[str], keys: Sequence[list[int]]) -> pl.DataFrame:
+    """BANDS_SCHEMA rows: each document's band keys."""
+    rows = [(doc_id, band, key) for doc_id, row in zip(doc_ids, keys, strict=True) for band, key in enumerate(row)]
+    return pl.DataFrame(rows, schema=BANDS_SCHEMA, orient="row")
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,7 @@ def find_near_duplicates(
     bander = Bander(settings)
     shingle_sets = [shingles(text, settings.ngram) for text in texts]
     keys = [bander.band_keys(s) for s in shingle_sets]
-    bands = pl.DataFrame(
-        [(doc_ids[i], band, key) for i, row in enumerate(keys) for band, key in enumerate(row)],
-        schema=BANDS_SCHEMA, orient="row",
-    )  # fmt: skip
+    bands = keys_frame(doc_ids, keys)
     earlier: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     earlier_sets: dict[tuple[str, str], np.ndarray] = {}
     if earlier_candidates is not None and bands.height:

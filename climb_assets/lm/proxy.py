@@ -47,6 +47,7 @@ class SearchCorpus:
     members: dict[int, GroupDocs]
     store: TokenStore
     version: str
+    _heldout: dict[int, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)  # per_group -> positions
 
     def pools(self) -> dict[int, DocPool]:
         """Tokens-only pools for the sampler: ids are positions in the group, texts are fetched by ``records``."""
@@ -54,12 +55,16 @@ class SearchCorpus:
 
     def heldout(self, per_group: int) -> dict[int, np.ndarray]:
         """Positions of the documents each super-cluster keeps out of every training run, so its loss can be measured
-        on text no proxy saw: ``per_group`` drawn by a fixed seed, at most a quarter of a small group."""
+        on text no proxy saw: ``per_group`` drawn by a fixed seed, at most a quarter of a small group. Drawn once per
+        process (the corpus is loaded once per process)."""
+        if per_group in self._heldout:
+            return self._heldout[per_group]
         chosen = {}
         for g in self.groups:
             n = len(self.members[g])
             k = min(per_group, n // 4)
             chosen[g] = np.sort(np.random.default_rng([0, 2, g]).choice(n, size=k, replace=False)) if k else np.empty(0, np.int64)
+        self._heldout[per_group] = chosen
         return chosen
 
     def training_pools(self, heldout: dict[int, np.ndarray]) -> dict[int, DocPool]:
