@@ -118,20 +118,29 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
 
 def bring_clusters_current(defs, instance, home: ClimbHome, *, refit: bool = False, merge_config: dict | None = None):
     """What the recluster sensor requests, run in process: a fit when there are no centroids (or ``refit``), an
-    assignment run for each shard missing under the current centroids (only new shards, unless refitted), then
-    the merge (dbt_quality + super-clusters). Returns the shards assigned."""
-    from climb_assets.cluster.lake import current_version, unassigned_shards
+    assignment run for each shard missing under the current centroids (only new shards, unless refitted), a
+    semantic dedup run for each shard not yet checked, then the merge (dbt_quality + super-clusters). Returns the
+    shards assigned."""
+    from climb_assets.cluster.lake import current_version, embedded_shards, unassigned_shards
+    from climb_assets.cluster.semantic_dedup import checked_shards
 
     if refit or current_version(home) is None:
         run_job(defs, instance, "cluster_fit_job")
-    job = defs.resolve_job_def("cluster_assign_job")
     shards = unassigned_shards(home)
+    run_partitions(defs, instance, "cluster_assign_job", shards)
+    settings = defs.resources["semantic_dedup"].settings()
+    unchecked = sorted(set(embedded_shards(home)) - checked_shards(home, current_version(home), settings))
+    run_partitions(defs, instance, "semantic_dedup_job", unchecked)
+    run_job(defs, instance, "recluster_job", merge_config)
+    return shards
+
+
+def run_partitions(defs, instance, name: str, shards: list[str]) -> None:
+    job = defs.resolve_job_def(name)
     for shard in shards:
         outcome = job.execute_in_process(instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False)
         if not outcome.success:
-            raise SystemExit(f"cluster_assign_job failed for shard {shard} (see the Dagster UI)")
-    run_job(defs, instance, "recluster_job", merge_config)
-    return shards
+            raise SystemExit(f"{name} failed for shard {shard} (see the Dagster UI)")
 
 
 def open_platform(gpu_slots: int = 0):

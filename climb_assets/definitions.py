@@ -9,10 +9,12 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from climb_assets.climbmix.assets import build_climbmix_assets  # noqa: E402
 from climb_assets.cluster.assets import (  # noqa: E402
+    SemanticDedupResource,
     build_recluster_sensor,
     build_refit_schedule,
     cluster_assignments,
     cluster_centroids,
+    semantic_duplicates,
 )
 from climb_assets.embed.assets import EmbeddingModelResource, embeddings  # noqa: E402
 from climb_assets.ingest.assets import (  # noqa: E402
@@ -59,6 +61,13 @@ cluster_assign_job = dg.define_asset_job(
     description="Assign one shard's documents to the current centroids (reads and writes that shard only).",
 )
 
+semantic_dedup_job = dg.define_asset_job(
+    "semantic_dedup_job",
+    selection=dg.AssetSelection.assets(semantic_duplicates),
+    partitions_def=shard_partitions,
+    description="SemDeDup one assigned shard inside its fine clusters, against the shards registered before it.",
+)
+
 
 def build_recluster_job(dbt_quality_models: dg.AssetsDefinition):
     return dg.define_asset_job(
@@ -72,6 +81,7 @@ def build_recluster_job(dbt_quality_models: dg.AssetsDefinition):
 def default_resources() -> dict:
     return {
         "climb": ClimbHomeResource(),
+        "semantic_dedup": SemanticDedupResource(),
         "embedder": EmbeddingModelResource(),
         "quality_scorer": QualityScorerResource(),
         "dbt": dbt_resource(),
@@ -100,14 +110,14 @@ def build_definitions(
     search_job = build_search_job(search_assets)
     return dg.Definitions(
         assets=[
-            raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, dbt_quality_models,
-            quality_filtered_clusters, *search_assets,
+            raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, semantic_duplicates,
+            dbt_quality_models, quality_filtered_clusters, *search_assets,
         ],  # fmt: skip
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, recluster_job, search_job],
+        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job, search_job],
         sensors=[
             build_landing_sensor(ingest_shard_job),
-            build_recluster_sensor(cluster_fit_job, cluster_assign_job, recluster_job),
+            build_recluster_sensor(cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job),
             build_search_sensor(search_job),
         ],
         schedules=[build_refit_schedule(cluster_fit_job)],

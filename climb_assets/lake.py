@@ -7,11 +7,13 @@ lake/
   raw_shards/<shard>.parquet          accepted documents (doc_id, text, n_tokens, metadata)
   quarantine/<shard>.parquet          rejected rows with their reason
   duplicates/<shard>.parquet          exact and near-duplicates: the id they duplicate, kind, similarity
+  duplicates/semantic/<version>/<settings>/<shard>.parquet   semantic duplicates inside fine clusters
   dedup_index/index.duckdb            hashes, ids and MinHash bands of every registered shard
   landing_registry/, landing_rejected/ what the landing sensor registered or refused
   embeddings/<shard>.npz              document embeddings; embedding_quarantine/<shard>.parquet
   quality/<shard>.parquet             per-document quality signals
-  clusters/<version>/                 centroids.npy, clusters.parquet, fit.json, assignments/<shard>.parquet; CURRENT
+  clusters/<version>/                 centroids.npy, clusters.parquet, fit.json, assignments/<shard>.parquet,
+                                      by_cluster/<shard>/ (vectors in cluster order, for semantic dedup); CURRENT
   dbt/cluster_decisions.parquet       dbt_quality's keep/prune decisions; quality.duckdb is dbt's database
   super_clusters/                     documents.parquet (doc -> super-cluster), super_clusters.parquet (table)
   tokens/<tokenizer sha[:16]>/        memory-mapped token files per raw shard
@@ -111,6 +113,22 @@ def assignments_dir(home: ClimbHome, version: str) -> Path:
 
 def assignment_path(home: ClimbHome, version: str, shard: str) -> Path:
     return lake_file(assignments_dir(home, version), shard, ".parquet")
+
+
+def by_cluster_dir(home: ClimbHome, version: str, shard: str) -> Path:
+    """One shard's documents in fine-cluster order: members.parquet (doc_id, cluster_id) and vectors.npy (float16,
+    the same rows), so one cluster's vectors are a contiguous slice read through a memory map."""
+    return lake_file(cluster_dir(home, version) / "by_cluster", shard, "")
+
+
+def semantic_duplicates_dir(home: ClimbHome, version: str, settings_key: str) -> Path:
+    return home.lake_dir("duplicates") / "semantic" / version / settings_key
+
+
+def semantic_duplicates_path(home: ClimbHome, version: str, settings_key: str, shard: str) -> Path:
+    """The documents of one shard removed as semantic duplicates under one centroid version and setting; the file
+    exists (perhaps empty) once the shard has been checked."""
+    return lake_file(semantic_duplicates_dir(home, version, settings_key), shard, ".parquet")
 
 
 def dbt_dir(home: ClimbHome) -> Path:

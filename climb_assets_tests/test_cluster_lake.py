@@ -163,6 +163,12 @@ def test_labels_and_examples_read_a_bounded_text_sample():
     assert all(len(examples) == 3 for examples in table["examples"])
 
 
+def sensor_resources(climb_resource) -> dict:
+    from climb_assets.cluster.assets import SemanticDedupResource
+
+    return {"climb": climb_resource, "semantic_dedup": SemanticDedupResource()}
+
+
 def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, instance, climb_resource):
     import dagster as dg
 
@@ -170,11 +176,12 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     from climb_assets.definitions import build_definitions
 
     defs = build_definitions(climb=climb_resource)
-    jobs = [defs.resolve_job_def(name) for name in ("cluster_fit_job", "cluster_assign_job", "recluster_job")]
+    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
+    jobs = [defs.resolve_job_def(name) for name in names]
     sensor = build_recluster_sensor(*jobs, settle_seconds=0)
 
     def evaluate():
-        return sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
 
     write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
     (first,) = evaluate().run_requests
@@ -206,11 +213,11 @@ def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers,
 
     defs = build_definitions(climb=climb_resource)
     fit_job = defs.resolve_job_def("cluster_fit_job")
-    jobs = [fit_job, defs.resolve_job_def("cluster_assign_job"), defs.resolve_job_def("recluster_job")]
+    jobs = [fit_job, *(defs.resolve_job_def(name) for name in ("cluster_assign_job", "semantic_dedup_job", "recluster_job"))]
     sensor = build_recluster_sensor(*jobs, settle_seconds=0)
 
     def evaluate(cursor=None):
-        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"climb": climb_resource}))
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(climb_resource)))
 
     write_shard(home, "a", centers[:N_BLOBS], seed=0)
     rng = np.random.default_rng(1)  # a second embedding model: every fit fails until "b" is re-embedded

@@ -211,7 +211,7 @@ def test_a_merge_reads_one_centroid_version_even_when_a_refit_lands_after_dbt(
 
     with pytest.raises(ValueError, match=rf"computed under \['{VERSION}'\], not {refit}"):
         build_super_clusters(home, MergeConfig(target_count=1), current_version(home))
-    _, _, docs, table, version = build_super_clusters(home, MergeConfig(target_count=1), VERSION)
+    _, _, docs, table, version, _ = build_super_clusters(home, MergeConfig(target_count=1), VERSION)
     assert version.startswith(f"{VERSION}-s") and set(table["version"]) == {version}
     check = super_clusters_partition_check(ClimbHomeResource(root=str(home.root)))  # CURRENT is the refit's now
     assert check.passed, check.description  # the check reads the version the merge read

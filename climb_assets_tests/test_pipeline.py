@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from climb_assets.cluster.assets import build_recluster_sensor
+from climb_assets.cluster.assets import SemanticDedupResource, build_recluster_sensor
+from climb_assets.cluster.semantic_dedup import SemanticSettings, read_semantic_duplicates
 from climb_assets.definitions import SEARCH_ITERATIONS
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.lake import climbmix_dir
@@ -55,9 +56,10 @@ def file_fingerprints(paths) -> dict[str, tuple[int, str]]:
 
 def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
     p = tiny_platform
-    jobs = [p.defs.resolve_job_def(name) for name in ("cluster_fit_job", "cluster_assign_job", "recluster_job")]
-    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
-    context = lambda: dg.build_sensor_context(instance=p.instance, resources={"climb": ClimbHomeResource(root=str(p.home.root))})  # noqa: E731
+    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
+    sensor = build_recluster_sensor(*[p.defs.resolve_job_def(name) for name in names], settle_seconds=0)
+    resources = {"climb": ClimbHomeResource(root=str(p.home.root)), "semantic_dedup": SemanticDedupResource()}
+    context = lambda: dg.build_sensor_context(instance=p.instance, resources=resources)  # noqa: E731
     version = (p.home.lake_dir("clusters") / "CURRENT").read_text()
     assert version == p.first_clusters
     old_files = sorted((p.home.lake_dir("clusters") / version / "assignments").glob("*.parquet"))
@@ -73,6 +75,12 @@ def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
 
     assert file_fingerprints(old_files) == before  # old shards' assignments untouched (bytes and mtimes)
     assert (p.home.lake_dir("clusters") / "CURRENT").read_text() == version  # no refit
+    checks = sensor(context()).run_requests  # then the semantic dedup of the new shards only
+    assert {r.job_name for r in checks} == {"semantic_dedup_job"}
+    assert sorted(r.partition_key for r in checks) == sorted(p.wave2)
+    semantic_job = p.defs.resolve_job_def("semantic_dedup_job")
+    for request in checks:
+        assert semantic_job.execute_in_process(instance=p.instance, partition_key=request.partition_key).success
     (merge,) = sensor(context()).run_requests
     assert merge.job_name == "recluster_job"
     p.run_job(p.defs, p.instance, "recluster_job")
@@ -83,6 +91,12 @@ def test_recluster_sensor_assigns_only_new_shards_then_merges(tiny_platform):
     assert sorted(after["doc_id"].to_list()) == sorted(all_docs["doc_id"].to_list())
     clusters = pl.read_parquet(p.home.lake_dir("clusters") / version / "clusters.parquet")
     assert set(after["cluster_id"].unique()) <= set(clusters["cluster_id"])
+    semantic = read_semantic_duplicates(p.home, version, SemanticSettings(), sorted(p.wave1 + p.wave2))
+    merged = pl.read_parquet(p.home.lake_dir("super_clusters") / "documents.parquet")["doc_id"]  # kept + pruned
+    assert set(merged).isdisjoint(semantic["doc_id"])  # semantic duplicates are left out of every super-cluster...
+    assert set(merged) | set(semantic["doc_id"]) == set(after["doc_id"])  # ...and nothing else is
+    checked = p.instance.fetch_materializations(dg.AssetKey("semantic_duplicates"), limit=100).records
+    assert {r.asset_materialization.partition for r in checked} >= set(p.wave2)
     events = p.instance.fetch_materializations(dg.AssetKey("cluster_assignments"), limit=100).records
     latest = {r.asset_materialization.partition: r.asset_materialization.metadata for r in reversed(events)}
     for shard in p.wave2:

@@ -1,6 +1,7 @@
-"""Clustering as two assets: ``cluster_centroids`` (fitted on a bounded sample, versioned) and
-``cluster_assignments`` (one partition per shard, keyed by centroid version), plus the sensor and schedule that
-keep them current: new shards are assigned on their own, a refit happens weekly or when drift crosses its bound."""
+"""Clustering as three assets: ``cluster_centroids`` (fitted on a bounded sample, versioned),
+``cluster_assignments`` (one partition per shard, keyed by centroid version) and ``semantic_duplicates`` (SemDeDup
+inside fine clusters, per shard), plus the sensor and schedule that keep them current: new shards are assigned and
+checked on their own, a refit happens weekly or when drift crosses its bound."""
 
 import json
 import time
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 
 from climb_assets.cluster.kmeans import (  # noqa: E402
     assign,
@@ -23,14 +25,21 @@ from climb_assets.cluster.lake import (  # noqa: E402
     current_version,
     embedded_shards,
     fit_centroids,
+    require_current_version,
     unassigned_shards,
 )
 from climb_assets.cluster.sample import draw_sample, shard_shape  # noqa: E402
+from climb_assets.cluster.semantic_dedup import (  # noqa: E402
+    DEFAULT_EPSILON,
+    SemanticSettings,
+    checked_shards,
+    dedup_shard,
+)
 from climb_assets.embed.assets import embeddings  # noqa: E402
 from climb_assets.home import ClimbHome  # noqa: E402
-from climb_assets.ingest.assets import shard_partitions  # noqa: E402
-from climb_assets.lake import cluster_dir  # noqa: E402
-from climb_assets.metadata import figure_markdown  # noqa: E402
+from climb_assets.ingest.assets import earlier_shards, shard_partitions  # noqa: E402
+from climb_assets.lake import cluster_dir, raw_shard_path  # noqa: E402
+from climb_assets.metadata import figure_markdown, markdown_table  # noqa: E402
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL  # noqa: E402
 
@@ -103,22 +112,91 @@ def cluster_assignments(context: dg.AssetExecutionContext, climb: ClimbHomeResou
     return dg.MaterializeResult(metadata=info, data_version=dg.DataVersion(f"{info['centroid_version']}:{shard}"))
 
 
+class SemanticDedupResource(dg.ConfigurableResource):
+    """SemDeDup inside fine clusters: a document whose cosine similarity to an earlier document of its cluster is
+    at least ``1 - epsilon`` is removed. A resource, not a step's config, because the semantic step and the merge
+    must agree on it (the merge reads the results of exactly this setting)."""
+
+    enabled: bool = True
+    epsilon: float = DEFAULT_EPSILON
+
+    def settings(self) -> SemanticSettings:
+        return SemanticSettings(enabled=self.enabled, epsilon=self.epsilon)
+
+
+EXAMPLE_PAIRS = 5
+
+
+def example_pairs(home, duplicates) -> str:
+    """The most similar few removed documents next to what they duplicate (texts read for those ids only)."""
+    top = duplicates.sort("similarity", descending=True).head(EXAMPLE_PAIRS)
+    texts = {}
+    for shard in set(top["shard"].to_list()) | set(top["duplicate_of_shard"].to_list()):
+        wanted = set(top["doc_id"].to_list()) | set(top["duplicate_of"].to_list())
+        found = pl.scan_parquet(raw_shard_path(home, shard)).filter(pl.col("doc_id").is_in(list(wanted)))
+        texts |= dict(found.select("doc_id", pl.col("text").str.slice(0, 100)).collect().iter_rows())
+    return markdown_table(top.select(
+        "similarity", "cluster_id", removed=pl.col("doc_id").replace_strict(texts, default=""),
+        kept=pl.col("duplicate_of").replace_strict(texts, default=""),
+    ))  # fmt: skip
+
+
+@dg.asset(
+    deps=[cluster_assignments],
+    partitions_def=shard_partitions,
+    group_name="cluster",
+    kinds={"faiss"},
+)
+def semantic_duplicates(
+    context: dg.AssetExecutionContext, climb: ClimbHomeResource, semantic_dedup: SemanticDedupResource
+) -> dg.MaterializeResult:
+    """Semantic duplicates of one shard (SemDeDup): compared, cluster by cluster, with the documents of the same
+    fine clusters in shards registered before it; written to ``lake/duplicates/semantic/`` and left out of the
+    super-clusters (so of token counts, prior, baselines and every mixture)."""
+    home = climb.home()
+    shard = context.partition_key
+    version = require_current_version(home)
+    settings = semantic_dedup.settings()
+    embedded = embedded_shards(home)
+    earlier = [s for s in earlier_shards(context.instance.get_dynamic_partitions(shard_partitions.name), shard)
+               if s in embedded]  # fmt: skip
+    started = time.perf_counter()
+    duplicates = dedup_shard(home, version, shard, earlier, settings)
+    docs = shard_shape(embedded[shard])[0]
+    return dg.MaterializeResult(
+        metadata={
+            "centroid_version": version,
+            "semantic_dedup": dg.MetadataValue.json(settings.to_dict()),
+            "docs": docs,
+            "semantic_duplicates": duplicates.height,
+            "removed_fraction": round(duplicates.height / max(docs, 1), 4),
+            "within_shard": int((duplicates["duplicate_of_shard"] == shard).sum()),
+            "compared_with_shards": len(earlier),
+            "seconds": round(time.perf_counter() - started, 2),
+            "examples": example_pairs(home, duplicates) if duplicates.height else "none",
+        },
+        data_version=dg.DataVersion(f"{version}:{settings.key}:{shard}:{len(earlier)}"),
+    )
+
+
 def build_recluster_sensor(
-    fit_job, assign_job, merge_job, *, settle_seconds: float = 30.0, max_drift: float = DEFAULT_MAX_DRIFT
+    fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = 30.0, max_drift: float = DEFAULT_MAX_DRIFT
 ) -> dg.SensorDefinition:
     """Keeps clusters current without a global pass: first fit once there are embeddings; per-shard assignment
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard
-    assigned since the last fit drifted past ``max_drift``; then the merge (dbt_quality + super-clusters) once
-    every shard is assigned and nothing landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS
-    (see ``bounded_attempts``)."""
+    assigned since the last fit drifted past ``max_drift``; once every shard is assigned, the semantic dedup of each
+    shard not yet checked under this version and setting; then the merge (dbt_quality + super-clusters) once nothing
+    landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS (see ``bounded_attempts``)."""
 
     @dg.sensor(
         name="recluster_sensor",
-        jobs=[fit_job, assign_job, merge_job],
+        jobs=[fit_job, assign_job, semantic_job, merge_job],
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def recluster_sensor(context: dg.SensorEvaluationContext, climb: ClimbHomeResource):
+    def recluster_sensor(
+        context: dg.SensorEvaluationContext, climb: ClimbHomeResource, semantic_dedup: SemanticDedupResource
+    ):
         home = climb.home()
         if not embedded_shards(home):
             return dg.SkipReason("no embeddings yet")
@@ -139,13 +217,25 @@ def build_recluster_sensor(
                 dg.RunRequest(run_key=f"{version}:{shard}", job_name=assign_job.name, partition_key=shard)
                 for shard in missing
             ], "cluster_assignments")  # fmt: skip
-        latest = context.instance.fetch_materializations(dg.AssetKey("cluster_assignments"), limit=1).records
+        settings = semantic_dedup.settings()
+        unchecked = sorted(set(embedded_shards(home)) - checked_shards(home, version, settings))
+        if unchecked:
+            return bounded_attempts(context, [
+                dg.RunRequest(run_key=f"{version}:{settings.key}:{shard}", job_name=semantic_job.name,
+                              partition_key=shard)
+                for shard in unchecked
+            ], "semantic_duplicates")  # fmt: skip
+        latest = max(
+            (r for key in ("cluster_assignments", "semantic_duplicates")
+             for r in context.instance.fetch_materializations(dg.AssetKey(key), limit=1).records),
+            key=lambda r: r.storage_id, default=None,
+        )  # fmt: skip
         merged = context.instance.fetch_materializations(dg.AssetKey("quality_filtered_clusters"), limit=1).records
-        if merged and latest and merged[0].storage_id > latest[0].storage_id:
+        if merged and latest and merged[0].storage_id > latest.storage_id:
             return dg.SkipReason(f"super-clusters are current for {version}")
-        if latest and time.time() - latest[0].timestamp < settle_seconds:
+        if latest and time.time() - latest.timestamp < settle_seconds:
             return dg.SkipReason(f"waiting {settle_seconds:.0f}s for more shards to land")
-        merge = dg.RunRequest(run_key=f"merge-{version}-{latest[0].storage_id if latest else 0}", job_name=merge_job.name)
+        merge = dg.RunRequest(run_key=f"merge-{version}-{latest.storage_id if latest else 0}", job_name=merge_job.name)
         return bounded_attempts(context, [merge], "quality_filtered_clusters")
 
     return recluster_sensor

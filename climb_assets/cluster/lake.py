@@ -35,6 +35,7 @@ from climb_assets.cluster.kmeans import (
     match_to_previous,
     read_cluster_version,
 )
+from climb_assets.cluster.semantic_dedup import write_by_cluster
 from climb_assets.cluster.sample import draw_sample, sample_size, shard_shape
 from climb_assets.embed.encode import read_embeddings
 from climb_assets.home import ClimbHome
@@ -171,6 +172,7 @@ def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dic
     if embedded.model != info["model"]:
         raise ValueError(f"shard {shard} embedded with {embedded.model}, centroids {version} with {info['model']}")
     frame = assignments_frame(embedded.ids, np.full(len(embedded.ids), shard), embedded.vectors, centroids, cluster_ids)
+    write_by_cluster(home, version, shard, frame, embedded.vectors)  # first: the assignment file marks it done
     write_parquet_atomic(frame, assignment_path(home, version, shard))
     return {
         "centroid_version": version,

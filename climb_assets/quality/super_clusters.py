@@ -5,12 +5,15 @@ import hashlib
 import dagster as dg
 import polars as pl
 
+from climb_assets.cluster.assets import SemanticDedupResource
 from climb_assets.cluster.kmeans import read_cluster_version
 from climb_assets.cluster.lake import (
     cluster_dir,
+    embedded_shards,
     require_current_version,
     scan_assignments,
 )
+from climb_assets.cluster.semantic_dedup import SemanticSettings, read_semantic_duplicates
 from climb_assets.home import ClimbHome
 from climb_assets.lake import (
     cluster_decisions_path,
@@ -57,9 +60,19 @@ def super_clusters_version(centroid_version: str, mapping: pl.DataFrame, doc_sup
     return f"{centroid_version}-s{digest.hexdigest()[:8]}"
 
 
-def build_super_clusters(home: ClimbHome, config: MergeConfig, centroid_version: str):
-    """Everything read under one explicit ``centroid_version``: centroids, assignments, and dbt's decisions (refused
-    when dbt ran under another version, e.g. a refit landed between the two steps)."""
+def deduplicated_assignments(home: ClimbHome, version: str, semantic: SemanticSettings) -> tuple[pl.DataFrame, int]:
+    """Every shard's assignment under ``version`` less its semantic duplicates under ``semantic``, and how many
+    were left out."""
+    assignments = scan_assignments(home, version).select("doc_id", "cluster_id", "distance").collect()
+    removed = read_semantic_duplicates(home, version, semantic, list(embedded_shards(home))).select("doc_id")
+    return assignments.join(removed, on="doc_id", how="anti"), removed.height
+
+
+def build_super_clusters(
+    home: ClimbHome, config: MergeConfig, centroid_version: str, semantic: SemanticSettings = SemanticSettings()
+):
+    """Everything read under one explicit ``centroid_version``: centroids, assignments less semantic duplicates,
+    and dbt's decisions (refused when dbt ran under another version, e.g. a refit landed between the two steps)."""
     centroids, cluster_ids, _ = read_cluster_version(cluster_dir(home, centroid_version))
     decisions = load_cluster_decisions(cluster_decisions_path(home))
     decided_under = set(decisions["centroid_version"]) if decisions.height else {centroid_version}
@@ -70,7 +83,7 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig, centroid_version:
         centroids, cluster_ids, decisions,
         distance_threshold=config.distance_threshold, target_count=config.target_count or None,
     )  # fmt: skip
-    assignments = scan_assignments(home, centroid_version).select("doc_id", "cluster_id", "distance").collect()
+    assignments, semantic_removed = deduplicated_assignments(home, centroid_version, semantic)
     doc_super = document_super_map(assignments, result.mapping)
     raw = pl.scan_parquet(raw_shards_glob(home))
     quality = pl.scan_parquet(quality_dir(home) / "*.parquet").select("doc_id", "quality_score")
@@ -84,21 +97,27 @@ def build_super_clusters(home: ClimbHome, config: MergeConfig, centroid_version:
     wanted = text_sample_ids(docs)
     texts = raw.select("doc_id", "text").filter(pl.col("doc_id").is_in(wanted.implode())).collect()
     version = super_clusters_version(centroid_version, result.mapping, doc_super)
-    table = super_cluster_table(docs, texts).with_columns(version=pl.lit(version), centroid_version=pl.lit(centroid_version))
+    table = super_cluster_table(docs, texts).with_columns(
+        version=pl.lit(version), centroid_version=pl.lit(centroid_version), semantic_dedup=pl.lit(semantic.key)
+    )
     write_super_clusters(home, result, doc_super, table)
-    return result, decisions, docs, table, version
+    return result, decisions, docs, table, version, semantic_removed
 
 
 @dg.asset(
-    deps=["cluster_centroids", "cluster_assignments", dg.AssetKey(["cluster_decisions"])],
+    deps=["cluster_centroids", "cluster_assignments", "semantic_duplicates", dg.AssetKey(["cluster_decisions"])],
     group_name="quality",
     pool=CLUSTER_VERSION_POOL,  # no refit moves the current version while a merge reads it
     kinds={"scipy"},
 )
-def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+def quality_filtered_clusters(
+    config: MergeConfig, climb: ClimbHomeResource, semantic_dedup: SemanticDedupResource
+) -> dg.MaterializeResult:
     """Kept fine clusters merged into super-clusters, the dimensions of the mixture search (CLIMB step 3)."""
     home = climb.home()
-    result, decisions, docs, table, version = build_super_clusters(home, config, require_current_version(home))
+    result, decisions, docs, table, version, semantic_removed = build_super_clusters(
+        home, config, require_current_version(home), semantic_dedup.settings()
+    )
     pruned = decisions.filter(pl.col("decision") != "keep")
     purity = purity_table(docs.select("doc_id", "super_cluster_id"), docs.select("doc_id", "source_kind"))
     dominant = (
@@ -117,6 +136,7 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
             "fine_clusters_pruned": pruned.height,
             "docs_kept": kept_docs.height,
             "docs_pruned": docs.height - kept_docs.height,
+            "semantic_duplicates_left_out": semantic_removed,
             "pruned_clusters": markdown_table(pruned.sort("cluster_id"), max_rows=100),
             "super_cluster_table": markdown_table(
                 table.select("super_cluster_id", "label", "n_clusters", "n_docs", "n_tokens", "mean_quality",
@@ -129,12 +149,13 @@ def quality_filtered_clusters(config: MergeConfig, climb: ClimbHomeResource) -> 
 
 
 @dg.asset_check(asset=quality_filtered_clusters, blocking=True, description="No document in two super-clusters; "
-                "kept + pruned documents reconcile with clusters' assignments.")  # fmt: skip
+                "kept + pruned + semantic duplicates reconcile with clusters' assignments.")  # fmt: skip
 def super_clusters_partition_check(climb: ClimbHomeResource) -> dg.AssetCheckResult:
     home = climb.home()
     doc_super = pl.read_parquet(super_cluster_documents_path(home))
     # the version the merge read, not CURRENT: a refit landing between the merge and its check changes nothing here
-    (version,) = pl.read_parquet(super_cluster_table_path(home), columns=["centroid_version"])["centroid_version"].unique()
-    assignments = scan_assignments(home, version).select("doc_id", "cluster_id").collect()
+    table = pl.read_parquet(super_cluster_table_path(home), columns=["centroid_version", "semantic_dedup"]).unique()
+    ((version, semantic_key),) = table.rows()
+    assignments, _ = deduplicated_assignments(home, version, SemanticSettings.from_key(semantic_key))
     passed, message = check_partition(doc_super, assignments)
     return dg.AssetCheckResult(passed=passed, description=message, metadata={"summary": message})
