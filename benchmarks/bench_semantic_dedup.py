@@ -154,6 +154,14 @@ def scale_vectors(shard: int, n_docs: int, centroids: np.ndarray) -> np.ndarray:
     return own.astype(np.float16)
 
 
+def fit_in_child(root: str, k: int, dim: int) -> None:
+    """Centroids as a fit leaves them, on a sample around random centres."""
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((k, dim)))
+    sample = unit(centres[rng.integers(0, k, 20 * k)] + 0.08 * rng.standard_normal((20 * k, dim)))
+    np.save(Path(root) / "centroids.npy", fit_kmeans(sample.astype(np.float32), k, seed=0, niter=5, nredo=1))
+
+
 def check_in_child(root: str, shard: str, earlier: list[str], n_docs: int, queue) -> None:
     home = ClimbHome(Path(root))
     centroids = np.load(Path(root) / "centroids.npy")
@@ -174,11 +182,9 @@ def scale(n_shards: int, n_docs: int, dim: int = 256) -> None:
     report_at = sorted({1, 10, 30, 50, 100, n_shards} & set(range(1, n_shards + 1)))
     context = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="bench-semdedup-scale-") as root:
-        rng = np.random.default_rng(0)
-        centroids = unit(rng.standard_normal((k, dim))).astype(np.float32)
-        sample = unit(centroids[rng.integers(0, k, 20 * k)] + 0.08 * rng.standard_normal((20 * k, dim)))
-        centroids = fit_kmeans(sample.astype(np.float32), k, seed=0, niter=5, nredo=1)  # centroids as a fit leaves them
-        np.save(Path(root) / "centroids.npy", centroids)
+        fit = context.Process(target=fit_in_child, args=(root, k, dim))  # faiss's threads never start in this
+        fit.start()  # process: a child forked after OpenMP ran can spin forever
+        fit.join()
         measured, registered = {}, []
         print(f"{'shard':>6} {'wall s':>8} {'peak RSS MiB':>13} {'removed':>8} {'store MiB':>10}")
         for shard in range(1, n_shards + 1):

@@ -184,7 +184,15 @@ def tokenizer_record_path(home: ClimbHome, tokenizer_fingerprint: str) -> Path:
 
 
 def base_checkpoint_path(home: ClimbHome, base_fingerprint: str) -> Path:
+    """The weights; ``.json`` beside them records how they were made, and with which tokenizer."""
     return search_root(home) / "base" / f"{base_fingerprint}.pt"
+
+
+def newest_base_checkpoint(home: ClimbHome) -> Path:
+    found = sorted((search_root(home) / "base").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no base checkpoint under {search_root(home) / 'base'}: run search_job once first")
+    return found[-1]
 
 
 def loss_guided_path(home: ClimbHome, key: str) -> Path:

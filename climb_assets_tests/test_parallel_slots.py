@@ -2,6 +2,7 @@
 two different leased devices (CPU stand-ins here), and the results are identical to the one-slot run."""
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 
@@ -106,3 +107,36 @@ def test_embedding_and_base_checkpoint_steps_take_a_device_lease(home, climb_res
     base_meta = base.asset_materializations_for_node("proxy_base_checkpoint")[0].metadata
     assert embed_meta["device_lease"].value == "cpu-slot-1"
     assert base_meta["device"].value == "cpu-slot-1" and base_meta["torch_device"].value == "cpu"
+
+
+def test_the_base_checkpoint_embeds_documents_in_the_models_own_space(home, climb_resource, instance):
+    """``proxy-lm``: the shard embedded with the base's mean-pooled hidden states, named by the checkpoint's hash."""
+    import hashlib
+
+    from climb_assets.embed.assets import EmbeddingModelResource, embeddings
+    from climb_assets.embed.encode import read_embeddings
+    from climb_assets.lake import embeddings_path, newest_base_checkpoint, raw_shard_path, raw_shards_dir
+    from climb_assets.lm.train import load_checkpoint
+    from climb_assets.search.assets import build_search_assets
+    from climb_assets.search.tracking import MlflowTracking
+
+    write_search_state(home)
+    shard = sorted(p.stem for p in raw_shards_dir(home).glob("*.parquet"))[0]
+    instance.add_dynamic_partitions("raw_shards", [shard])
+    resources = {"climb": climb_resource, "embedder": EmbeddingModelResource(model="proxy-lm"),
+                 "search": SearchSettings(**SETTINGS), "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    early = dg.materialize([embeddings], partition_key=shard, resources=resources, instance=instance, raise_on_error=False)
+    (failure,) = [event for event in early.all_events if event.is_step_failure]
+    assert "no base checkpoint" in failure.step_failure_data.error.to_string()
+    assert dg.materialize(build_search_assets(1), selection=[dg.AssetKey(k) for k in ITERATION_1[:3]],
+                          resources=resources, instance=instance).success  # fmt: skip
+    embedded = dg.materialize([embeddings], partition_key=shard, resources=resources, instance=instance)
+    checkpoint = newest_base_checkpoint(home)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    assert embedded.asset_materializations_for_node("embeddings")[0].metadata["model"].value == f"proxy-lm-{digest}"
+    vectors = read_embeddings(embeddings_path(home, shard))
+    docs = pl.read_parquet(raw_shard_path(home, shard), columns=["doc_id"])
+    assert vectors.model == f"proxy-lm-{digest}" and vectors.ids.tolist() == docs["doc_id"].to_list()
+    assert vectors.vectors.shape[1] == load_checkpoint(checkpoint)[0].config.n_embd
+    assert np.allclose(np.linalg.norm(vectors.vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    assert len(np.unique(vectors.vectors, axis=0)) > len(docs) // 2  # distinct texts, distinct places

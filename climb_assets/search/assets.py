@@ -155,7 +155,8 @@ def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str]
                                        plan.search.target(plan.home), seed=plan.search.seed)  # fmt: skip
         save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
         record = {"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
-                  "fingerprint": plan.base_key, "cluster_bpb": outcome.cluster_bpb}  # fmt: skip
+                  "fingerprint": plan.base_key, "cluster_bpb": outcome.cluster_bpb,
+                  "tokenizer": plan.tokenizer_fingerprint}  # fmt: skip
         write_json_atomic(record, record_path)
         if outcome.cluster_bpb:
             write_parquet_atomic(cluster_loss_table(plan, {"base": outcome.cluster_bpb}), plan.base_cluster_loss_path)
