@@ -144,14 +144,21 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def scale_vectors(shard: int, n_docs: int, centroids: np.ndarray) -> np.ndarray:
+def own_vectors(shard: int, n_docs: int, centroids: np.ndarray) -> np.ndarray:
     rng = np.random.default_rng(shard)
-    own = unit(centroids[rng.integers(0, len(centroids), n_docs)] + 0.08 * rng.standard_normal((n_docs, centroids.shape[1])))
+    noise = 0.08 * rng.standard_normal((n_docs, centroids.shape[1]))
+    return unit(centroids[rng.integers(0, len(centroids), n_docs)] + noise)
+
+
+def scale_vectors(shard: int, n_docs: int, centroids: np.ndarray) -> np.ndarray:
+    """The shard's documents; its first 1% are near-copies of documents of shard n-2 (from that shard's own rows)."""
+    vectors = own_vectors(shard, n_docs, centroids)
     if shard > 2:
-        back = scale_vectors(shard - 2, n_docs, centroids)
         copies = n_docs // 100
-        own[:copies] = unit(back[copies : 2 * copies] + 0.002 * rng.standard_normal((copies, centroids.shape[1])))
-    return own.astype(np.float16)
+        originals = own_vectors(shard - 2, n_docs, centroids)[copies : 2 * copies]
+        rng = np.random.default_rng(-shard % 2**32)
+        vectors[:copies] = unit(originals + 0.002 * rng.standard_normal(originals.shape))
+    return vectors.astype(np.float16)
 
 
 def fit_in_child(root: str, k: int, dim: int) -> None:

@@ -13,7 +13,8 @@ from climb_assets.cluster.semantic_dedup import (
     ByCluster,
     SemanticSettings,
     dedup_shard,
-    nearest_earlier,
+    most_similar,
+    nearest_preceding,
     read_semantic_duplicates,
 )
 from climb_assets.embed.encode import write_embeddings
@@ -27,14 +28,18 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_nearest_earlier_looks_only_at_earlier_rows():
-    a, b = unit(np.array([[1.0, 0.0], [0.0, 1.0]])), unit(np.array([[1.0, 0.01], [1.0, 0.0], [0.0, 1.0]]))
-    best, partner = nearest_earlier(b.astype(np.float32), a.astype(np.float32))
-    # every new row finds its twin among the earlier rows; index space is [earlier; new]
-    assert partner.tolist() == [0, 0, 1] and np.allclose(best, [np.cos(0.01), 1.0, 1.0], atol=1e-4)
-    alone, first = nearest_earlier(b.astype(np.float32), np.zeros((0, 2), dtype=np.float32))
-    assert first.tolist() == [-1, 0, 0]  # the first row has nothing before it
-    assert alone[0] == -np.inf and alone[1] > 0.9999 and abs(alone[2]) < 0.02  # the third: no twin before it
+def test_comparisons_look_only_at_earlier_rows_in_bounded_blocks(monkeypatch):
+    from climb_assets.cluster import semantic_dedup
+
+    earlier = unit(np.array([[1.0, 0.0], [0.0, 1.0]])).astype(np.float32)
+    new = unit(np.array([[1.0, 0.01], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])).astype(np.float32)
+    monkeypatch.setattr(semantic_dedup, "MAX_SIMILARITIES", 3)  # one row per block: the blocks must add up
+    best, index = most_similar(new, earlier)
+    assert index.tolist() == [0, 0, 1, 1] and np.allclose(best, [np.cos(0.01), 1, 1, 1], atol=1e-4)
+    best, index = nearest_preceding(new)
+    assert best[0] == -np.inf and index[1:].tolist() == [0, 0, 2]  # row 3's twin is row 2, which precedes it
+    assert best[1] > 0.9999 and abs(best[2]) < 0.02 and best[3] > 0.9999
+    assert most_similar(new, earlier[:0])[0].tolist() == [-np.inf] * 4
 
 
 @pytest.fixture

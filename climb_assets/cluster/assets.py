@@ -130,9 +130,8 @@ EXAMPLE_PAIRS = 5
 def example_pairs(home, duplicates) -> str:
     """The most similar few removed documents next to what they duplicate (texts read for those ids only)."""
     top = duplicates.sort("similarity", descending=True).head(EXAMPLE_PAIRS)
-    texts = {}
+    wanted, texts = set(top["doc_id"].to_list()) | set(top["duplicate_of"].to_list()), {}
     for shard in set(top["shard"].to_list()) | set(top["duplicate_of_shard"].to_list()):
-        wanted = set(top["doc_id"].to_list()) | set(top["duplicate_of"].to_list())
         found = pl.scan_parquet(raw_shard_path(home, shard)).filter(pl.col("doc_id").is_in(list(wanted)))
         texts |= dict(found.select("doc_id", pl.col("text").str.slice(0, 100)).collect().iter_rows())
     return markdown_table(top.select(
@@ -145,7 +144,7 @@ def example_pairs(home, duplicates) -> str:
     deps=[cluster_assignments],
     partitions_def=shard_partitions,
     group_name="cluster",
-    kinds={"faiss"},
+    kinds={"numpy"},
 )
 def semantic_duplicates(
     context: dg.AssetExecutionContext, climb: ClimbHomeResource, semantic_dedup: SemanticDedupResource

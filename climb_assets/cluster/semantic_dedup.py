@@ -9,16 +9,16 @@ parallel and a re-run gives the same files.
 
 A new shard is compared only with the documents of the clusters it lands in: ``cluster_assignments`` also writes
 each shard's vectors in cluster order (``lake.by_cluster_dir``), so one cluster of an earlier shard is one slice
-of a memory-mapped file, and memory holds one cluster at a time.
+of a memory-mapped file. Memory holds the new shard, one earlier shard's mapping at a time, and one block of
+similarities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import polars as pl
 
@@ -27,7 +27,7 @@ from climb_assets.lake import by_cluster_dir, semantic_duplicates_dir, semantic_
 from climb_assets.storage import atomic_path, write_parquet_atomic
 
 DEFAULT_EPSILON = 0.01  # NeMo Curator's default: duplicates at cosine similarity >= 0.99
-BLOCK_ROWS = 2048  # rows of a cluster compared at once: a block's similarity matrix bounds the memory
+MAX_SIMILARITIES = 1 << 24  # entries of one block's similarity matrix (64 MiB): memory bound of a comparison
 
 DUPLICATE_SCHEMA = {
     "doc_id": pl.String,
@@ -98,68 +98,70 @@ class ByCluster:
         return np.unique(self.cluster_ids)
 
 
-def _blocks(n: int) -> Iterator[slice]:
-    for start in range(0, n, BLOCK_ROWS):
-        yield slice(start, min(start + BLOCK_ROWS, n))
+def most_similar(new: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every row of ``new``: the highest cosine similarity to a row of ``before`` and that row (unit rows),
+    in blocks of rows so the similarity matrix never exceeds MAX_SIMILARITIES entries."""
+    best = np.full(len(new), -np.inf, dtype=np.float32)
+    index = np.zeros(len(new), dtype=np.int64)
+    step = max(1, MAX_SIMILARITIES // max(len(before), 1))
+    for start in range(0, len(new) if len(before) else 0, step):
+        sims = new[start : start + step] @ before.T
+        index[start : start + step] = sims.argmax(axis=1)
+        best[start : start + step] = sims[np.arange(len(sims)), index[start : start + step]]
+    return best, index
 
 
-def nearest_earlier(new: np.ndarray, earlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every row of ``new`` (unit rows, registration order): the highest cosine similarity to a row of
-    ``earlier`` or to a *preceding* row of ``new``, and that row's index in ``[earlier; new]`` (-1: nothing before)."""
-    n, m = len(new), len(earlier)
-    best = np.full(n, -np.inf, dtype=np.float32)
-    partner = np.full(n, -1, dtype=np.int64)
-    if n and m:
-        sims, rows = faiss.knn(new, earlier, 1, metric=faiss.METRIC_INNER_PRODUCT)
-        best, partner = sims[:, 0].astype(np.float32), rows[:, 0].astype(np.int64)
-    for block in _blocks(n):
-        before = new[: block.stop]
-        sims = new[block] @ before.T
-        rows = np.arange(block.start, block.stop)[:, None]
-        sims[np.arange(block.stop)[None, :] >= rows] = -np.inf  # only rows registered earlier
-        top = sims.argmax(axis=1)
-        top_sim = sims[np.arange(len(top)), top]
-        better = top_sim > best[block]
-        best[block] = np.where(better, top_sim, best[block])
-        partner[block] = np.where(better, m + top, partner[block])
-    return best, partner
+def nearest_preceding(new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every row of ``new``: the highest cosine similarity to a *preceding* row, and that row (-inf and 0 for
+    the first row)."""
+    best = np.full(len(new), -np.inf, dtype=np.float32)
+    index = np.zeros(len(new), dtype=np.int64)
+    step = max(1, MAX_SIMILARITIES // max(len(new), 1))
+    for start in range(1, len(new), step):
+        stop = min(start + step, len(new))
+        sims = new[start:stop] @ new[:stop].T
+        sims[np.arange(stop)[None, :] >= np.arange(start, stop)[:, None]] = -np.inf  # only rows registered earlier
+        index[start:stop] = sims.argmax(axis=1)
+        best[start:stop] = sims[np.arange(stop - start), index[start:stop]]
+    return best, index
 
 
 def find_semantic_duplicates(
-    shard: ByCluster, earlier: list[ByCluster], settings: SemanticSettings
+    shard: ByCluster, earlier: Iterable[ByCluster], settings: SemanticSettings
 ) -> pl.DataFrame:
-    """The documents of ``shard`` that are semantic duplicates of a document registered before them (``earlier``
-    shards in registration order, then preceding rows of ``shard``), one cluster at a time."""
-    threshold = 1.0 - settings.epsilon
-    found = []
-    for cluster_id in shard.clusters():
-        cluster_id = int(cluster_id)
-        own = shard.rows(cluster_id)
-        new = np.asarray(shard.vectors[own], dtype=np.float32)
-        parts = [(other, other.rows(cluster_id)) for other in earlier]
-        parts = [(other, rows) for other, rows in parts if rows.stop > rows.start]
-        before = (
-            np.concatenate([np.asarray(other.vectors[rows], dtype=np.float32) for other, rows in parts])
-            if parts else np.zeros((0, new.shape[1]), dtype=np.float32)
-        )  # fmt: skip
-        best, partner = nearest_earlier(new, before)
-        hits = np.flatnonzero(best >= threshold)
-        if not hits.size:
-            continue
-        owner_ids = np.concatenate([other.doc_ids[rows] for other, rows in parts] + [shard.doc_ids[own]])
-        owner_shards = np.concatenate(
-            [np.full(rows.stop - rows.start, other.shard) for other, rows in parts] + [np.full(len(new), shard.shard)]
-        )
-        found.append(pl.DataFrame({
-            "doc_id": shard.doc_ids[own][hits],
-            "shard": shard.shard,
-            "cluster_id": cluster_id,
-            "duplicate_of": owner_ids[partner[hits]],
-            "duplicate_of_shard": owner_shards[partner[hits]],
-            "kind": "semantic",
-            "similarity": np.minimum(best[hits], 1.0).astype(np.float64),
-        }, schema=DUPLICATE_SCHEMA))  # fmt: skip
-    return pl.concat(found) if found else pl.DataFrame(schema=DUPLICATE_SCHEMA)
+    """The documents of ``shard`` that are semantic duplicates of a document registered before them: the
+    ``earlier`` shards (registration order; one is read at a time, cluster by cluster), then the preceding
+    documents of ``shard`` in the same cluster. A tie goes to the earlier document."""
+    vectors = np.asarray(shard.vectors, dtype=np.float32)  # the shard itself is the one thing held whole
+    best = np.full(len(vectors), -np.inf, dtype=np.float32)
+    owner = np.full(len(vectors), None, dtype=object)
+    owner_shard = np.full(len(vectors), None, dtype=object)
+    clusters = [shard.rows(int(c)) for c in shard.clusters()]
+
+    def keep_better(own: slice, sims: np.ndarray, ids: np.ndarray, of_shard: str) -> None:
+        better = sims > best[own]
+        rows = np.arange(own.start, own.stop)[better]
+        best[rows], owner[rows], owner_shard[rows] = sims[better], ids[better], of_shard
+
+    for other in earlier:
+        for own in clusters:
+            theirs = other.rows(int(shard.cluster_ids[own.start]))
+            if theirs.stop > theirs.start:
+                sims, index = most_similar(vectors[own], np.asarray(other.vectors[theirs], dtype=np.float32))
+                keep_better(own, sims, other.doc_ids[theirs][index], other.shard)
+    for own in clusters:
+        sims, index = nearest_preceding(vectors[own])
+        keep_better(own, sims, shard.doc_ids[own][index], shard.shard)
+    hits = np.flatnonzero(best >= 1.0 - settings.epsilon)
+    return pl.DataFrame({
+        "doc_id": shard.doc_ids[hits],
+        "shard": np.full(len(hits), shard.shard),
+        "cluster_id": shard.cluster_ids[hits],
+        "duplicate_of": owner[hits].astype(str),
+        "duplicate_of_shard": owner_shard[hits].astype(str),
+        "kind": np.full(len(hits), "semantic"),
+        "similarity": np.minimum(best[hits], 1.0).astype(np.float64),
+    }, schema=DUPLICATE_SCHEMA)  # fmt: skip
 
 
 def dedup_shard(
@@ -169,7 +171,7 @@ def dedup_shard(
     file (empty when none, or when switched off) and return it."""
     if settings.enabled:
         duplicates = find_semantic_duplicates(
-            ByCluster.open(home, version, shard), [ByCluster.open(home, version, s) for s in earlier], settings
+            ByCluster.open(home, version, shard), (ByCluster.open(home, version, s) for s in earlier), settings
         )
     else:
         duplicates = pl.DataFrame(schema=DUPLICATE_SCHEMA)
