@@ -20,7 +20,7 @@ lake/
   search/                             tokenizers/, base/, proxies/, proof_runs/, loss_guided/ (content-addressed),
                                       searches/<key>/
 climbmix/<search key>/                the final mixture's shards, manifest.json, proof.md, proof_runs.parquet,
-                                      proof_cluster_loss.parquet
+                                      proof_cluster_loss.parquet, transfer.md, transfer_runs.parquet
 ```
 """
 
@@ -268,6 +268,15 @@ def proof_runs_path(home: ClimbHome, search_key: str) -> Path:
 def proof_cluster_loss_path(home: ClimbHome, search_key: str) -> Path:
     """Per super-cluster: held-out bits per byte of the base and of each proof mixture's models (mean over seeds)."""
     return climbmix_dir(home, search_key) / "proof_cluster_loss.parquet"
+
+
+def transfer_runs_path(home: ClimbHome, search_key: str) -> Path:
+    """The transfer check's runs: every proof mixture trained by the larger model, per seed."""
+    return climbmix_dir(home, search_key) / "transfer_runs.parquet"
+
+
+def transfer_report_path(home: ClimbHome, search_key: str) -> Path:
+    return climbmix_dir(home, search_key) / "transfer.md"
 
 
 # --- the dbt sources --------------------------------------------------------------------------------------------

@@ -302,3 +302,43 @@ def test_the_loss_guided_rule_favours_what_the_model_has_not_learned():
     assert moved[1] / moved[0] > weights[1] / weights[0]  # improved least: gains weight against the mastered one
     assert math.isclose(moved[2] / moved[1], weights[2] / weights[1] * math.exp(0.1))  # unmeasured: no tilt of its own
     assert np.allclose(update_weights(weights, np.array([1.0, 5.0, 1.0]), reference, eta=1.0, floor=1.0), 1 / 3)
+
+
+def test_transfer_check_trains_the_proof_mixtures_at_a_larger_scale_only_when_asked(searched):
+    """Off by default (the search job ran without it); with transfer seeds, only the larger model's runs train."""
+    from climb_assets.climbmix.transfer import agreement
+    from climb_assets.search.settings import ProofSettings
+
+    off = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_transfer")).asset_materialization
+    assert off.metadata["enabled"].value is False and "transfer_seeds" in off.metadata["reason"].value
+    proof = TINY_SEARCH_RUN_CONFIG["resources"]["proof"]["config"] | {"transfer_seeds": [0, 1]}
+    config = TINY_SEARCH_RUN_CONFIG | {"resources": {"proof": {"config": proof}}}
+    searched.run_job(searched.defs, searched.instance, "search_job", config)
+
+    metadata = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_transfer")).asset_materialization.metadata
+    proof_event = searched.instance.get_latest_materialization_event(dg.AssetKey("climbmix_proof"))
+    assert proof_event.asset_materialization.metadata["trained"].value == 0  # the proof's runs were all reused
+    assert metadata["trained"].value == 12 and metadata["reused"].value == 0  # 6 mixtures x 2 seeds, larger model
+    sizes = metadata["non_embedding_parameters"].value
+    assert sizes["large"] >= 3.9 * sizes["proxy"]  # 2x wide: ~4x the non-embedding parameters
+    large = pl.read_parquet(climbmix_of(searched.home) / "transfer_runs.parquet")
+    small = pl.read_parquet(climbmix_of(searched.home) / "proof_runs.parquet")
+    assert sorted(large["mixture"].unique()) == sorted(small["mixture"].unique())
+    assert large.height == 12 and large["bpb"].is_finite().all()
+    assert not large.join(small, on=["mixture", "seed"]).filter(pl.col("bpb") == pl.col("bpb_right")).height
+    settings = ProofSettings(**proof).transfer_settings(SearchSettings(**TINY_SEARCH))
+    proxy_shape = SearchSettings(**TINY_SEARCH).proxy_settings().model_config(vocab_size=256)
+    assert settings.token_budget == 3 * proof["token_budget"] and settings.n_embd == 2 * proxy_shape.n_embd
+    proxy_means, large_means = (dict(runs.group_by("mixture").agg(pl.col("objective").mean()).iter_rows())
+                                for runs in (small, large))  # fmt: skip
+    table = pl.DataFrame({"mixture": list(proxy_means), "objective_proxy": list(proxy_means.values()),
+                          "objective_large": [large_means[m] for m in proxy_means]})  # fmt: skip
+    expected = agreement(table)
+    assert metadata["spearman"].value == pytest.approx(expected["spearman"])
+    assert metadata["decision_accuracy"].value == pytest.approx(expected["decision_accuracy"])
+    report = (climbmix_of(searched.home) / "transfer.md").read_text()
+    assert f"{expected['decision_accuracy']:.0%} of the 15 mixture pairs" in report
+    client = mlflow.tracking.MlflowClient(local_tracking_uri(searched.home))
+    summaries = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   filter_string="tags.mlflow.runName = 'transfer-summary'")  # fmt: skip
+    assert summaries and summaries[0].data.metrics["transfer_spearman"] == pytest.approx(expected["spearman"])

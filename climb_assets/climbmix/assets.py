@@ -9,6 +9,7 @@ import polars as pl
 from climb_assets import lake
 from climb_assets.climbmix.baselines import paired_comparison, random_search_weights
 from climb_assets.climbmix.mix import ProofRun, proof_table, write_climbmix
+from climb_assets.climbmix.transfer import agreement, parameters, scale_table, transfer_markdown
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.climbmix import loss_guided
@@ -135,6 +136,65 @@ def proof_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
 
 def proof_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
     return run_log(plan, tracking, context, experiment_suffix="-proof", tags={"climb.stage": "proof"})
+
+
+def transfer_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
+    """The proof's mixtures × ``transfer_seeds``, trained from scratch by the larger model (none when no seeds)."""
+    _, corpus = search_inputs(plan)
+    manifest = json.loads(lake.climbmix_manifest_path(plan.home, plan.search_key).read_text())
+    settings = proof.transfer_settings(plan.search)
+    return [
+        TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, None)
+        for seed in proof.transfer_seeds
+        for name, weights in proof_mixtures(plan, corpus, manifest, proof).items()
+    ]
+
+
+def transfer_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
+    return run_log(plan, tracking, context, experiment_suffix="-proof", tags={"climb.stage": "transfer"})
+
+
+def collect_transfer(context: dg.OpExecutionContext, plan: SearchPlan, records: list[dict]) -> dg.Output:
+    """The larger model's runs next to the proof's: rank agreement, decision accuracy, paired differences."""
+    proof = context.resources.proof
+    if not records:
+        return dg.Output(None, metadata={"enabled": False, "reason": "proof.transfer_seeds is empty: set it to run"},
+                         data_version=dg.DataVersion("disabled"))  # fmt: skip
+    large = pl.DataFrame([{"mixture": r["name"].rsplit("-seed", 1)[0], "seed": r["seed"], **r["metrics"]} for r in records])
+    table = scale_table(pl.read_parquet(lake.proof_runs_path(plan.home, plan.search_key)), large)
+    scores = agreement(table)
+    paired = paired_comparison(large)
+    tokenizer, _ = search_inputs(plan)
+    settings = {"proxy": proof.proxy_settings(plan.search), "large": proof.transfer_settings(plan.search)}
+    sizes = {scale: parameters(s, tokenizer.vocab_size) for scale, s in settings.items()}
+    report = transfer_markdown(table, paired, scores, settings["proxy"], settings["large"], sizes, proof.transfer_seeds)
+    sink = transfer_run_log(plan, context.resources.mlflow_tracking, context)
+    summary_run = sink.tracking.open_run(sink.client, sink.experiment, "transfer-summary", sink.tags)
+    log_run(sink.client, summary_run, metrics={
+        "transfer_spearman": scores["spearman"], "transfer_decision_accuracy": scores["decision_accuracy"],
+        **{f"transfer_delta_{row['baseline']}": row["mean_delta"] for row in paired.iter_rows(named=True)},
+    })  # fmt: skip
+    sink.client.set_terminated(summary_run)
+    with atomic_path(lake.transfer_report_path(plan.home, plan.search_key)) as tmp:
+        tmp.write_text(report)
+    write_parquet_atomic(large, lake.transfer_runs_path(plan.home, plan.search_key))
+    return dg.Output(
+        None,
+        metadata={
+            "enabled": True,
+            "table": markdown_table(table),
+            "paired_differences": markdown_table(paired),
+            "spearman": scores["spearman"],
+            "decision_accuracy": scores["decision_accuracy"],
+            "beats": [row["baseline"] for row in paired.iter_rows(named=True) if row["verdict"] == "beats"],
+            "non_embedding_parameters": {scale: size[1] for scale, size in sizes.items()},
+            "report": dg.MetadataValue.md(report),
+            "seconds": float(sum(r["seconds"] for r in records)),
+            "trained": sum(not r["reused"] for r in records),
+            "reused": sum(r["reused"] for r in records),
+        },
+        data_version=dg.DataVersion(fingerprint({"runs": sorted(r["fingerprint"] for r in records)})),
+    )
 
 
 def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
@@ -332,7 +392,26 @@ def build_climbmix_assets(iterations: int) -> list[dg.AssetsDefinition]:
         fingerprinted, so a re-run trains only what changed."""
         return proof_fan_out(climbmix=climbmix, baselines=baselines, loss_guided_run=loss_guided_run)
 
-    return [random_search_baseline, loss_guided_baseline, climbmix, climbmix_proof]
+    transfer_fan_out = training_fan_out(
+        "transfer",
+        inputs=["proof"],
+        runs_of=lambda context, plan: transfer_runs_of(plan, context.resources.proof),
+        markers_of=lake.proof_markers_dir,
+        run_log_of=transfer_run_log,
+        collect=collect_transfer,
+        resources=frozenset({"proof"}),
+    )
+
+    @dg.graph_asset(
+        group_name="climbmix", kinds={"pytorch", "mlflow"},
+        ins={"proof": dg.AssetIn(key=climbmix_proof.key, dagster_type=dg.Nothing)},
+    )  # fmt: skip
+    def climbmix_transfer(proof):
+        """The transfer check: the proof's mixtures trained by a larger model from scratch (``proof.transfer_*``),
+        paired by seed; does the proxies' ranking hold? Runs only when ``transfer_seeds`` is set."""
+        return transfer_fan_out(proof=proof)
+
+    return [random_search_baseline, loss_guided_baseline, climbmix, climbmix_proof, climbmix_transfer]
 
 
 def proof_cluster_losses(plan: SearchPlan, records: list[dict]) -> pl.DataFrame:

@@ -5,7 +5,7 @@ A proxy's own hyperparameters default to ``ProxySettings``'s (the language-model
 proxy run outside Dagster agree on them.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Literal
 
 import dagster as dg
@@ -219,6 +219,12 @@ class ProofSettings(dg.ConfigurableResource):
     loss_guided_rounds: int = 3  # 0: no loss-guided baseline
     loss_guided_eta: float = 1.0
     loss_guided_floor: float = 0.1
+    # the transfer check (climbmix/transfer.py): the same mixtures trained by a larger model from scratch, to see
+    # whether the proxies' verdicts hold at scale. Off by default: on 2 CPU cores it costs about as much as the demo
+    transfer_seeds: list[int] = []
+    transfer_width: int = 2  # x the proxies' n_embd (4x their non-embedding parameters at 2)
+    transfer_layers: int = 1  # x the proxies' n_layer
+    transfer_token_multiplier: float = 3.0  # x the proof's token budget
 
     @model_validator(mode="after")
     def _check(self) -> "ProofSettings":
@@ -228,6 +234,12 @@ class ProofSettings(dg.ConfigurableResource):
             problems += at_least(name, getattr(self, name), 0, "0 means the proxies' shape")
         problems += at_least("token_budget", self.token_budget, 1)
         problems += at_least("loss_guided_rounds", self.loss_guided_rounds, 0, "0 turns the baseline off")
+        if len(set(self.transfer_seeds)) != len(self.transfer_seeds):
+            problems.append(f"transfer_seeds must be distinct, got {self.transfer_seeds}")
+        problems += at_least("transfer_width", self.transfer_width, 1)
+        problems += at_least("transfer_layers", self.transfer_layers, 1)
+        if not self.transfer_token_multiplier >= 1:
+            problems.append(f"transfer_token_multiplier must be >= 1, got {self.transfer_token_multiplier:g}")
         if not self.loss_guided_eta > 0:
             problems.append(f"loss_guided_eta must be > 0, got {self.loss_guided_eta:g}")
         if not 0 <= self.loss_guided_floor <= 1:
@@ -242,6 +254,16 @@ class ProofSettings(dg.ConfigurableResource):
             raise dg.Failure(f"proof runs start from the base checkpoint, so their shape must be the proxies' "
                              f"({[getattr(proxy, k) for k in shape]}); got {list(shape.values())}: set start: scratch")  # fmt: skip
         return ProxySettings(**{**asdict(proxy), **shape, "token_budget": self.token_budget})
+
+    def transfer_settings(self, search: SearchSettings) -> ProxySettings:
+        """The larger model of the transfer check: the proxies' shape widened and deepened by the multipliers,
+        trained from scratch on ``transfer_token_multiplier`` x the proof's tokens, otherwise the proxies' settings."""
+        proxy = search.proxy_settings()
+        shape = proxy.model_config(vocab_size=256)
+        return replace(
+            proxy, n_layer=shape.n_layer * self.transfer_layers, n_head=shape.n_head,
+            n_embd=shape.n_embd * self.transfer_width, token_budget=round(self.token_budget * self.transfer_token_multiplier),
+        )  # fmt: skip
 
 
 class ClimbMixConfig(dg.Config):
