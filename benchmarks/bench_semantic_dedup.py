@@ -40,7 +40,12 @@ from bench_near_dedup import quality_corpus  # noqa: E402
 
 from climb_assets.cluster.kmeans import assignments_frame, default_k, fit_kmeans  # noqa: E402
 from climb_assets.cluster.lake import FitSettings, assign_shard, fit_centroids, scan_assignments  # noqa: E402
-from climb_assets.cluster.semantic_dedup import SemanticSettings, dedup_shard, write_by_cluster  # noqa: E402
+from climb_assets.cluster.semantic_dedup import (  # noqa: E402
+    SemanticSettings,
+    dedup_shard,
+    read_semantic_duplicates,
+    write_by_cluster,
+)
 from climb_assets.embed.encode import embed_documents, read_embeddings, write_embeddings  # noqa: E402
 from climb_assets.embed.models import load_model  # noqa: E402
 from climb_assets.home import ClimbHome  # noqa: E402
@@ -89,10 +94,6 @@ def whole_corpus(home: ClimbHome, names: list[str], version: str, threshold: flo
     return removed
 
 
-def semantic_found(home: ClimbHome, names: list[str], version: str) -> pl.DataFrame:
-    settings = SemanticSettings()
-    folder = home.lake_dir("duplicates") / "semantic" / version / settings.key
-    return pl.concat([pl.read_parquet(folder / f"{name}.parquet") for name in names])
 
 
 def quality(seed: int) -> None:
@@ -111,7 +112,7 @@ def quality(seed: int) -> None:
         results = {}
         for label, fuzzy in (("semantic alone", None), ("MinHash, then semantic", FuzzySettings())):
             home, names, version, seconds = build_lake(Path(root) / label.replace(" ", "-").replace(",", ""), shards, fuzzy, model)
-            semantic = semantic_found(home, names, version)
+            semantic = read_semantic_duplicates(home, version, settings, names)
             fuzzy_removed = pl.concat([pl.read_parquet(duplicates_path(home, n)) for n in names]).filter(pl.col("kind") == "fuzzy")
             reference = whole_corpus(home, names, version, 1 - settings.epsilon)
             docs = sum(pl.scan_parquet(raw_shard_path(home, n)).select(pl.len()).collect().item() for n in names)

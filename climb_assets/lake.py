@@ -47,12 +47,21 @@ def raw_shards_glob(home: ClimbHome) -> Path:
     return raw_shards_dir(home) / "*.parquet"
 
 
+def quarantine_dir(home: ClimbHome) -> Path:
+    return home.lake_dir("quarantine")
+
+
 def quarantine_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("quarantine"), shard, ".parquet")
+    return lake_file(quarantine_dir(home), shard, ".parquet")
+
+
+def duplicates_dir(home: ClimbHome) -> Path:
+    """Exact and near duplicates removed at ingest, one file per shard; ``semantic/`` holds the semantic step's."""
+    return home.lake_dir("duplicates")
 
 
 def duplicates_path(home: ClimbHome, shard: str) -> Path:
-    return lake_file(home.lake_dir("duplicates"), shard, ".parquet")
+    return lake_file(duplicates_dir(home), shard, ".parquet")
 
 
 def dedup_index_path(home: ClimbHome) -> Path:
@@ -122,7 +131,7 @@ def by_cluster_dir(home: ClimbHome, version: str, shard: str) -> Path:
 
 
 def semantic_duplicates_dir(home: ClimbHome, version: str, settings_key: str) -> Path:
-    return home.lake_dir("duplicates") / "semantic" / version / settings_key
+    return duplicates_dir(home) / "semantic" / version / settings_key
 
 
 def semantic_duplicates_path(home: ClimbHome, version: str, settings_key: str, shard: str) -> Path:
@@ -295,6 +304,8 @@ def dbt_environment(home: ClimbHome, cluster_version: str) -> dict[str, str]:
         "CLIMB_HOME": str(home.root),
         "DBT_DUCKDB_PATH": str(dbt_database_path(home)),
         "CLIMB_LAKE_RAW_SHARDS": str(raw_shards_glob(home)),
+        "CLIMB_LAKE_QUARANTINE": str(quarantine_dir(home) / "*.parquet"),
+        "CLIMB_LAKE_DUPLICATES": str(duplicates_dir(home) / "*.parquet"),
         "CLIMB_LAKE_QUALITY": str(quality_dir(home) / "*.parquet"),
         "CLIMB_LAKE_ASSIGNMENTS": str(assignments_dir(home, cluster_version) / "*.parquet"),
         "CLIMB_CLUSTER_VERSION": cluster_version,

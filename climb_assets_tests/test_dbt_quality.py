@@ -37,13 +37,24 @@ DOCS = pl.DataFrame(
 VERSION = "v0001-test"  # the centroid version the lake's assignments are under
 
 
+# Rows of the landed files that ingest did not accept: shard -> (quarantined row numbers, duplicate row numbers).
+REJECTED_ROWS = {"s1": ([2], [5]), "s2": ([], [])}
+
+
 def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
+    """Each shard's three ingest outputs, whose row numbers cover the landed file once, and its quality scores."""
     for shard, part in docs.partition_by("shard", as_dict=True).items():
         name = shard[0]
-        (home.lake / "raw_shards").mkdir(parents=True, exist_ok=True)
-        (home.lake / "quality").mkdir(parents=True, exist_ok=True)
+        for folder in ("raw_shards", "quality", "quarantine", "duplicates"):
+            (home.lake / folder).mkdir(parents=True, exist_ok=True)
+        quarantined, duplicates = REJECTED_ROWS[name]
+        accepted = [n for n in range(part.height + len(quarantined) + len(duplicates)) if n not in quarantined + duplicates]
         raw = part.select("doc_id", pl.lit("text").alias("text"), "shard", "n_tokens", source_kind=pl.lit("web"))
-        raw.write_parquet(home.lake / "raw_shards" / f"{name}.parquet")
+        raw.with_columns(row_number=pl.Series(accepted)).write_parquet(home.lake / "raw_shards" / f"{name}.parquet")
+        pl.DataFrame({"shard": name, "row_number": quarantined, "reason": "blank_line"},
+                     schema_overrides={"row_number": pl.Int64}).write_parquet(home.lake / "quarantine" / f"{name}.parquet")
+        pl.DataFrame({"shard": name, "row_number": duplicates, "kind": "exact"},
+                     schema_overrides={"row_number": pl.Int64}).write_parquet(home.lake / "duplicates" / f"{name}.parquet")
         part.select("doc_id", "dup_line_fraction", "dup_5gram_char_fraction", "quality_score").write_parquet(
             home.lake / "quality" / f"{name}.parquet"
         )
@@ -142,6 +153,8 @@ def test_build_passes_and_decisions_follow_the_data(home: ClimbHome, dbt: Callab
         "quality_signals": ["quality_signals"],
         "cluster_assignments": ["cluster_assignments"],
         "raw_docs": ["raw_shards"],
+        "quarantine": ["raw_shards"],  # the three outputs of one ingest step: one asset
+        "ingest_duplicates": ["raw_shards"],
     }
 
 
@@ -166,6 +179,16 @@ def test_build_fails_on_a_planted_out_of_range_score(home: ClimbHome, dbt: Calla
     assert not result.success
     assert result.failed == ["source_accepted_range_lake_quality_signals_quality_score__5__1"]
     assert not cluster_decisions_path(home).exists(), "models downstream of a failing source test are skipped"
+
+
+@pytest.mark.parametrize("damage", ["lost", "twice"])
+def test_build_fails_when_a_landed_row_is_lost_or_written_twice(home: ClimbHome, dbt: Callable[..., DbtRun], damage) -> None:
+    path = home.lake / "duplicates" / "s1.parquet"
+    rows = pl.read_parquet(path)
+    (rows.clear() if damage == "lost" else pl.concat([rows, rows])).write_parquet(path)  # row 5 gone, or in twice
+    result = dbt("build")
+    assert not result.success
+    assert result.failed == ["landed_rows_accounted_for"]
 
 
 def test_build_fails_when_a_document_was_never_scored(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
