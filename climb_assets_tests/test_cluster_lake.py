@@ -205,6 +205,35 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     assert {r.job_name for r in stale} == {"cluster_assign_job"}
 
 
+def test_shards_re_embedded_by_another_model_wait_for_each_other_then_request_a_refit(home, centers, instance, climb_resource):
+    import dagster as dg
+
+    from climb_assets.cluster.assets import build_recluster_sensor
+    from climb_assets.definitions import build_definitions
+
+    defs = build_definitions(climb=climb_resource)
+    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
+    sensor = build_recluster_sensor(*(defs.resolve_job_def(name) for name in names), settle_seconds=0)
+
+    def evaluate():
+        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
+
+    for shard, seed in (("a", 0), ("b", 1)):
+        write_shard(home, shard, centers[:N_BLOBS], seed=seed)
+    version, _ = fit_centroids(home, SETTINGS)
+    rng = np.random.default_rng(2)  # shard a re-embedded by another model (a new proxy-lm checkpoint, say)
+    write_embeddings(home.lake_dir("embeddings") / "a.npz", [f"a-{i}" for i in range(SHARD_DOCS)],
+                     unit(rng.standard_normal((SHARD_DOCS, DIM))), "proxy-lm-new")  # fmt: skip
+    waiting = evaluate()
+    assert isinstance(waiting, dg.SkipReason)
+    assert "embedded by 2 models" in waiting.skip_message  # no assignment against the wrong centroids meanwhile
+    write_embeddings(home.lake_dir("embeddings") / "b.npz", [f"b-{i}" for i in range(SHARD_DOCS)],
+                     unit(rng.standard_normal((SHARD_DOCS, DIM))), "proxy-lm-new")  # fmt: skip
+    (refit,) = evaluate().run_requests
+    assert refit.job_name == "cluster_fit_job" and refit.run_key == f"refit-{version}-for-proxy-lm-new:attempt-1"
+    assert refit.tags["climb/refit_reason"] == "embedding model changed: m -> proxy-lm-new"
+
+
 def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers, instance, climb_resource):
     import dagster as dg
 

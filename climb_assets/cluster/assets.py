@@ -24,7 +24,9 @@ from climb_assets.cluster.lake import (  # noqa: E402
     assign_shard,
     current_version,
     embedded_shards,
+    embedding_models,
     fit_centroids,
+    read_fit_info,
     require_current_version,
     unassigned_shards,
 )
@@ -183,7 +185,8 @@ def build_recluster_sensor(
 ) -> dg.SensorDefinition:
     """Keeps clusters current without a global pass: first fit once there are embeddings; per-shard assignment
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard
-    assigned since the last fit drifted past ``max_drift``; once every shard is assigned, the semantic dedup of each
+    assigned since the last fit drifted past ``max_drift``, or once every shard is embedded by a model other than
+    the fit's (e.g. ``proxy-lm`` after a new base); once every shard is assigned, the semantic dedup of each
     shard not yet checked under this version and setting; then the merge (dbt_quality + super-clusters) once nothing
     landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS (see ``bounded_attempts``)."""
 
@@ -203,6 +206,15 @@ def build_recluster_sensor(
         if version is None:
             first = dg.RunRequest(run_key="first-fit", job_name=fit_job.name)
             return bounded_attempts(context, [first], "cluster_centroids")
+        models, fitted = set(embedding_models(home).values()), read_fit_info(home, version)["model"]
+        if len(models) > 1:
+            return dg.SkipReason(f"shards are embedded by {len(models)} models {sorted(models)[:3]}: waiting until "
+                                 "every shard is re-embedded by one before refitting")  # fmt: skip
+        (model,) = models
+        if model != fitted:
+            refit = dg.RunRequest(run_key=f"refit-{version}-for-{model}", job_name=fit_job.name,
+                                  tags={"climb/refit_reason": f"embedding model changed: {fitted} -> {model}"})  # fmt: skip
+            return bounded_attempts(context, [refit], "cluster_centroids")
         drifted = drifted_shards(context.instance, version, max_drift)
         if drifted:
             refit = dg.RunRequest(

@@ -102,13 +102,18 @@ def _embedding_model(path: Path) -> str:
         return str(data["model"])
 
 
+def embedding_models(home: ClimbHome) -> dict[str, str]:
+    """Shard -> the model its embeddings come from."""
+    return {shard: _embedding_model(path) for shard, path in embedded_shards(home).items()}
+
+
 def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
     """Fit centroids on a bounded sample across shards, keep ids stable against the current version, write a new
     version and make it current. Returns ``(version, fit info)``."""
     shards = embedded_shards(home)
     if not shards:
         raise FileNotFoundError("no embeddings in the lake yet: ingest and embed a shard first")
-    models = {_embedding_model(p) for p in shards.values()}
+    models = set(embedding_models(home).values())
     if len(models) > 1:
         raise ValueError(f"embeddings come from different models {sorted(models)}: re-embed every shard with one")
     n_docs = sum(shard_shape(p)[0] for p in shards.values())
