@@ -39,7 +39,8 @@ from climb_assets.definitions import SEARCH_ITERATIONS, defs
 from climb_assets.tags import GPU_POOL, GPU_TAGS, K8S_GPU_CONFIG
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-GPU_ASSETS = {"embeddings", "proxy_base_checkpoint", "random_search_baseline", "loss_guided_baseline", "climbmix_proof"} | {
+GPU_ASSETS = {"embeddings", "proxy_base_checkpoint", "random_search_baseline", "loss_guided_baseline", "climbmix_proof",
+              "climbmix_transfer"} | {
     f"iteration_{k}/proxy_results" for k in range(1, SEARCH_ITERATIONS + 1)
 }
 
@@ -120,7 +121,7 @@ def test_k8s_job_executor_puts_gpu_steps_on_gpu_nodes_and_celery_queues_them_on_
     # one mapped step per proxy, per baseline proxy and per proof run (``[?]`` until the candidates are known)
     gpu_steps = {f"iteration_{k}__proxy_results.iteration_{k}_proxy_train[?]" for k in range(1, SEARCH_ITERATIONS + 1)}
     gpu_steps |= {"proxy_base_checkpoint", "loss_guided_baseline", "random_search_baseline.random_search_train[?]",
-                  "climbmix_proof.proof_train[?]"}
+                  "climbmix_proof.proof_train[?]", "climbmix_transfer.transfer_train[?]"}
     assert {s.key for s in plan.steps if s.pool == GPU_POOL} == gpu_steps
     for step in plan.steps:
         pod = k8s_job_for(step.tags).spec.template.spec
