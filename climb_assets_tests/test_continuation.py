@@ -108,6 +108,9 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
     parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["climb.continuation"] == "reuse" and parent.data.tags["climb.parent_search"] == first_search
     assert parent.data.metrics["refresh_rmse"] == pytest.approx(state["refresh_rmse"])
+    # the lineage's searches, wave after wave, are side by side in one experiment
+    earlier = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`climb.search_key` = '{first_search}'")
+    assert earlier and {r.data.tags["climb.lineage"] for r in earlier} == {plan.lineage_key}
 
     # the key is pinned: the finished continued search computes the same key, and its own wave has no other parent
     assert SearchPlan(home, SearchSettings(**(BASE | changes))).search_key == plan.search_key

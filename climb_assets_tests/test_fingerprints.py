@@ -148,10 +148,16 @@ def test_new_super_clusters_start_a_new_search(searched):
     assert metadata["proxy_tokenizer"]["reused"]  # the tokenizer stays; its content hash is in every key below
     assert metadata["iteration_1/proxy_results"]["trained"] == 3
     assert metadata["iteration_1/proxy_results"]["search_key"] != old_key
+    # one lineage (same settings, tokenizer and target): both cluster versions' searches side by side in one experiment
     client = MlflowClient(local_tracking_uri(home))
-    assert {e.name for e in client.search_experiments()} >= {"climb-search/v1", "climb-search/v2"}
-    for experiment in [e for e in client.search_experiments() if e.name.startswith("climb-search/")]:
-        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    plan = SearchPlan(home, SearchSettings(**BASE))
+    experiment = client.get_experiment_by_name(MlflowTracking().experiment_name(plan.lineage_key))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["climb.lineage"] == plan.lineage_key
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if "climb.iteration" in r.data.tags
+               and "mlflow.parentRunId" not in r.data.tags]  # fmt: skip
+    assert {(r.data.tags["climb.cluster_version"], r.data.tags["climb.search_key"]) for r in parents} == {
+        ("v1", old_key), ("v2", plan.search_key)}
 
 
 def test_a_new_wave_keeps_the_tokenizer_and_tokenizes_only_its_new_shards(searched):
@@ -199,10 +205,12 @@ def test_predictor_refit_with_other_settings_does_not_collide_in_mlflow(searched
     home, instance = searched
     materialize(home, instance, predictor_min_child_samples=1, predictor_folds=2)
     client = MlflowClient(local_tracking_uri(home))
-    experiment = client.get_experiment_by_name("climb-search/v1").experiment_id
-    parents = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("climb-search/")]
+    parents = [r for r in client.search_runs(experiments) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 2 and len({r.data.tags["climb.search_key"] for r in parents}) == 2
     assert {r.data.params["predictor.min_child_samples"] for r in parents} == {"1", "2"}
+    # other predictor settings are another lineage, so another experiment
+    assert len({r.info.experiment_id for r in parents}) == 2
 
 
 def test_fingerprints_are_exact_and_order_free():
@@ -225,7 +233,7 @@ def test_two_attempts_of_one_run_train_it_once_and_fail_nothing(home, instance):
                       plan.search.proxy_seed(), plan.base_path)  # fmt: skip
     tracking = resources["mlflow_tracking"]
     client = tracking.client(home)
-    sink = RunLog(tracking, client, tracking.experiment_id(client, home, plan.cluster_version), None,
+    sink = RunLog(tracking, client, tracking.experiment_id(client, home, plan.lineage_key), None,
                   plan.mlflow_tags(), logging.getLogger("test"))  # fmt: skip
     start = threading.Barrier(2)
     records: list[dict] = []

@@ -110,10 +110,10 @@ def _train(plan: SearchPlan, run: TrainingRun, key: str, init_sha: str | None, m
 
 def run_log(plan: SearchPlan, tracking: MlflowTracking, context, *, experiment_suffix: str = "",
             parent: str | None = None, tags: dict[str, str] | None = None) -> RunLog:  # fmt: skip
-    """Where a stage's runs report: the cluster version's experiment (``-proof`` for proof runs), under an optional
+    """Where a stage's runs report: the search lineage's experiment (``-proof`` for proof runs), under an optional
     parent run opened once and reused by name and tags, tagged with the search and the Dagster run."""
     client = tracking.client(plan.home)
-    experiment = tracking.experiment_id(client, plan.home, plan.cluster_version + experiment_suffix)
+    experiment = tracking.experiment_id(client, plan.home, plan.lineage_key, experiment_suffix)
     tags = plan.mlflow_tags() | (tags or {})
     parent_id = tracking.open_run(client, experiment, parent, tags, reuse=True) if parent else None
     return RunLog(tracking, client, experiment, parent_id, tags | {"dagster.run_id": context.run_id}, context.log)

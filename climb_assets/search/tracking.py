@@ -1,5 +1,6 @@
-"""MLflow tracking with plain ``mlflow``: one experiment per cluster version, a parent run per iteration of each
-search (tagged ``climb.search_key``), a run per proxy.
+"""MLflow tracking with plain ``mlflow``: one experiment per lineage of searches (the weekly searches with the same
+settings, tokenizer and target, across crawl waves and re-clusterings), a parent run per iteration of each search
+(tagged ``climb.search_key`` and ``climb.cluster_version``), a run per proxy.
 
 dagster-mlflow's resource opens one run per Dagster run (and is legacy); users compare proxies, so each proxy is
 its own run, and every iteration logs the same metric names so the MLflow UI compares them side by side.
@@ -46,9 +47,13 @@ class MlflowTracking(dg.ConfigurableResource):
         with exclusive_lock(home.mlflow / "store.lock"):
             return MlflowClient(tracking_uri=uri)
 
-    def experiment_id(self, client: MlflowClient, home: ClimbHome, cluster_version: str) -> str:
-        """The experiment of one cluster version (``-proof`` suffixed for proof runs): its searches side by side."""
-        name = f"{self.experiment_prefix}/{cluster_version}"
+    def experiment_name(self, lineage_key: str, suffix: str = "") -> str:
+        """``climb-search/lineage-<key[:12]>`` (``-proof`` suffixed for proof runs)."""
+        return f"{self.experiment_prefix}/lineage-{lineage_key[:12]}{suffix}"
+
+    def experiment_id(self, client: MlflowClient, home: ClimbHome, lineage_key: str, suffix: str = "") -> str:
+        """The experiment of one lineage: its searches, wave after wave, side by side."""
+        name = self.experiment_name(lineage_key, suffix)
         existing = client.get_experiment_by_name(name)
         if existing is not None:
             if existing.tags.get("mlflow.experimentKind") is None:  # created by an older climb
@@ -56,7 +61,7 @@ class MlflowTracking(dg.ConfigurableResource):
                     client.set_experiment_tag(existing.experiment_id, key, value)
             return existing.experiment_id
         artifacts = (home.mlflow / "artifacts").as_uri() if self.uri(home).startswith("sqlite:") else None
-        tags = {"climb.cluster_version": cluster_version, **EXPERIMENT_KIND_TAGS}
+        tags = {"climb.lineage": lineage_key, **EXPERIMENT_KIND_TAGS}
         return client.create_experiment(name, artifact_location=artifacts, tags=tags)
 
     def open_run(
