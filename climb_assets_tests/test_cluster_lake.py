@@ -6,6 +6,7 @@ import hashlib
 import json
 import tracemalloc
 
+import faiss
 import numpy as np
 import polars as pl
 import pytest
@@ -191,8 +192,11 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     instance.add_dynamic_partitions("raw_shards", ["old-0", "alien"])
     assert sorted(r.partition_key for r in evaluate().run_requests) == ["alien", "old-0"]
     for shard in ("old-0", "alien"):
-        assert dg.materialize([cluster_assignments], partition_key=shard, instance=instance,
-                              resources={"climb": climb_resource}).success  # fmt: skip
+        assigned = dg.materialize([cluster_assignments], partition_key=shard, instance=instance,
+                                  resources={"climb": climb_resource})  # fmt: skip
+        # faiss runs where the step's device lease says (the CPU here; one leased GPU, never all, with faiss-gpu)
+        device = assigned.asset_materializations_for_node("cluster_assignments")[0].metadata["faiss_device"].value
+        assert device.startswith("cuda:") if faiss.get_num_gpus() else device == "cpu"
 
     (refit,) = evaluate().run_requests
     assert refit.job_name == "cluster_fit_job" and refit.run_key == f"refit-after-{version}:attempt-1"

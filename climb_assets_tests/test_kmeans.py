@@ -13,6 +13,7 @@ from climb_assets.cluster.kmeans import (
     assignments_frame,
     default_k,
     drift,
+    faiss_gpu,
     fit_kmeans,
     match_to_previous,
 )
@@ -108,15 +109,21 @@ def test_bad_inputs_raise_clear_errors(corpus):
 
 
 @pytest.mark.skipif(HAS_FAISS_GPU, reason="checks the CPU-only refusal")
-def test_forcing_gpu_without_one_is_an_error(corpus):
-    with pytest.raises(RuntimeError, match="no GPU"):
-        fit_kmeans(corpus[0], 4, use_gpu=True)
+def test_a_gpu_faiss_cannot_see_is_an_error_and_a_cuda_lease_runs_faiss_on_cpu(corpus):
+    with pytest.raises(RuntimeError, match="faiss sees 0 GPUs"):
+        fit_kmeans(corpus[0], 4, gpu=0)
+    with pytest.raises(RuntimeError, match="faiss sees 0 GPUs"):
+        assign(corpus[0], corpus[0][:4], gpu=1)
+    # faiss-cpu beside a CUDA torch: the step's cuda lease does not send faiss to a GPU it cannot use
+    assert faiss_gpu("cuda:1") is None and faiss_gpu("cpu") is None
 
 
 @pytest.mark.skipif(not HAS_FAISS_GPU, reason="needs faiss-gpu and CUDA")
-def test_gpu_fit_and_assign_recover_blobs(corpus):
+def test_gpu_fit_and_assign_recover_blobs_on_the_leased_device_only(corpus):
     vectors, labels, _, _ = corpus
-    rows, _ = assign(vectors, fit_kmeans(vectors, N_BLOBS, seed=3, nredo=REDO, use_gpu=True), use_gpu=True)
+    last = faiss.get_num_gpus() - 1  # the lease's device, not the first N GPUs that faiss's gpu= option takes
+    assert faiss_gpu(f"cuda:{last}") == last and faiss_gpu("cpu") is None
+    rows, _ = assign(vectors, fit_kmeans(vectors, N_BLOBS, seed=3, nredo=REDO, gpu=last), gpu=last)
     assert adjusted_rand_score(labels, rows) > 0.9
 
 

@@ -6,8 +6,11 @@ checked on their own, a refit happens weekly or when drift crosses its bound."""
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
+import faiss
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,6 +20,7 @@ import polars as pl  # noqa: E402
 
 from climb_assets.cluster.kmeans import (  # noqa: E402
     assign,
+    faiss_gpu,
     read_cluster_version,
 )
 from climb_assets.cluster.lake import (  # noqa: E402
@@ -37,6 +41,7 @@ from climb_assets.cluster.semantic_dedup import (  # noqa: E402
     checked_shards,
     dedup_shard,
 )
+from climb_assets.devices import device_lease, gpu_slots  # noqa: E402
 from climb_assets.embed.assets import embeddings  # noqa: E402
 from climb_assets.home import ClimbHome  # noqa: E402
 from climb_assets.ingest.assets import earlier_shards, shard_partitions  # noqa: E402
@@ -84,16 +89,30 @@ def cluster_plots(home: ClimbHome, version: str, seed: int = 0) -> dict:
     return {"cluster_sizes": sizes, "projection": figure_markdown(figure)}
 
 
+@contextmanager
+def faiss_device(context, home) -> Iterator[tuple[int | None, dict]]:
+    """The GPU faiss may use in this step: one leased device (``cuda:N``, the lease every GPU step takes), never all
+    of them while proxies train on the others. A faiss built without GPUs runs on the CPU and takes no lease."""
+    if faiss.get_num_gpus() == 0:
+        yield None, {"faiss_device": "cpu"}
+        return
+    with device_lease(home, gpu_slots(context.instance)) as lease:
+        yield faiss_gpu(lease.device), lease.metadata() | {"faiss_device": lease.device}
+
+
 @dg.asset(deps=[embeddings], group_name="cluster", pool=CLUSTER_VERSION_POOL, op_tags=CLUSTER_TAGS, kinds={"faiss"})
-def cluster_centroids(config: ClusterFitConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+def cluster_centroids(
+    context: dg.AssetExecutionContext, config: ClusterFitConfig, climb: ClimbHomeResource
+) -> dg.MaterializeResult:
     """Fine K-means centroids (CLIMB step 2) fitted on a bounded sample across shards; versioned, ids stable
     across refits (Hungarian matching). A new version makes every shard's assignment stale."""
     home = climb.home()
     started = time.perf_counter()
     settings = FitSettings(**config.model_dump())
-    version, info = fit_centroids(home, settings)
+    with faiss_device(context, home) as (gpu, device):
+        version, info = fit_centroids(home, settings, gpu=gpu)
     return dg.MaterializeResult(
-        metadata={"version": version, "seconds": round(time.perf_counter() - started, 2), **info,
+        metadata={"version": version, "seconds": round(time.perf_counter() - started, 2), **info, **device,
                   **cluster_plots(home, version, config.seed)},  # fmt: skip
         data_version=dg.DataVersion(version),
     )
@@ -110,8 +129,9 @@ def cluster_assignments(context: dg.AssetExecutionContext, climb: ClimbHomeResou
     that shard only. ``drift`` > its bound makes the recluster sensor request a refit."""
     home = climb.home()
     shard = context.partition_key
-    info = assign_shard(home, shard)
-    return dg.MaterializeResult(metadata=info, data_version=dg.DataVersion(f"{info['centroid_version']}:{shard}"))
+    with faiss_device(context, home) as (gpu, device):
+        info = assign_shard(home, shard, gpu=gpu)
+    return dg.MaterializeResult(metadata=info | device, data_version=dg.DataVersion(f"{info['centroid_version']}:{shard}"))
 
 
 class SemanticDedupResource(dg.ConfigurableResource):

@@ -46,12 +46,23 @@ def default_k(n_docs: int, *, docs_per_cluster: int = 100, k_min: int = 8, k_max
     return min(n_docs, max(k_min, min(k_max, round(n_docs / docs_per_cluster))))
 
 
-def _use_gpu(use_gpu: bool | None) -> bool:
-    """faiss-gpu only reports GPUs when it was built with CUDA and one is visible, so this covers both."""
-    available = faiss.get_num_gpus() > 0
-    if use_gpu and not available:
-        raise RuntimeError("use_gpu=True but faiss sees no GPU (install faiss-gpu-cu12 on a CUDA machine)")
-    return available if use_gpu is None else use_gpu
+def faiss_gpu(torch_device: str) -> int | None:
+    """The GPU faiss runs on for a step holding ``torch_device`` (``cuda:N`` -> N): None (CPU) for a CPU lease or
+    a faiss built without GPU support (faiss-cpu next to a CUDA torch)."""
+    if not torch_device.startswith("cuda") or faiss.get_num_gpus() == 0:
+        return None
+    return int(torch_device.partition(":")[2] or 0)
+
+
+def _on_gpu(index: faiss.Index, gpu: int | None) -> tuple[faiss.Index, object]:
+    """``index`` moved to GPU ``gpu`` (one device, never all of them: another step may hold the others), with the
+    GPU resources the caller must keep alive while the index is used; unchanged on CPU."""
+    if gpu is None:
+        return index, None
+    if not 0 <= gpu < faiss.get_num_gpus():
+        raise RuntimeError(f"gpu={gpu} but faiss sees {faiss.get_num_gpus()} GPUs (faiss-gpu-cu12 on a CUDA machine)")
+    resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(resources, gpu, index), resources
 
 
 def _as_f32(vectors: np.ndarray) -> np.ndarray:
@@ -73,9 +84,10 @@ def fit_kmeans(
     init: str = "afkmc2",
     nredo: int = 1,
     spherical: bool = True,
-    use_gpu: bool | None = None,
+    gpu: int | None = None,
 ) -> np.ndarray:
-    """Fit K-means and return float32 ``(k, d)`` centroids (unit rows when ``spherical``). Deterministic per seed."""
+    """Fit K-means and return float32 ``(k, d)`` centroids (unit rows when ``spherical``), on CPU or on GPU ``gpu``.
+    Deterministic per seed."""
     x = _as_f32(vectors)
     if not 1 <= k <= len(x):
         raise ValueError(f"k must be in [1, n_docs={len(x)}], got {k}")
@@ -91,15 +103,15 @@ def fit_kmeans(
         init_method=_INIT_METHODS[init],
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,  # small demo corpora: do not warn below faiss's 39 points per centroid
-        gpu=_use_gpu(use_gpu),
         verbose=False,
     )
+    km.index, _resources = _on_gpu(km.index, gpu)  # faiss's own ``gpu=`` option takes the first N GPUs, not ours
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
 def assign(
-    vectors: np.ndarray, centroids: np.ndarray, *, use_gpu: bool | None = None, batch_size: int = _ASSIGN_BATCH
+    vectors: np.ndarray, centroids: np.ndarray, *, gpu: int | None = None, batch_size: int = _ASSIGN_BATCH
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid for every vector: ``(row index into centroids int64, Euclidean distance float32)``.
 
@@ -108,9 +120,7 @@ def assign(
     x, c = _as_f32(vectors), _as_f32(centroids)
     if x.shape[1] != c.shape[1]:
         raise ValueError(f"dimension mismatch: vectors {x.shape[1]} vs centroids {c.shape[1]}")
-    index: faiss.Index = faiss.IndexFlatL2(c.shape[1])
-    if _use_gpu(use_gpu):
-        index = faiss.index_cpu_to_all_gpus(index)
+    index, _resources = _on_gpu(faiss.IndexFlatL2(c.shape[1]), gpu)
     index.add(c)
     rows = np.empty(len(x), dtype=np.int64)
     dist = np.empty(len(x), dtype=np.float32)
@@ -184,12 +194,12 @@ def assignments_frame(
     centroids: np.ndarray,
     cluster_ids: np.ndarray,
     *,
-    use_gpu: bool | None = None,
+    gpu: int | None = None,
 ) -> pl.DataFrame:
     """Assign documents to clusters (also the assign-only path for a new shard): doc_id, shard, cluster_id, distance."""
     if not len(doc_ids) == len(shards) == len(vectors):
         raise ValueError(f"doc_ids ({len(doc_ids)}), shards ({len(shards)}) and vectors ({len(vectors)}) differ")
-    rows, dist = assign(vectors, centroids, use_gpu=use_gpu)
+    rows, dist = assign(vectors, centroids, gpu=gpu)
     return pl.DataFrame(
         {
             "doc_id": pl.Series(list(doc_ids), dtype=pl.String),

@@ -107,9 +107,9 @@ def embedding_models(home: ClimbHome) -> dict[str, str]:
     return {shard: _embedding_model(path) for shard, path in embedded_shards(home).items()}
 
 
-def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
-    """Fit centroids on a bounded sample across shards, keep ids stable against the current version, write a new
-    version and make it current. Returns ``(version, fit info)``."""
+def fit_centroids(home: ClimbHome, settings: FitSettings, *, gpu: int | None = None) -> tuple[str, dict]:
+    """Fit centroids on a bounded sample across shards (on CPU, or on faiss GPU ``gpu``), keep ids stable against the
+    current version, write a new version and make it current. Returns ``(version, fit info)``."""
     shards = embedded_shards(home)
     if not shards:
         raise FileNotFoundError("no embeddings in the lake yet: ingest and embed a shard first")
@@ -122,7 +122,7 @@ def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
     sample, rows_read = draw_sample(list(shards.values()), size, settings.seed)
     centroids = fit_kmeans(
         sample, k, seed=settings.seed, niter=settings.niter, nredo=settings.nredo,
-        max_points_per_centroid=settings.max_points_per_centroid,
+        max_points_per_centroid=settings.max_points_per_centroid, gpu=gpu,
     )  # fmt: skip
     previous = current_version(home)
     prior = read_cluster_version(cluster_dir(home, previous))[:2] if previous else None
@@ -132,7 +132,7 @@ def fit_centroids(home: ClimbHome, settings: FitSettings) -> tuple[str, dict]:
         ids, moved = np.arange(k, dtype=np.int64), 0
     order = np.argsort(ids)
     centroids, ids = centroids[order], ids[order]
-    rows, dist = assign(sample, centroids)
+    rows, dist = assign(sample, centroids, gpu=gpu)
     sizes, inertia = cluster_stats(rows, dist, k)
     info = {
         "model": models.pop(),
@@ -165,7 +165,7 @@ def read_fit_info(home: ClimbHome, version: str) -> dict:
     return json.loads((cluster_dir(home, version) / "fit.json").read_text())
 
 
-def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dict:
+def assign_shard(home: ClimbHome, shard: str, version: str | None = None, *, gpu: int | None = None) -> dict:
     """Assign one shard to ``version``'s centroids (default: current): reads that shard only, writes its file only.
 
     Returns counts and ``drift``: the shard's mean squared distance to its centroid over the fit sample's.
@@ -176,7 +176,8 @@ def assign_shard(home: ClimbHome, shard: str, version: str | None = None) -> dic
     embedded = read_embeddings(embedded_shards(home)[shard])
     if embedded.model != info["model"]:
         raise ValueError(f"shard {shard} embedded with {embedded.model}, centroids {version} with {info['model']}")
-    frame = assignments_frame(embedded.ids, np.full(len(embedded.ids), shard), embedded.vectors, centroids, cluster_ids)
+    frame = assignments_frame(embedded.ids, np.full(len(embedded.ids), shard), embedded.vectors, centroids, cluster_ids,
+                               gpu=gpu)  # fmt: skip
     write_by_cluster(home, version, shard, frame, embedded.vectors)  # first: the assignment file marks it done
     write_parquet_atomic(frame, assignment_path(home, version, shard))
     return {
