@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from climb_assets.search.candidates import (
+    _scored_pool,
     best_predicted_mixture,
     next_iteration_candidates,
     sample_dirichlet_candidates,
@@ -94,6 +95,25 @@ def test_next_iteration_draws_from_the_top_set_and_is_deterministic() -> None:
     assert objective.predict(exploit).min() >= objective.predict(a).min()
     low = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000, top=8, maximize=False)
     assert objective.predict(low).max() < objective.predict(exploit).min()
+
+
+def test_exploit_first_trains_the_predicted_best_within_the_bounds_then_draws_the_rest() -> None:
+    objective = LinearObjective(np.eye(len(PRIOR))[1])  # more of group 1 always predicts better
+    bounds = np.full(len(PRIOR), 0.3)
+    paper = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000)
+    chosen = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000, exploit_within=bounds)
+    # the same pool the paper's rule scores: its best member within the bounds comes first
+    pool, scores = _scored_pool(objective, PRIOR, np.random.default_rng(5), 4_000, None, True, {})
+    inside = (pool <= bounds + 1e-12).all(axis=1)
+    assert chosen[0] == pytest.approx(pool[inside][scores[inside].argmax()])
+    assert chosen[0].max() <= 0.3 + 1e-12 and paper[:, 1].max() > 0.3  # the paper's draw goes past the bounds
+    # the other seven come from the paper's top set (every one of them above the pool's 128th best), none twice
+    threshold = np.sort(scores)[::-1][127]
+    assert (objective.predict(chosen[1:]) >= threshold - 1e-12).all()
+    assert len({tuple(r) for r in np.round(chosen, 6)}) == 8
+    # bounds nothing fits: the paper's draw alone, exactly
+    none_inside = next_iteration_candidates(objective, PRIOR, 8, 5, pool_size=4_000, exploit_within=np.full(len(PRIOR), 1e-3))
+    assert np.array_equal(none_inside, paper)
 
 
 def test_best_predicted_mixture_maximises_the_predictor() -> None:

@@ -7,24 +7,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
+import pytest
 import yaml
 
 from climb_assets.demo.corpus import _kind_docs
+from climb_assets.home import ClimbHome
+from climb_assets.lake import search_root
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def climb(home: Path, *args: str) -> subprocess.CompletedProcess:
+def climb(home: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``climb <args>`` in its own process, as a user's shell runs it (``wait=False``: started, not waited for)."""
     env = {**os.environ, "CLIMB_HOME": str(home), "CLIMB_EMBEDDING_MODEL": "minilm", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "climb_assets.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
+    command = [sys.executable, "-m", "climb_assets.cli", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
+@pytest.fixture(scope="module")
+def crawl_inputs(tmp_path_factory):
+    """A landing directory of three kinds of text, a target of held-out news, and tiny search settings."""
+    tmp_path = tmp_path_factory.mktemp("crawl")
     home = tmp_path / "climb"
     landing = home / "landing"
     landing.mkdir(parents=True)
@@ -33,13 +42,20 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
     for i, kind in enumerate(kinds):
         rows = [{"text": t} for t in docs[kind][:-10]]
         (landing / f"part-{i:04d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    target = tmp_path / "my_domain_heldout.jsonl"
-    target.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs["news"][-10:]))
+    targets = {}
+    for kind in kinds:
+        targets[kind] = tmp_path / f"{kind}_heldout.jsonl"
+        targets[kind].write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[kind][-10:]))
     config = tmp_path / "tiny.yaml"
     resources = TINY_SEARCH_RUN_CONFIG["resources"] | {"search": {"config": TINY_SEARCH}}
     config.write_text(yaml.safe_dump({**TINY_SEARCH_RUN_CONFIG, "resources": resources}))
+    return home, targets, config
 
-    missing = climb(home, "crawl", "--target-texts", str(tmp_path / "nope.jsonl"))
+
+def test_crawl_ingests_clusters_and_searches_for_the_named_target(crawl_inputs):
+    home, targets, config = crawl_inputs
+    target = targets["news"]
+    missing = climb(home, "crawl", "--target-texts", str(target.parent / "nope.jsonl"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
 
     done = climb(home, "crawl", "--target-texts", str(target), "--config", str(config))
@@ -56,6 +72,40 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(tmp_path):
 
     again = climb(home, "ingest")
     assert again.returncode == 0 and "nothing new" in again.stdout
+
+
+def test_two_search_jobs_started_at_once_on_one_home_each_finish_with_their_own_outputs(crawl_inputs):
+    """Two users (two targets) launch ``search_job`` on one home at the same moment: two processes, one Dagster
+    instance, one MLflow store, one lake. Both finish; each ClimbMix, manifest and proof is its own search's, and
+    what they share (the tokenizer, the base checkpoint) is made once."""
+    home, targets, config = crawl_inputs
+    if not (home / "crawl_summary.json").exists():  # the crawl test above clusters the home; alone, do it here
+        assert climb(home, "crawl", "--target-texts", str(targets["news"]), "--config", str(config)).returncode == 0
+    shared = search_root(ClimbHome(home))
+    made = sorted((shared / "base").glob("*.pt")) + sorted((shared / "tokenizers").glob("*.json"))
+    started = [climb(home, "run", "search_job", "--target-texts", str(targets[kind]), "--config", str(config),
+                     wait=False) for kind in ("code", "shakespeare")]  # fmt: skip
+    finished = [process.communicate(timeout=900) + (process.returncode,) for process in started]
+    for out, err, code in finished:
+        assert code == 0, out[-3000:] + err[-3000:]
+
+    manifests = {}
+    for kind in ("code", "shakespeare"):
+        sha = hashlib.sha256(targets[kind].read_bytes()).hexdigest()
+        (manifest,) = [m for m in map(json.loads, map(Path.read_text, (home / "climbmix").glob("*/manifest.json")))
+                       if m["target"]["texts_sha256"] == sha]  # fmt: skip
+        manifests[kind] = manifest
+        climbmix = home / "climbmix" / manifest["search_key"]
+        shards = pl.concat([pl.read_parquet(climbmix / name) for name in manifest["shards"]])
+        assert shards.height == manifest["documents"]  # no half-written or foreign shard in its directory
+        runs = pl.read_parquet(climbmix / "proof_runs.parquet")
+        assert sorted(runs["mixture"].unique()) == [
+            "best_random_proxy", "climbmix", "loss_guided", "natural", "regmix", "uniform"]
+        assert "climbmix" in (climbmix / "proof.md").read_text()
+    assert manifests["code"]["search_key"] != manifests["shakespeare"]["search_key"]
+    # the crawl's tokenizer and base, reused by both: neither was made again
+    assert sorted((shared / "base").glob("*.pt")) + sorted((shared / "tokenizers").glob("*.json")) == made
+    assert not [p for d in ("lake", "climbmix") for p in (home / d).rglob("*.tmp")], "a half-written output is left"
 
 
 def test_ingest_reports_refused_files_in_the_catalog(tmp_path):

@@ -215,9 +215,12 @@ def propose_candidates(plan: SearchPlan, iteration: int) -> tuple[pl.DataFrame, 
         predictor = Predictor.load(plan.predictor_path(iteration - 1))
         done = continuation.training_set(plan, iteration - 1)
         evaluated = done.select(weight_columns(corpus.groups)).to_numpy()
-        weights = next_iteration_candidates(predictor, prior, n, rng, pool_size=search.pool_size, evaluated=evaluated)
+        exploit = evaluated.max(axis=0) if search.acquisition == "exploit_first" else None  # ClimbMix's bounds
+        weights = next_iteration_candidates(predictor, prior, n, rng, pool_size=search.pool_size, evaluated=evaluated,
+                                            exploit_within=exploit)  # fmt: skip
         predicted = predictor.predict(weights)
-        info |= {"n": n, "pool_size": search.pool_size, "top": max(n**2, 128), "mean_predicted_objective": float(predicted.mean())}
+        info |= {"n": n, "pool_size": search.pool_size, "top": max(n**2, 128), "acquisition": search.acquisition,
+                 "mean_predicted_objective": float(predicted.mean()), "first_predicted_objective": float(predicted[0])}
     return _candidate_frame(iteration, corpus.groups, weights, plan.cluster_version), info
 
 

@@ -6,7 +6,8 @@ in [0.1, 5], the sample is Dirichlet(strength * prior) (no extra factor K), any 
 min(cap_multiplier * cap_reference_i, 1) is rejected (a group's data would be repeated too often; RegMix's cap
 reference is the raw token share), weights below ``min_weight`` are zeroed, the rest renormalised, and near-identical
 vectors de-duplicated. Iteration k > 1 scores a large fresh pool with the predictor, keeps the top max(n², 128) and
-draws n of those at random: exploit the predictor, explore within its best region.
+draws n of those at random: exploit the predictor, explore within its best region (optionally with the predictor's
+own best mixture trained first).
 """
 
 from __future__ import annotations
@@ -183,12 +184,16 @@ def next_iteration_candidates(
     top: int | None = None,
     evaluated: np.ndarray | None = None,
     maximize: bool = True,
+    exploit_within: np.ndarray | None = None,
     **sampler_options: Any,
 ) -> np.ndarray:
     """``n`` candidates for iteration k > 1: top ``max(n**2, 128)`` of a fresh scored pool, then ``n`` at random.
 
     ``evaluated`` (m x K) are the vectors already trained, never proposed again. ``maximize=False`` when the
-    predictor predicts a loss. ``sampler_options`` go to the Dirichlet sampler (cap_multiplier, min_weight, ...).
+    predictor predicts a loss. ``exploit_within`` (per-group upper bounds) makes the first candidate the pool's best
+    within those bounds (the pick the search would make now), the other ``n - 1`` drawn as above: without it, the
+    iteration may never train the mixture its predictor believes best. ``sampler_options`` go to the Dirichlet
+    sampler (cap_multiplier, min_weight, ...).
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
@@ -197,8 +202,13 @@ def next_iteration_candidates(
     keep = min(max(n**2, 128) if top is None else top, len(pool))
     if keep < n:
         raise ValueError(f"only {keep} candidates in the top set, {n} wanted (raise pool_size or top)")
-    best = np.argsort(-scores, kind="stable")[:keep]
-    return pool[gen.choice(best, size=n, replace=False)]
+    order = np.argsort(-scores, kind="stable")
+    first = []
+    if exploit_within is not None:
+        inside = (pool[order] <= np.asarray(exploit_within)[None, :] + 1e-12).all(axis=1)
+        first = order[inside][:1].tolist()  # none inside the bounds: the paper's draw alone
+    best = order[:keep] if not first else np.array([i for i in order[:keep] if i != first[0]])
+    return pool[first + gen.choice(best, size=n - len(first), replace=False).tolist()]
 
 
 def best_predicted_mixture(

@@ -25,6 +25,8 @@ TargetKind = Literal["bpb", "mc", "blend"]
 ModelPreset = Literal["tiny", "demo", "paper_62m", "paper_350m"]
 PredictorChoice = Literal["auto", "lightgbm", "ridge", "ensemble", "gp"]
 SearchStart = Literal["continue", "fresh"]
+# How iteration k > 1 picks its candidates from the predictor's scored pool (search/candidates.py).
+Acquisition = Literal["paper", "exploit_first"]
 # Settings that change how fast a result is made, never what it is: left out of every fingerprint.
 SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
 # How a search continues its lineage's previous one: part of a search's key, not of the lineage's (a user who tunes
@@ -96,6 +98,10 @@ class SearchSettings(dg.ConfigurableResource):
     num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
     # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
     pool_size: int = DEFAULT_POOL_SIZE
+    # paper: n at random from the top max(n^2, 128) of the pool (explore within the predictor's best region);
+    # exploit_first: the predictor's own best mixture (within the weights trained proxies gave each super-cluster,
+    # as ClimbMix's pick is) is trained first, the rest drawn as the paper does
+    acquisition: Acquisition = "paper"
     predictor_min_child_samples: int = 2
     predictor_folds: int = 5
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
