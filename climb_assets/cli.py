@@ -69,7 +69,8 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     job = defs.resolve_job_def("ingest_shard_job")
     for request in result.run_requests:
         outcome = job.execute_in_process(
-            instance=instance, partition_key=request.partition_key, run_config=QUIET, raise_on_error=False
+            instance=instance, partition_key=request.partition_key, run_config=QUIET, raise_on_error=False,
+            tags=request.tags,  # the attempt's tags: the sensor counts a failed or killed attempt by them
         )
         if not outcome.success:
             print(f"    ! {request.partition_key}: ingestion failed (see the Dagster UI)", flush=True)

@@ -241,7 +241,8 @@ def test_shards_re_embedded_by_another_model_wait_for_each_other_then_request_a_
 def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers, instance, climb_resource):
     import dagster as dg
 
-    from climb_assets.cluster.assets import MAX_ATTEMPTS, build_recluster_sensor
+    from climb_assets.attempts import MAX_ATTEMPTS
+    from climb_assets.cluster.assets import build_recluster_sensor
     from climb_assets.definitions import build_definitions
 
     defs = build_definitions(climb=climb_resource)

@@ -8,7 +8,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from climb_assets.definitions import defs
+from climb_assets.definitions import build_definitions, defs
+from climb_assets.embed.assets import EmbeddingModelResource
 from climb_assets.ingest.assets import (
     raw_shards,
     raw_shards_conserve_rows,
@@ -42,6 +43,13 @@ def ingest(instance, climb_resource, shard):
     )
 
 
+def ingest_whole_shard(instance, climb_resource, shard, tags=None):
+    """What the landing sensor's run does: ``ingest_shard_job`` (raw shard, embeddings, quality signals) for one shard."""
+    job = build_definitions(climb=climb_resource, embedder=EmbeddingModelResource(model="minilm", max_seq_length=64)
+                            ).resolve_job_def("ingest_shard_job")  # fmt: skip
+    return job.execute_in_process(instance=instance, partition_key=shard, tags=tags or {}, raise_on_error=False)
+
+
 def check_passed(result) -> bool:
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 1
@@ -69,6 +77,8 @@ def test_sensor_registers_new_files_and_ignores_seen_ones(home, climb_resource, 
     assert refused.metadata["newly_rejected"].value == ["notes.txt"]
     assert sorted(first.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", "b.jsonl.gz"]
     instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl", "b.jsonl.gz"])
+    for request in first.run_requests:  # what the daemon launches
+        assert ingest_whole_shard(instance, climb_resource, request.partition_key, request.tags).success
 
     again = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"climb": climb_resource}))
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
@@ -85,8 +95,52 @@ def test_sensor_with_lost_cursor_does_not_reingest(home, climb_resource, instanc
     write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
     instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl"])
     sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
+    assert ingest(instance, climb_resource, "a.jsonl").success  # the raw shard only: its run did not finish
+    unfinished = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+    assert [r.partition_key for r in unfinished.run_requests] == ["a.jsonl"]
+    assert ingest_whole_shard(instance, climb_resource, "a.jsonl").success
     result = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
     assert result.run_requests == []
+
+
+def test_a_failed_ingestion_is_retried_under_new_run_keys_then_reported(home, climb_resource, instance):
+    """A registered shard whose run failed (or whose process was killed) is never left out for good: the sensor
+    requests it again under a fresh run key (Dagster never launches a key twice), up to MAX_ATTEMPTS, then says so."""
+    from climb_assets.attempts import MAX_ATTEMPTS
+
+    write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
+    (home.landing / "junk.parquet").write_bytes(b"this is not parquet at all")  # lands, then fails in its run
+    sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
+
+    def evaluate(cursor=None):
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"climb": climb_resource}))
+
+    first = evaluate()
+    assert sorted(r.run_key for r in first.run_requests) == ["ingest-a.jsonl:attempt-1", "ingest-junk.parquet:attempt-1"]
+    instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl", "junk.parquet"])
+    cursor, failed = first.cursor, []
+    for request in first.run_requests:
+        run = ingest_whole_shard(instance, climb_resource, request.partition_key, request.tags)
+        assert run.success == (request.partition_key == "a.jsonl")
+        failed += [] if run.success else [run.run_id]
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        result = evaluate(cursor)
+        (request,) = result.run_requests  # a.jsonl is ingested: only the failed shard, under a key not seen before
+        assert request.run_key == f"ingest-junk.parquet:attempt-{attempt}" and request.partition_key == "junk.parquet"
+        run = ingest_whole_shard(instance, climb_resource, "junk.parquet", request.tags)
+        assert not run.success
+        failed.append(run.run_id)
+        cursor = result.cursor
+
+    gave_up = evaluate(cursor)
+    assert gave_up.run_requests == []
+    message = gave_up.skip_reason.skip_message
+    assert f"gave up on ingest-junk.parquet after {MAX_ATTEMPTS} failed runs" in message and "ingest_shard_job" in message
+    (observation,) = gave_up.asset_events  # in the asset catalog, once
+    assert observation.asset_key == dg.AssetKey("raw_shards") and observation.partition == "junk.parquet"
+    assert sorted(observation.metadata["failed_runs"].value) == sorted(failed)
+    again = evaluate(gave_up.cursor)
+    assert again.run_requests == [] and again.asset_events == []
 
 
 def test_a_restored_home_with_new_mtimes_is_not_reported_changed(home, climb_resource, instance):
@@ -96,7 +150,8 @@ def test_a_restored_home_with_new_mtimes_is_not_reported_changed(home, climb_res
     sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
     first = sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
     assert [r.partition_key for r in first.run_requests] == ["a.jsonl"]
-    assert ingest(instance, climb_resource, "a.jsonl").success
+    instance.add_dynamic_partitions(shard_partitions.name, ["a.jsonl"])
+    assert ingest_whole_shard(instance, climb_resource, "a.jsonl", first.run_requests[0].tags).success
     mtime = path.stat().st_mtime_ns + 3_600 * 10**9  # copied from a backup: same bytes, a new mtime (and ctime)
     os.utime(path, ns=(mtime, mtime))
 

@@ -11,14 +11,13 @@ import polars as pl
 
 from climb_assets.definitions import defs
 from climb_assets.ingest.assets import (
-    raw_shards,
-    raw_shards_conserve_rows,
     shard_partitions,
 )
 from climb_assets.ingest.landing import partition_key_for
 from climb_assets.ingest.sensors import build_landing_sensor
 from climb_assets.lake import landing_rejected_path, raw_shard_path
 from climb_assets.storage import safe_name
+from climb_assets_tests.test_ingest import ingest_whole_shard
 
 WORD = "ñame ünïcode"
 HOSTILE = [
@@ -46,10 +45,13 @@ def land(home, name: str, texts: list[str]) -> None:
         path.write_bytes(rows)
 
 
-def tick(sensor, instance, climb_resource, cursor=None):
+def tick(sensor, instance, climb_resource, cursor=None, launch=False):
+    """One evaluation, its partitions registered; with ``launch``, its runs done too (what the daemon does)."""
     result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"climb": climb_resource}))
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for request in result.run_requests if launch else []:
+        assert ingest_whole_shard(instance, climb_resource, request.partition_key, request.tags).success
     return result
 
 
@@ -76,8 +78,7 @@ def test_hostile_names_are_ingested_and_refusals_are_visible(home, climb_resourc
 
     for i, name in enumerate(HOSTILE):
         key = partition_key_for(name)
-        result = dg.materialize([raw_shards, raw_shards_conserve_rows], partition_key=key, instance=instance,
-                                resources={"climb": climb_resource})  # fmt: skip
+        result = ingest_whole_shard(instance, climb_resource, key)
         assert result.success, name
         (materialization,) = result.asset_materializations_for_node("raw_shards")
         assert materialization.metadata["landed_file"].value == name
@@ -104,7 +105,7 @@ def test_a_file_moved_in_with_an_old_mtime_is_still_seen(home, climb_resource, i
     """`mv` keeps a file's mtime; the cursor's high-water mark is on ctime, which the rename sets."""
     sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
     land(home, "first.jsonl", texts_for(1))
-    first = tick(sensor, instance, climb_resource)
+    first = tick(sensor, instance, climb_resource, launch=True)
     staged = tmp_path / "old crawl.jsonl"
     staged.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts_for(2)))
     a_year_ago = time.time() - 365 * 86400
@@ -113,5 +114,6 @@ def test_a_file_moved_in_with_an_old_mtime_is_still_seen(home, climb_resource, i
     moved = tick(sensor, instance, climb_resource, first.cursor)
     assert [r.tags["climb/landed_file"] for r in moved.run_requests] == ["old crawl.jsonl"]
     # the cursor stays bounded: a high-water mark and the few names that share it
-    assert set(json.loads(moved.cursor)) == {"high_water_ctime_ns", "names_at_high_water"}
+    assert set(json.loads(moved.cursor)) == {"high_water_ctime_ns", "names_at_high_water", "gave_up"}
+    assert json.loads(moved.cursor)["gave_up"] == {}
     assert len(json.loads(moved.cursor)["names_at_high_water"]) <= 2

@@ -1,10 +1,12 @@
 """The landing sensor: new crawl files become ``raw_shards`` partitions and get their runs requested; files that
-cannot be ingested are refused visibly (lake table + asset observation), never skipped in silence."""
+cannot be ingested are refused visibly (lake table + asset observation), never skipped in silence. A registered
+shard whose ingestion failed or was killed is requested again (bounded attempts), never left out for good."""
 
 import json
 
 import dagster as dg
 
+from climb_assets.attempts import bounded_attempts
 from climb_assets.ingest.assets import shard_partitions
 from climb_assets.ingest.landing import (
     LandedFile,
@@ -49,18 +51,22 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 "rejected_table": dg.MetadataValue.path(str(landing_rejected_path(home))),
             }))  # fmt: skip
         keys = [landed.key for landed in scan.new]
+        names = {landed.key: landed.name for landed in scan.new}
+        # every registered shard whose ingest run has not completed: the new ones, and any whose run failed or died
+        # (killed, OOM) before all of the job's assets were written
+        done = set.intersection(*(context.instance.get_materialized_partitions(key) for key in job.asset_layer.executable_asset_keys))
+        pending = sorted((known | set(keys)) - done)
+        attempts = bounded_attempts(context, [
+            dg.RunRequest(run_key=f"ingest-{key}", job_name=job.name, partition_key=key,
+                          tags={"climb/landed_file": names.get(key, key)[:200]})
+            for key in pending
+        ], RAW_SHARDS.to_user_string())  # fmt: skip
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    partition_key=landed.key,
-                    run_key=f"{landed.key}:{landed.size}:{landed.mtime_ns}",
-                    tags={"climb/landed_file": landed.name[:200]},
-                )
-                for landed in scan.new
-            ],
+            run_requests=attempts.run_requests,
+            skip_reason=attempts.skip_reason if not attempts.run_requests and pending else None,
             dynamic_partitions_requests=[shard_partitions.build_add_request(keys)] if keys else [],
-            asset_events=events,
-            cursor=json.dumps(scan.cursor, sort_keys=True),
+            asset_events=events + list(attempts.asset_events),
+            cursor=json.dumps(scan.cursor | json.loads(attempts.cursor), sort_keys=True),
         )
 
     return landing_sensor

@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from climb_assets import lake
-from climb_assets.cluster.assets import bounded_attempts
+from climb_assets.attempts import bounded_attempts
 from climb_assets.resources import ClimbHomeResource
 
 
