@@ -22,7 +22,7 @@ from climb_assets.ingest.assets import (  # noqa: E402
     raw_shards_conserve_rows,
     shard_partitions,
 )
-from climb_assets.ingest.sensors import build_landing_sensor  # noqa: E402
+from climb_assets.ingest.sensors import SHARD_ASSETS, build_landing_sensor  # noqa: E402
 from climb_assets.quality.assets import QualityScorerResource, quality_signals  # noqa: E402
 from climb_assets.quality.dbt import build_dbt_quality_assets, dbt_resource  # noqa: E402
 from climb_assets.quality.super_clusters import (  # noqa: E402
@@ -39,7 +39,7 @@ from climb_assets.search.settings import (  # noqa: E402
 )
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
 
-per_shard = dg.AssetSelection.assets(raw_shards, embeddings, quality_signals)
+per_shard = dg.AssetSelection.assets(*SHARD_ASSETS)
 
 ingest_shard_job = dg.define_asset_job(
     "ingest_shard_job",

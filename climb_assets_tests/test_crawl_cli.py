@@ -3,8 +3,11 @@
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +16,7 @@ import yaml
 
 from climb_assets.demo.corpus import _kind_docs
 from climb_assets.home import ClimbHome
-from climb_assets.lake import search_root
+from climb_assets.lake import proxy_markers_dir, raw_shard_path, search_root
 from climb_assets_tests.conftest import TINY_SEARCH, TINY_SEARCH_RUN_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +82,7 @@ def test_two_search_jobs_started_at_once_on_one_home_each_finish_with_their_own_
     instance, one MLflow store, one lake. Both finish; each ClimbMix, manifest and proof is its own search's, and
     what they share (the tokenizer, the base checkpoint) is made once."""
     home, targets, config = crawl_inputs
-    if not (home / "crawl_summary.json").exists():  # the crawl test above clusters the home; alone, do it here
-        assert climb(home, "crawl", "--target-texts", str(targets["news"]), "--config", str(config)).returncode == 0
+    crawled(home, targets, config)
     shared = search_root(ClimbHome(home))
     made = sorted((shared / "base").glob("*.pt")) + sorted((shared / "tokenizers").glob("*.json"))
     started = [climb(home, "run", "search_job", "--target-texts", str(targets[kind]), "--config", str(config),
@@ -105,6 +107,57 @@ def test_two_search_jobs_started_at_once_on_one_home_each_finish_with_their_own_
     assert manifests["code"]["search_key"] != manifests["shakespeare"]["search_key"]
     # the crawl's tokenizer and base, reused by both: neither was made again
     assert sorted((shared / "base").glob("*.pt")) + sorted((shared / "tokenizers").glob("*.json")) == made
+    assert not [p for d in ("lake", "climbmix") for p in (home / d).rglob("*.tmp")], "a half-written output is left"
+
+
+def crawled(home: Path, targets: dict, config: Path) -> dict:
+    """The crawl of ``home`` with the news target (run here unless a test above ran it): its summary."""
+    if not (home / "crawl_summary.json").exists():
+        done = climb(home, "crawl", "--target-texts", str(targets["news"]), "--config", str(config))
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((home / "crawl_summary.json").read_text())
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds (polled), as an OOM killer or a closed laptop would."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, "the crawl ended before the kill point"
+        assert time.monotonic() < deadline, "the kill point never came"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_a_crawl_killed_during_ingest_and_again_during_the_search_ends_as_an_uninterrupted_one(crawl_inputs, tmp_path):
+    """kill -9 while the shards are ingested, then while proxies train; the same command again each time. The final
+    ClimbMix and proof equal an uninterrupted crawl's (same search key, weights and objectives), and no proxy that had
+    finished before the kill is trained again."""
+    reference_home, targets, config = crawl_inputs
+    reference = crawled(reference_home, targets, config)
+    home = tmp_path / "climb"
+    shutil.copytree(reference_home / "landing", home / "landing")
+    command = ("crawl", "--target-texts", str(targets["news"]), "--config", str(config))
+    climb_home = ClimbHome(home)
+
+    first_shard = raw_shard_path(climb_home, "part-0000.jsonl")  # written: the kill lands inside the ingest runs
+    kill_when(climb(home, *command, wait=False), first_shard.exists)
+    markers = proxy_markers_dir(climb_home)
+    kill_when(climb(home, *command, wait=False), lambda: len(list(markers.glob("*.json"))) >= 2)
+    finished = {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")}
+    done = climb(home, *command)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    summary = json.loads((home / "crawl_summary.json").read_text())
+    assert summary["search_key"] == reference["search_key"]
+    manifests = [json.loads((h / "climbmix" / reference["search_key"] / "manifest.json").read_text())
+                 for h in (reference_home, home)]  # fmt: skip
+    assert manifests[0]["weights"] == manifests[1]["weights"]
+    proofs = [pl.read_parquet(h / "climbmix" / reference["search_key"] / "proof_runs.parquet")
+              .select("mixture", "seed", "objective").sort("mixture", "seed") for h in (reference_home, home)]  # fmt: skip
+    assert proofs[0].equals(proofs[1])
+    # the proxies that had finished before the second kill were reused, not trained again
+    assert {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json") if p.name in finished} == finished
     assert not [p for d in ("lake", "climbmix") for p in (home / d).rglob("*.tmp")], "a half-written output is left"
 
 

@@ -20,6 +20,8 @@ from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
 
 RAW_SHARDS = dg.AssetKey("raw_shards")
+# What one shard's ingest run (``ingest_shard_job``) writes: a shard is ingested once all three are materialized.
+SHARD_ASSETS = [RAW_SHARDS, dg.AssetKey("embeddings"), dg.AssetKey("quality_signals")]
 
 
 def build_landing_sensor(job) -> dg.SensorDefinition:
@@ -54,7 +56,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         names = {landed.key: landed.name for landed in scan.new}
         # every registered shard whose ingest run has not completed: the new ones, and any whose run failed or died
         # (killed, OOM) before all of the job's assets were written
-        done = set.intersection(*(context.instance.get_materialized_partitions(key) for key in job.asset_layer.executable_asset_keys))
+        done = set.intersection(*(context.instance.get_materialized_partitions(key) for key in SHARD_ASSETS))
         pending = sorted((known | set(keys)) - done)
         attempts = bounded_attempts(context, [
             dg.RunRequest(run_key=f"ingest-{key}", job_name=job.name, partition_key=key,
