@@ -1,6 +1,7 @@
 """``climbmix`` (the final mixture as a dataset) and ``climbmix_proof`` (does it beat the obvious alternatives?)."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -14,6 +15,7 @@ from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.climbmix import loss_guided
 from climb_assets.devices import gpu_slots
+from climb_assets.lm.proxy import ProxySettings
 from climb_assets.search.assets import final_predictor_key, waiting_in
 from climb_assets.search.candidates import best_predicted_mixture, token_prior
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
@@ -121,17 +123,22 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
     return results, summary
 
 
-def proof_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
-    """Every mixture × seed, paired: the same seeds (data order, initialisation) for every mixture."""
+def mixture_runs(plan: SearchPlan, proof: ProofSettings, settings: ProxySettings, seeds: list[int],
+                 init: Path | None) -> list[TrainingRun]:
+    """Every proof mixture × seed, paired: the same seeds (data order, initialisation) for every mixture."""
     _, corpus = search_inputs(plan)
     manifest = json.loads(lake.climbmix_manifest_path(plan.home, plan.search_key).read_text())
-    settings = proof.proxy_settings(plan.search)
-    init = plan.base_path if proof.start == "base" else None
     return [
         TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, init)
-        for seed in proof.seeds
+        for seed in seeds
         for name, weights in proof_mixtures(plan, corpus, manifest, proof).items()
     ]
+
+
+def proof_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
+    """The proof: the proxies' model (or ``proof``'s shape), from the base checkpoint unless ``start: scratch``."""
+    init = plan.base_path if proof.start == "base" else None
+    return mixture_runs(plan, proof, proof.proxy_settings(plan.search), proof.seeds, init)
 
 
 def proof_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
@@ -140,14 +147,7 @@ def proof_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog
 
 def transfer_runs_of(plan: SearchPlan, proof: ProofSettings) -> list[TrainingRun]:
     """The proof's mixtures × ``transfer_seeds``, trained from scratch by the larger model (none when no seeds)."""
-    _, corpus = search_inputs(plan)
-    manifest = json.loads(lake.climbmix_manifest_path(plan.home, plan.search_key).read_text())
-    settings = proof.transfer_settings(plan.search)
-    return [
-        TrainingRun(f"{name}-seed{seed}", corpus.groups, weights, settings, seed, None)
-        for seed in proof.transfer_seeds
-        for name, weights in proof_mixtures(plan, corpus, manifest, proof).items()
-    ]
+    return mixture_runs(plan, proof, proof.transfer_settings(plan.search), proof.transfer_seeds, None)
 
 
 def transfer_run_log(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
