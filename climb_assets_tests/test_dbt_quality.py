@@ -211,6 +211,14 @@ def test_every_cluster_accounted_for_catches_a_stale_decision_file(home: ClimbHo
     assert [name.split("_cluster_decisions")[0] for name in result.failed] == ["every_cluster_accounted_for"]
 
 
+def test_the_conservation_test_is_an_asset_check_of_the_model_it_guards():
+    """A singular test over sources only has no model of its own: dagster-dbt would log it as an observation."""
+    from climb_assets.quality.dbt import build_dbt_quality_assets
+
+    checks = build_dbt_quality_assets().check_keys
+    assert dg.AssetCheckKey(dg.AssetKey("doc_quality"), "landed_rows_accounted_for") in checks
+
+
 def test_dbt_models_sit_in_the_quality_group_beside_the_python_quality_assets():
     from climb_assets.quality.dbt import build_dbt_quality_assets
 

@@ -2,7 +2,10 @@
 -- with a reason, or removed as an exact or near duplicate. Row numbers are 0-based positions in the landed file,
 -- so per shard they must run 0..n-1 with none twice: a row lost or written twice fails this test. (The blocking
 -- Python check raw_shards_conserve_rows also re-counts the landed file, which catches lost trailing rows.)
--- Returns the shards that break the invariant.
+-- Returns the shards that break the invariant. It reads sources only, so it names the model it guards (doc_quality,
+-- built from the accepted documents) for dagster-dbt to show it as that asset's check instead of a bare observation.
+-- depends_on: {{ ref('doc_quality') }}
+{{ config(meta={'dagster': {'ref': {'name': 'doc_quality'}}}) }}
 with landed_rows as (
     select shard, row_number from {{ source('lake', 'raw_docs') }}
     union all
