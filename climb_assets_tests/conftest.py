@@ -86,3 +86,25 @@ def tiny_platform(tmp_path_factory):
             home=home, instance=platform_instance, defs=defs, wave1=wave1, wave2=wave2,
             first_clusters=first_clusters, run_job=run_job, bring_clusters_current=bring_clusters_current,
         )  # fmt: skip
+
+
+def retry_until_given_up(evaluate, cursor, work: str, launch, failed: list[str]):
+    """A sensor whose ``work`` keeps failing: attempts 2..MAX_ATTEMPTS each get a run key Dagster has not seen
+    (``launch`` runs the request; the run must fail), then the sensor gives up and says so, once, in the catalog.
+    Returns that last evaluation; ``failed`` gains the failed runs' ids."""
+    from climb_assets.attempts import MAX_ATTEMPTS
+
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        result = evaluate(cursor)
+        (request,) = result.run_requests
+        assert request.run_key == f"{work}:attempt-{attempt}"  # a key Dagster has not seen: it launches
+        run = launch(request)
+        assert not run.success
+        failed.append(run.run_id)
+        cursor = result.cursor
+    gave_up = evaluate(cursor)
+    assert gave_up.run_requests == []
+    assert f"gave up on {work} after {MAX_ATTEMPTS} failed runs" in gave_up.skip_reason.skip_message
+    (observation,) = gave_up.asset_events  # in the asset catalog, once
+    assert sorted(observation.metadata["failed_runs"].value) == sorted(failed)
+    return gave_up

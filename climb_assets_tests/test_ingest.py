@@ -18,6 +18,7 @@ from climb_assets.ingest.assets import (
 from climb_assets.ingest.sensors import build_landing_sensor
 from climb_assets.lake import duplicates_path, quarantine_path, raw_shard_path
 from climb_assets.storage import lake_file, safe_name
+from climb_assets_tests.conftest import retry_until_given_up
 
 PROSE = [
     "The river flooded the valley after three days of heavy rain, and the village moved its market uphill.",
@@ -106,8 +107,6 @@ def test_sensor_with_lost_cursor_does_not_reingest(home, climb_resource, instanc
 def test_a_failed_ingestion_is_retried_under_new_run_keys_then_reported(home, climb_resource, instance):
     """A registered shard whose run failed (or whose process was killed) is never left out for good: the sensor
     requests it again under a fresh run key (Dagster never launches a key twice), up to MAX_ATTEMPTS, then says so."""
-    from climb_assets.attempts import MAX_ATTEMPTS
-
     write_jsonl(home.landing / "a.jsonl", [{"text": PROSE[0]}])
     (home.landing / "junk.parquet").write_bytes(b"this is not parquet at all")  # lands, then fails in its run
     sensor = build_landing_sensor(defs.resolve_job_def("ingest_shard_job"))
@@ -123,22 +122,15 @@ def test_a_failed_ingestion_is_retried_under_new_run_keys_then_reported(home, cl
         run = ingest_whole_shard(instance, climb_resource, request.partition_key, request.tags)
         assert run.success == (request.partition_key == "a.jsonl")
         failed += [] if run.success else [run.run_id]
-    for attempt in range(2, MAX_ATTEMPTS + 1):
-        result = evaluate(cursor)
-        (request,) = result.run_requests  # a.jsonl is ingested: only the failed shard, under a key not seen before
-        assert request.run_key == f"ingest-junk.parquet:attempt-{attempt}" and request.partition_key == "junk.parquet"
-        run = ingest_whole_shard(instance, climb_resource, "junk.parquet", request.tags)
-        assert not run.success
-        failed.append(run.run_id)
-        cursor = result.cursor
 
-    gave_up = evaluate(cursor)
-    assert gave_up.run_requests == []
-    message = gave_up.skip_reason.skip_message
-    assert f"gave up on ingest-junk.parquet after {MAX_ATTEMPTS} failed runs" in message and "ingest_shard_job" in message
-    (observation,) = gave_up.asset_events  # in the asset catalog, once
+    def launch(request):  # a.jsonl is ingested: only the failed shard is requested again
+        assert request.partition_key == "junk.parquet"
+        return ingest_whole_shard(instance, climb_resource, "junk.parquet", request.tags)
+
+    gave_up = retry_until_given_up(evaluate, cursor, "ingest-junk.parquet", launch, failed)
+    assert "ingest_shard_job" in gave_up.skip_reason.skip_message
+    (observation,) = gave_up.asset_events
     assert observation.asset_key == dg.AssetKey("raw_shards") and observation.partition == "junk.parquet"
-    assert sorted(observation.metadata["failed_runs"].value) == sorted(failed)
     again = evaluate(gave_up.cursor)
     assert again.run_requests == [] and again.asset_events == []
 
