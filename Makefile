@@ -31,8 +31,9 @@ dbt-parse: install
 demo: install dbt-parse
 	$(BIN)/climb demo
 
+# One test file per worker, one worker per core (pytest-xdist): a file's module fixtures are built once.
 test: install dbt-parse
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # Regenerate the pinned constraints from the current environment (torch is pinned by TORCH_SPEC instead).
 lock:

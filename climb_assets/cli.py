@@ -58,6 +58,7 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     """Evaluate the real landing sensor once and run what it requests (what the daemon does under `dagster dev`)."""
     import dagster as dg
 
+    from climb_assets.instance import local_run_tags
     from climb_assets.resources import ClimbHomeResource
 
     sensor = defs.resolve_sensor_def("landing_sensor")
@@ -70,7 +71,7 @@ def ingest_landed(defs, instance, home: ClimbHome) -> list[str]:
     for request in result.run_requests:
         outcome = job.execute_in_process(
             instance=instance, partition_key=request.partition_key, run_config=QUIET, raise_on_error=False,
-            tags=request.tags,  # the attempt's tags: the sensor counts a failed or killed attempt by them
+            tags=request.tags | local_run_tags(),  # the attempt's tags: the sensor counts failed and killed ones
         )
         if not outcome.success:
             print(f"    ! {request.partition_key}: ingestion failed (see the Dagster UI)", flush=True)
@@ -101,15 +102,18 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
     (the instance's ``gpu`` pool limit), each on its own leased device."""
     import dagster as dg
 
+    from climb_assets.instance import local_run_tags
+
     config = QUIET | (run_config or {})
     check_settings(defs, config)
     if gpu_slots > 1:
         job = dg.build_reconstructable_job("climb_assets.definitions", "resolved_job", reconstructable_args=(name,))
         config |= {"execution": {"config": {"multiprocess": {"max_concurrent": gpu_slots + 1}}}}
-        outcome = dg.execute_job(job, instance, run_config=config, asset_selection=asset_selection)
+        outcome = dg.execute_job(job, instance, run_config=config, asset_selection=asset_selection, tags=local_run_tags())
     else:
         outcome = defs.resolve_job_def(name).execute_in_process(
-            instance=instance, run_config=config, raise_on_error=False, asset_selection=asset_selection
+            instance=instance, run_config=config, raise_on_error=False, asset_selection=asset_selection,
+            tags=local_run_tags(),
         )
     if not outcome.success:
         failures = [e.message for e in outcome.all_events if e.is_step_failure]
@@ -137,9 +141,13 @@ def bring_clusters_current(defs, instance, home: ClimbHome, *, refit: bool = Fal
 
 
 def run_partitions(defs, instance, name: str, shards: list[str]) -> None:
+    from climb_assets.instance import local_run_tags
+
     job = defs.resolve_job_def(name)
     for shard in shards:
-        outcome = job.execute_in_process(instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False)
+        outcome = job.execute_in_process(
+            instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False, tags=local_run_tags()
+        )
         if not outcome.success:
             raise SystemExit(f"{name} failed for shard {shard} (see the Dagster UI)")
 

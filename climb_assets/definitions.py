@@ -9,6 +9,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from climb_assets.climbmix.assets import build_climbmix_assets  # noqa: E402
 from climb_assets.cluster.assets import (  # noqa: E402
+    SETTLE_SECONDS,
     SemanticDedupResource,
     build_recluster_sensor,
     build_refit_schedule,
@@ -23,6 +24,7 @@ from climb_assets.ingest.assets import (  # noqa: E402
     shard_partitions,
 )
 from climb_assets.ingest.sensors import SHARD_ASSETS, build_landing_sensor  # noqa: E402
+from climb_assets.instance import build_dead_run_sensor  # noqa: E402
 from climb_assets.quality.assets import QualityScorerResource, quality_signals  # noqa: E402
 from climb_assets.quality.dbt import build_dbt_quality_assets, dbt_resource  # noqa: E402
 from climb_assets.quality.super_clusters import (  # noqa: E402
@@ -100,10 +102,17 @@ def build_search_job(search_assets: list):
 
 
 def build_definitions(
-    search_iterations: int = SEARCH_ITERATIONS, executor: dg.ExecutorDefinition | None = None, **resource_overrides
+    search_iterations: int = SEARCH_ITERATIONS,
+    executor: dg.ExecutorDefinition | None = None,
+    sensor_interval_seconds: int | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+    **resource_overrides,
 ) -> dg.Definitions:
     """The code location; tests and benchmarks pass resources (a temp CLIMB_HOME, tiny search settings), may unroll
-    fewer search iterations, and may choose the executor (a distributed one: see deploy/README.md)."""
+    fewer search iterations, may choose the executor (a distributed one: see deploy/README.md), and may make the
+    landing and recluster sensors tick faster (``sensor_interval_seconds``; None: each sensor's own interval) and
+    merge sooner (``settle_seconds``)."""
+    interval = {"minimum_interval_seconds": sensor_interval_seconds} if sensor_interval_seconds else {}
     search_assets = build_search_assets(search_iterations) + build_climbmix_assets(search_iterations)
     dbt_quality_models = build_dbt_quality_assets()
     recluster_job = build_recluster_job(dbt_quality_models)
@@ -116,9 +125,11 @@ def build_definitions(
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
         jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job, search_job],
         sensors=[
-            build_landing_sensor(ingest_shard_job),
-            build_recluster_sensor(cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job),
+            build_landing_sensor(ingest_shard_job, **interval),
+            build_recluster_sensor(cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job,
+                                   settle_seconds=settle_seconds, **interval),
             build_search_sensor(search_job),
+            build_dead_run_sensor(),
         ],
         schedules=[build_refit_schedule(cluster_fit_job)],
         resources=default_resources() | resource_overrides,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import dagster as dg
 
 from climb_assets.devices import default_slots
 from climb_assets.home import ClimbHome
 from climb_assets.storage import process_alive, sweep_abandoned_temps
-from climb_assets.tags import GPU_POOL
+from climb_assets.tags import GPU_POOL, HOST_TAG
 
 # One slot per pool by default: lake writers never race each other's de-duplication. The gpu pool is capacity, sized
 # to the machine's devices by ``prepare_instance``. Run monitoring frees a slot held by a crashed or cancelled run (a known pool pitfall).
@@ -57,15 +58,22 @@ def _run_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark as failed every unfinished run whose process is gone, and free the pool slots it held.
+def local_run_tags() -> dict[str, str]:
+    """Tags for a run executed in this process (the climb CLI's): a sensor on this machine may release it if killed."""
+    return {HOST_TAG: socket.gethostname()}
+
+
+def release_dead_runs(instance: dg.DagsterInstance, host: str | None = None) -> list[str]:
+    """Mark as failed every unfinished run whose process is gone, and free the pool slots it held (with ``host``:
+    only the runs the climb CLI executed on that machine).
 
     A run killed mid-step (SIGKILL, OOM, a closed laptop) never reports its end: it stays STARTED and keeps its
     ``gpu`` slot, so the next GPU step of any run waits forever. Run monitoring only frees the slots of runs that
     ended, and cannot see that an in-process run died. Local instance only: a pid means something on this machine.
     """
+    unfinished = dg.RunsFilter(statuses=UNFINISHED, tags={HOST_TAG: host} if host else {})
     released = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED)):
+    for run in instance.get_runs(filters=unfinished):
         pid = _run_pid(instance, run.run_id)
         if pid is None or process_alive(pid):
             continue
@@ -73,3 +81,19 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
+
+
+def build_dead_run_sensor() -> dg.SensorDefinition:
+    """``climb ui`` releases what a killed ``climb`` command left running when it opens the instance; this sensor does
+    the same under a ``dagster dev`` or daemon started any other way, for the runs the CLI executed on this machine
+    (a pid from another machine proves nothing here, so other runs are left to Dagster's run monitoring)."""
+
+    @dg.sensor(name="dead_run_sensor", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        released = release_dead_runs(context.instance, host=socket.gethostname())
+        for run_id in released:
+            context.log.warning(f"Run {run_id} was killed with its climb process: marked failed, its pool slots freed")
+        return dg.SkipReason(f"released {len(released)} runs of killed climb processes: {', '.join(released)}"
+                             if released else "no run left behind by a killed climb process")  # fmt: skip
+
+    return dead_run_sensor

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 import yaml
@@ -129,10 +130,16 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
     process.wait()
 
 
-def test_a_crawl_killed_during_ingest_and_again_during_the_search_ends_as_an_uninterrupted_one(crawl_inputs, tmp_path):
-    """kill -9 while the shards are ingested, then while proxies train; the same command again each time. The final
-    ClimbMix and proof equal an uninterrupted crawl's (same search key, weights and objectives), and no proxy that had
-    finished before the kill is trained again."""
+def step_started(instance, step_key: str) -> bool:
+    """Has any run on ``instance`` started the step ``step_key``?"""
+    started = dg.EventRecordsFilter(event_type=dg.DagsterEventType.STEP_START)
+    return any(r.event_log_entry.step_key == step_key for r in instance.get_event_records(started, limit=200))
+
+
+def test_a_crawl_killed_at_every_stage_ends_as_an_uninterrupted_one(crawl_inputs, tmp_path):
+    """kill -9 while the shards are ingested, then inside the fit, the merge, a proxy's training and ClimbMix; the same
+    command again each time. The final ClimbMix and proof equal an uninterrupted crawl's (same search key, weights
+    and objectives), and no proxy that had finished before a kill is trained again."""
     reference_home, targets, config = crawl_inputs
     reference = crawled(reference_home, targets, config)
     home = tmp_path / "climb"
@@ -143,10 +150,22 @@ def test_a_crawl_killed_during_ingest_and_again_during_the_search_ends_as_an_uni
     first_shard = raw_shard_path(climb_home, "part-0000.jsonl")  # written: the kill lands inside the ingest runs
     kill_when(climb(home, *command, wait=False), first_shard.exists)
     markers = proxy_markers_dir(climb_home)
-    kill_when(climb(home, *command, wait=False), lambda: len(list(markers.glob("*.json"))) >= 2)
-    finished = {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")}
-    done = climb(home, *command)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    finished_before_a_kill = []  # after each kill: the proxies whose results were on disk
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        for kill_point in (
+            lambda: step_started(instance, "cluster_centroids"),
+            lambda: step_started(instance, "quality_filtered_clusters"),
+            lambda: len(list(markers.glob("*.json"))) >= 2,
+            lambda: step_started(instance, "climbmix"),
+        ):
+            kill_when(climb(home, *command, wait=False), kill_point)
+            finished_before_a_kill.append({p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")})
+        done = climb(home, *command)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # each kill left one run unfinished, inside the job it aimed at; the next command marked it failed
+        killed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))[::-1]
+        assert [run.job_name for run in killed] == [
+            "ingest_shard_job", "cluster_fit_job", "recluster_job", "search_job", "search_job"]
 
     summary = json.loads((home / "crawl_summary.json").read_text())
     assert summary["search_key"] == reference["search_key"]
@@ -156,8 +175,9 @@ def test_a_crawl_killed_during_ingest_and_again_during_the_search_ends_as_an_uni
     proofs = [pl.read_parquet(h / "climbmix" / reference["search_key"] / "proof_runs.parquet")
               .select("mixture", "seed", "objective").sort("mixture", "seed") for h in (reference_home, home)]  # fmt: skip
     assert proofs[0].equals(proofs[1])
-    # the proxies that had finished before the second kill were reused, not trained again
-    assert {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json") if p.name in finished} == finished
+    # the proxies that had finished before a kill were reused, not trained again
+    now = {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")}
+    assert finished_before_a_kill[-1] and all(now.items() >= finished.items() for finished in finished_before_a_kill)
     assert not [p for d in ("lake", "climbmix") for p in (home / d).rglob("*.tmp")], "a half-written output is left"
 
 
@@ -167,8 +187,6 @@ def test_ingest_reports_refused_files_in_the_catalog(tmp_path):
     (home / "landing" / "notes.txt").write_text("not a shard")
     done = climb(home, "ingest")
     assert done.returncode == 0 and "nothing new" in done.stdout
-    import dagster as dg
-
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         (record,) = instance.fetch_observations(dg.AssetKey("raw_shards"), limit=5).records
         assert record.asset_observation.metadata["newly_rejected"].value == ["notes.txt"]

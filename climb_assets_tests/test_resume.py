@@ -320,3 +320,56 @@ def test_a_killed_writers_temp_output_is_swept_and_a_live_writers_is_kept(home, 
         assert not abandoned[0].exists()
         assert live.exists()  # this process is alive: its temp stays until its own rename
     assert (home.lake / "live" / "result.json").read_text() == "{}"
+
+
+KILLED_CHILD = """
+import sys, time
+import dagster as dg
+from climb_assets.instance import local_run_tags
+
+@dg.op(pool="gpu")
+def train():
+    print("training", flush=True)
+    time.sleep(600)
+
+@dg.job
+def proxy():
+    train()
+
+with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+    proxy.execute_in_process(instance=instance, tags=local_run_tags() if sys.argv[2] == "climb" else {})
+"""
+
+
+def test_the_dead_run_sensor_releases_what_a_killed_climb_process_left_on_this_machine_only(tmp_path):
+    """Under a ``dagster dev`` started without ``climb ui``, nothing else frees the pool slot of a run that a killed
+    ``climb`` command executed in its own process; runs from elsewhere (another launcher, another machine) and live
+    ones are left alone."""
+    from climb_assets.instance import INSTANCE_YAML, build_dead_run_sensor
+
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text(INSTANCE_YAML)
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, 3)
+        children = {}
+        for name, launched_by in (("killed", "climb"), ("alive", "climb"), ("elsewhere", "other")):
+            children[name] = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(tmp_path / "dagster"), launched_by],
+                                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+        try:
+            for child in children.values():
+                assert child.stdout.readline().strip() == "training"  # inside the op, holding a gpu slot
+            for name in ("killed", "elsewhere"):
+                kill(children[name])
+            runs = instance.get_runs()
+            assert len(runs) == 3 and len(instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots) == 3
+
+            result = build_dead_run_sensor()(dg.build_sensor_context(instance=instance))
+            statuses = {run.run_id: instance.get_run_by_id(run.run_id).status for run in runs}
+            assert sorted(status.value for status in statuses.values()) == ["FAILURE", "STARTED", "STARTED"]
+            (released,) = [run_id for run_id, status in statuses.items() if status == dg.DagsterRunStatus.FAILURE]
+            assert instance.get_run_by_id(released).tags["climb/host"] and released in result.skip_message
+            claimed = {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(GPU_POOL).claimed_slots}
+            assert released not in claimed and len(claimed) == 2  # the live run's and the other launcher's stay
+        finally:
+            for child in children.values():
+                kill(child)

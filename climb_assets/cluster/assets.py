@@ -50,6 +50,7 @@ from climb_assets.resources import ClimbHomeResource  # noqa: E402
 from climb_assets.tags import CLUSTER_TAGS, CLUSTER_VERSION_POOL  # noqa: E402
 
 DEFAULT_MAX_DRIFT = 1.25
+SETTLE_SECONDS = 30.0  # the recluster sensor merges once nothing was assigned for this long
 PLOT_SAMPLE = 3000
 
 
@@ -198,7 +199,8 @@ def semantic_duplicates(
 
 
 def build_recluster_sensor(
-    fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = 30.0, max_drift: float = DEFAULT_MAX_DRIFT
+    fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = SETTLE_SECONDS, max_drift: float = DEFAULT_MAX_DRIFT,
+    minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
     """Keeps clusters current without a global pass: first fit once there are embeddings; per-shard assignment
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard
@@ -210,7 +212,7 @@ def build_recluster_sensor(
     @dg.sensor(
         name="recluster_sensor",
         jobs=[fit_job, assign_job, semantic_job, merge_job],
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def recluster_sensor(

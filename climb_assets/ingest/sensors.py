@@ -24,11 +24,11 @@ RAW_SHARDS = dg.AssetKey("raw_shards")
 SHARD_ASSETS = [RAW_SHARDS, dg.AssetKey("embeddings"), dg.AssetKey("quality_signals")]
 
 
-def build_landing_sensor(job) -> dg.SensorDefinition:
+def build_landing_sensor(job, *, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_sensor",
         job=job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Registers each new file in CLIMB_HOME/landing as a raw_shards partition and ingests it; "
         "refused files go to lake/landing_rejected with their reason.",
