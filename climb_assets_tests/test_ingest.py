@@ -234,7 +234,7 @@ def test_length_bounds_are_configurable(home, climb_resource, instance):
 @pytest.mark.parametrize(
     ("name", "payload", "message"),
     [
-        ("cut.jsonl.gz", gzip.compress(b'{"text": "hello world, a row of text"}\n' * 50)[:-20], "gzip"),
+        ("cut.jsonl.gz", gzip.compress(b'{"text": "hello world, a row of text"}\n' * 50, mtime=0)[:-20], "gzip"),
         ("junk.parquet", b"this is not parquet at all", "Parquet"),
     ],
 )
