@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -225,6 +226,12 @@ def scale(n_shards: int, n_docs: int) -> None:
                       f"{index_mib:>10.0f}", flush=True)  # fmt: skip
         first, last = measured[1], measured[n_shards]
         print(f"shard {n_shards} / shard 1: wall x{last[0] / first[0]:.2f}, peak RSS x{last[1] / first[1]:.2f}")
+        window = min(5, n_shards // 2)  # one shard's wall time is noisy (+-30% here): medians of the first and last few
+        early = [measured[s] for s in range(1, window + 1)]
+        late = [measured[s] for s in range(n_shards - window + 1, n_shards + 1)]
+        print(f"median of the last {window} / median of the first {window}: wall "
+              f"x{statistics.median(w for w, _ in late) / statistics.median(w for w, _ in early):.2f}, peak RSS "
+              f"x{statistics.median(r for _, r in late) / statistics.median(r for _, r in early):.2f}")  # fmt: skip
 
 
 def main() -> None:
