@@ -373,3 +373,57 @@ def test_the_dead_run_sensor_releases_what_a_killed_climb_process_left_on_this_m
         finally:
             for child in children.values():
                 kill(child)
+
+
+WAITING_CHILD = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from climb_assets.home import ClimbHome
+from climb_assets.instance import prepare_instance
+
+@dg.op(pool="gpu")
+def train():
+    print("training", flush=True)
+    while not Path(sys.argv[2]).exists():  # holds the slot until the test says
+        time.sleep(0.1)
+
+@dg.job
+def proxy():
+    train()
+
+proxy.execute_in_process(instance=prepare_instance(ClimbHome(Path(sys.argv[1]))))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_run_waiting_for_the_gpu_slot_sleeps_instead_of_spinning(tmp_path):
+    """Two climb processes on one machine, one gpu slot: the second waits for it without burning a core (Dagster's
+    own in-process wait is always 0 s), and runs as soon as the first lets go."""
+    home = ClimbHome(tmp_path / "climb").ensure()
+    release = tmp_path / "release"
+    children = [subprocess.Popen([sys.executable, "-c", WAITING_CHILD, str(home.root), str(release)], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]  # fmt: skip
+    try:
+        assert children[0].stdout.readline().strip() == "training"  # holds the only gpu slot
+        children.append(subprocess.Popen([sys.executable, "-c", WAITING_CHILD, str(home.root), str(release)],
+                                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        waiting = children[1]
+        for line in waiting.stderr:
+            if "Step blocked by limit for pool gpu" in line:
+                break
+        else:
+            pytest.fail("the second run never waited for the gpu slot")
+        used = cpu_seconds(waiting.pid)
+        time.sleep(6)
+        assert cpu_seconds(waiting.pid) - used < 0.6, "the waiting run spins"  # < 10% of a core while it waits
+        release.touch()
+        assert waiting.stdout.readline().strip() == "training"  # the slot freed, the waiting step ran
+        assert waiting.wait(timeout=60) == 0 and children[0].wait(timeout=60) == 0
+    finally:
+        for child in children:
+            kill(child)
