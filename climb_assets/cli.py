@@ -109,7 +109,9 @@ def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_sl
     if gpu_slots > 1:
         job = dg.build_reconstructable_job("climb_assets.definitions", "resolved_job", reconstructable_args=(name,))
         config |= {"execution": {"config": {"multiprocess": {"max_concurrent": gpu_slots + 1}}}}
-        outcome = dg.execute_job(job, instance, run_config=config, asset_selection=asset_selection, tags=local_run_tags())
+        outcome = dg.execute_job(
+            job, instance, run_config=config, asset_selection=asset_selection, tags=local_run_tags()
+        )
     else:
         outcome = defs.resolve_job_def(name).execute_in_process(
             instance=instance, run_config=config, raise_on_error=False, asset_selection=asset_selection,

@@ -11,7 +11,7 @@ one slot each, separate from capacity. See deploy/README.md.
 GPU_POOL = "gpu"
 LAKE_WRITER_POOL = "lake_writer"  # de-duplication order and dbt's DuckDB file: one writer at a time
 CLUSTER_VERSION_POOL = "cluster_version"  # one re-cluster at a time moves the current-version pointer
-HOST_TAG = "climb/host"  # on runs the climb CLI executes in its own process: the machine where their pid means something
+HOST_TAG = "climb/host"  # on runs the climb CLI executes in its own process: where their pid means something
 
 K8S_MEMORY_CONFIG = {"container_config": {"resources": {"requests": {"cpu": "8", "memory": "64Gi"},
                                                         "limits": {"memory": "64Gi"}}}}  # fmt: skip

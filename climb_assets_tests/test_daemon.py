@@ -78,15 +78,16 @@ def test_the_daemon_retries_a_failed_first_fit_and_the_merge_happens(tmp_path):
             assert [run.status for run in fits][-1] == dg.DagsterRunStatus.SUCCESS
             failed = [run for run in fits if run.is_failure]
             assert 1 <= len(failed) <= 2, [run.status for run in fits]  # the repair may land after a second try
-            assert [run.tags["dagster/run_key"] for run in fits] == [f"first-fit:attempt-{n}" for n in range(1, len(fits) + 1)]
+            keys = [run.tags["dagster/run_key"] for run in fits]
+            assert keys == [f"first-fit:attempt-{n}" for n in range(1, len(fits) + 1)]
             assert all(run.tags["dagster/sensor_name"] == "recluster_sensor" for run in fits)
-            failure = next(e for e in instance.all_logs(failed[0].run_id) if e.dagster_event and e.dagster_event.is_step_failure)
+            failure = next(e for e in instance.all_logs(failed[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE))
             assert "zip" in failure.dagster_event.step_failure_data.error.to_string().lower()
             # then the sensor's own chain, all launched by the daemon: each shard assigned, checked, then the merge
             version = (home.lake_dir("clusters") / "CURRENT").read_text().strip()
             for work in (f"{version}:part-a.jsonl", f"{version}:part-b.jsonl"):
                 assert [run.status for run in runs_of(instance, work)] == [dg.DagsterRunStatus.SUCCESS]
-            (merge,) = [run for run in instance.get_runs(dg.RunsFilter(job_name="recluster_job"))]
+            (merge,) = instance.get_runs(dg.RunsFilter(job_name="recluster_job"))
             assert merge.status == dg.DagsterRunStatus.SUCCESS and merge.tags[ATTEMPT_TAG].startswith(f"merge-{version}")
             assert super_cluster_documents_path(home).exists()
     finally:

@@ -199,8 +199,8 @@ def semantic_duplicates(
 
 
 def build_recluster_sensor(
-    fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = SETTLE_SECONDS, max_drift: float = DEFAULT_MAX_DRIFT,
-    minimum_interval_seconds: int = 60,
+    fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = SETTLE_SECONDS,
+    max_drift: float = DEFAULT_MAX_DRIFT, minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
     """Keeps clusters current without a global pass: first fit once there are embeddings; per-shard assignment
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard

@@ -22,7 +22,8 @@ import polars as pl
 from climb_assets.ingest.near_dedup import CANDIDATES_SCHEMA, Bander, FuzzySettings
 
 SEEN_SCHEMA = {"content_hash": pl.String, "doc_id": pl.String, "shard": pl.String}
-INDEX_MEMORY_LIMIT = "64MB"  # the band join streams the table; a bigger buffer only caches it (memory grows with the corpus)
+# The band join streams the table: a bigger buffer only caches it, so memory would grow with the corpus.
+INDEX_MEMORY_LIMIT = "64MB"
 
 
 class DedupIndex:
