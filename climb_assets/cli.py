@@ -93,7 +93,13 @@ def check_settings(defs, run_config: dict) -> None:
         try:
             kind(**values)
         except ValidationError as error:
-            raise SystemExit("; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())) from None
+            raise SystemExit("; ".join(_named(e) for e in error.errors())) from None
+
+
+def _named(error: dict) -> str:
+    """A validation error with the setting it is about (a type or choice error does not name it by itself)."""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
 
 
 def run_job(defs, instance, name: str, run_config: dict | None = None, *, gpu_slots: int = 1, asset_selection=None):

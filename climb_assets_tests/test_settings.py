@@ -67,4 +67,6 @@ def test_search_job_with_a_bad_setting_fails_before_any_step(home, climb_resourc
         run_job(defs, instance, "search_job", bad)
     with pytest.raises(SystemExit, match="top_k_average must be >= 1"):
         run_job(defs, instance, "search_job", {"ops": {"climbmix": {"config": {"top_k_average": 0}}}})
+    with pytest.raises(SystemExit, match="acquisition: Input should be 'paper' or 'exploit_first'"):  # a choice
+        run_job(defs, instance, "search_job", {"resources": {"search": {"config": {"acquisition": "greedy"}}}})
     assert instance.get_runs_count() == 1  # the CLI refused both without launching a run
