@@ -24,7 +24,7 @@ from climb_assets.ingest.assets import (  # noqa: E402
     shard_partitions,
 )
 from climb_assets.ingest.sensors import SHARD_ASSETS, build_landing_sensor  # noqa: E402
-from climb_assets.instance import build_dead_run_sensor  # noqa: E402
+from climb_assets.instance import build_dead_run_sensor, guard_pool_slot_claims  # noqa: E402
 from climb_assets.quality.assets import QualityScorerResource, quality_signals  # noqa: E402
 from climb_assets.quality.dbt import build_dbt_quality_assets, dbt_resource  # noqa: E402
 from climb_assets.quality.super_clusters import (  # noqa: E402
@@ -40,6 +40,8 @@ from climb_assets.search.settings import (  # noqa: E402
     SearchSettings,
 )
 from climb_assets.search.tracking import MlflowTracking  # noqa: E402
+
+guard_pool_slot_claims()  # run workers of this code location claim pool slots too, not only the climb CLI
 
 per_shard = dg.AssetSelection.assets(*SHARD_ASSETS)
 

@@ -7,7 +7,11 @@ import socket
 import time
 
 import dagster as dg
+import sqlalchemy as sa
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._utils.concurrency import ConcurrencySlotStatus
+from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 
 from climb_assets.devices import default_slots
 from climb_assets.home import ClimbHome
@@ -43,6 +47,7 @@ def prepare_instance(home: ClimbHome, gpu_slots: int = 0) -> dg.DagsterInstance:
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpu_slots or default_slots())
     wait_for_pool_slots_without_spinning()
+    guard_pool_slot_claims()
     release_dead_runs(instance)
     sweep_abandoned_temps(home.root, skip=frozenset({home.dagster, home.mlflow}))  # their files grow with runs
     return instance
@@ -63,6 +68,37 @@ def wait_for_pool_slots_without_spinning() -> None:
     ~90% of a core). The climb CLI runs jobs in process, so it waits the interval Dagster itself scheduled (1 s,
     growing to 15 s) instead. Only the wait changes: when and in which order slots are claimed does not."""
     InstanceConcurrencyContext.interval_to_next_pending_claim_check = _seconds_to_next_pool_claim_check
+
+
+def _claim_free_slot_only(
+    self: SqlEventLogStorage, concurrency_key: str, run_id: str, step_key: str
+) -> ConcurrencySlotStatus:
+    with self.index_connection() as conn:
+        free = sa.and_(
+            ConcurrencySlotsTable.c.concurrency_key == concurrency_key,
+            ConcurrencySlotsTable.c.step_key.is_(None),
+            sa.not_(ConcurrencySlotsTable.c.deleted),
+        )
+        slot = conn.execute(sa.select(ConcurrencySlotsTable.c.id).where(free).limit(1)).scalar()
+        if slot is None:
+            return ConcurrencySlotStatus.BLOCKED
+        claimed = conn.execute(
+            ConcurrencySlotsTable.update()
+            .values(run_id=run_id, step_key=step_key)
+            .where(sa.and_(ConcurrencySlotsTable.c.id == slot, ConcurrencySlotsTable.c.step_key.is_(None)))
+        ).rowcount
+        return ConcurrencySlotStatus.CLAIMED if claimed else ConcurrencySlotStatus.BLOCKED
+
+
+def guard_pool_slot_claims() -> None:
+    """In this process, a pool slot is claimed only while it is still free.
+
+    Dagster 1.13 claims a slot by selecting a free row and then updating it by id. On SQLite (the local instance)
+    ``FOR UPDATE`` is a no-op, so two processes that select the same free row at once both update it and both
+    step in: a lake pool stops being a lock and the ``gpu`` pool grants a device twice (reproduced by
+    ``test_a_pool_slot_is_never_granted_twice``). The update now also requires the row to be free, which SQLite
+    applies atomically; the loser is told BLOCKED and claims again at its next check, as for any busy pool."""
+    SqlEventLogStorage._claim_concurrency_slot = _claim_free_slot_only
 
 
 UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]

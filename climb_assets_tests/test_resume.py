@@ -325,7 +325,9 @@ def test_a_killed_writers_temp_output_is_swept_and_a_live_writers_is_kept(home, 
 KILLED_CHILD = """
 import sys, time
 import dagster as dg
-from climb_assets.instance import local_run_tags
+from climb_assets.instance import guard_pool_slot_claims, local_run_tags
+
+guard_pool_slot_claims()  # as in every climb process: three started at once claim three different slots
 
 @dg.op(pool="gpu")
 def train():
@@ -373,6 +375,40 @@ def test_the_dead_run_sensor_releases_what_a_killed_climb_process_left_on_this_m
         finally:
             for child in children.values():
                 kill(child)
+
+
+def test_a_pool_slot_is_never_granted_twice(tmp_path):
+    """Two processes both assigned a step of a one-slot pool (Dagster checks for a free slot, then queues, so two at
+    once both pass) and both past the select of the same free slot row: the second's update must not overwrite the
+    first's claim. Unguarded, both are told CLAIMED and both write: a lake pool stops being a lock."""
+    import sqlalchemy as sa
+
+    from climb_assets.instance import INSTANCE_YAML, guard_pool_slot_claims
+
+    guard_pool_slot_claims()
+    (tmp_path / "dagster.yaml").write_text(INSTANCE_YAML)
+    open_instance = dg.DagsterInstance.from_config
+    with open_instance(str(tmp_path)) as first, open_instance(str(tmp_path)) as second:
+        first.event_log_storage.set_concurrency_slots("lake_test", 1)
+        for run_id in ("run-a", "run-b"):
+            first.event_log_storage.add_pending_step("lake_test", run_id, "write", should_assign=True)
+        first_claim = []
+
+        def first_claims_in_between(conn, cursor, statement, *args):
+            if not first_claim and statement.startswith("UPDATE concurrency_slots"):  # second selected the free row
+                first_claim.append("claiming")  # its own update comes through here too
+                first_claim[0] = first.event_log_storage.claim_concurrency_slot("lake_test", "run-a", "write")
+
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", first_claims_in_between)
+        try:
+            second_claim = second.event_log_storage.claim_concurrency_slot("lake_test", "run-b", "write")
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", first_claims_in_between)
+        assert first_claim[0].is_claimed and not second_claim.is_claimed
+        claimed = first.event_log_storage.get_concurrency_info("lake_test").claimed_slots
+        assert [(slot.run_id, slot.step_key) for slot in claimed] == [("run-a", "write")]
+        first.event_log_storage.free_concurrency_slot_for_step("run-a", "write")
+        assert second.event_log_storage.claim_concurrency_slot("lake_test", "run-b", "write").is_claimed  # its turn
 
 
 WAITING_CHILD = """
