@@ -6,7 +6,7 @@ the answer is as good (issue 18; prints numbers, not a test).
 
 Wave 1 lands, is clustered and searched from scratch (the lineage's first search). Wave 2 lands and is assigned under
 the same centroids. Then, on the same wave-2 super-clusters, two searches: ``continue`` (the default: a refresh, the
-old runs as evidence, half the proxies) and ``fresh`` (``search_start: fresh``, a full search). Each search runs the
+old runs as evidence, a quarter of the proxies) and ``fresh`` (``search_start: fresh``, a full search). Each search runs the
 search assets only (tokenizer, token files, base, iterations), in one process, one after the other. For each
 search: proxies trained, wall time, the continuation's decision and refresh numbers, the best proxy and the final
 predictor's pick. Then both picks are trained from the same base with ``--seeds`` paired seeds, exactly as a proxy
@@ -102,14 +102,14 @@ def main() -> None:
     for name, outcome in searches.items():
         rows.append({"search": f"wave 2 ({name})", **{k: v for k, v in outcome.items() if k != "plan"}})
 
-    print("\n| search | proxies trained | runs | seconds | best proxy | start | decision | refresh Spearman | "
+    print("\n| search | proxies trained | runs | seconds | best proxy | start | decision | refresh Spearman (p) | "
           "refresh RMSE (after shift) | prior shift | reasons |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         s = row["state"]
         print(f"| {row['search']} | {row['trained']} | {row['runs']} | {row['seconds']} | {row['best_proxy']} | "
-              f"{s['start']} | {s.get('decision', '')} | {s.get('refresh_spearman', '')} | "
+              f"{s['start']} | {s.get('decision', '')} | {s.get('refresh_spearman', '')} ({s.get('refresh_p_value', '')}) | "
               f"{s.get('refresh_rmse', '')} ({s.get('refresh_rmse_after_shift', '')}) | {s.get('prior_shift', '')} | "
-              f"{'; '.join(s['reasons'])} |")
+              f"{'; '.join(s['reasons'] + s.get('refresh_reasons', []))} |")
 
     plans = {name: outcome["plan"] for name, outcome in searches.items()}
     picks = {name: pick(plan, SEARCH_ITERATIONS) for name, plan in plans.items()}

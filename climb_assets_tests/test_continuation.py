@@ -21,7 +21,7 @@ from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
 from climb_assets_tests.test_resume import write_search_state
 
-BASE = {**TINY_SEARCH, "proxies_per_iteration": [6, 4], "token_budget": 2_000, "base_token_budget": 2_000,
+BASE = {**TINY_SEARCH, "proxies_per_iteration": [8, 4], "token_budget": 2_000, "base_token_budget": 2_000,
         "max_repeats": 20.0, "predictor_folds": 3}  # fmt: skip
 
 
@@ -65,23 +65,23 @@ def first_search(home, instance):
     write_search_state(home)
     metadata = search(home, instance)
     assert metadata["iteration_1/mixture_candidates"]["continuation_start"] == "first"
-    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
+    assert metadata["iteration_1/proxy_results"]["trained"] == 8 and metadata["iteration_2/proxy_results"]["trained"] == 4
     return SearchPlan(home, SearchSettings(**BASE)).search_key
 
 
 def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, instance, first_search):
     land_wave(home, "v2")
-    changes = {"continue_min_spearman": -1.0}  # keep the old runs whatever the refresh says: the reuse path
+    changes = {"continue_min_spearman": -1.0, "continue_max_p_value": 1.0}  # keep the old runs: the reuse path
     metadata = search(home, instance, **changes)
     plan = SearchPlan(home, SearchSettings(**(BASE | changes)))
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "refresh" and start["continuation_parent"] == first_search
-    assert start["continuation_prior_shift"] <= 0.1 and start["random_candidates"] == 2
-    # a refresh of a quarter of the first iteration (at least 4, to rank), then a quarter of each later one
-    assert metadata["iteration_1/proxy_results"]["trained"] == 4 and metadata["iteration_2/proxy_results"]["trained"] == 1
+    assert start["continuation_prior_shift"] <= 0.1 and start["random_candidates"] == 3
+    # a quarter of the search's 12 proxies: a refresh of at least 6 (to judge a ranking), then at least 1 per iteration
+    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 1
 
     state = continuation.load(plan)
-    assert state["decision"] == "reuse" and state["refresh_runs"] == 4
+    assert state["decision"] == "reuse" and state["refresh_runs"] == 6 and 0 < state["refresh_p_value"] <= 1
     assert f"continued search `{first_search}`" in continuation.describe(state) and "kept as evidence" in continuation.describe(state)
     # the refresh's numbers are those of the predictor fitted on the carried runs, measured on the new runs
     own = pl.read_parquet(plan.results_path(1))
@@ -93,7 +93,7 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
 
     # the old search's own runs are evidence, shifted by the offset, in every predictor of the continued search
     final = metadata["iteration_2/predictor"]
-    assert final["runs_reused_from_parent"] == 10 and final["runs"] == 15 and final["continuation_decision"] == "reuse"
+    assert final["runs_reused_from_parent"] == 12 and final["runs"] == 19 and final["continuation_decision"] == "reuse"
     evidence = continuation.training_set(plan, 2).filter(pl.col("evidence_from") == first_search)
     old_runs = pl.concat([pl.read_parquet(lake.search_iteration_dir(home, first_search, k) / "results.parquet") for k in (1, 2)])
     assert sorted(evidence["fingerprint"]) == sorted(old_runs["fingerprint"])
@@ -126,7 +126,7 @@ def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instanc
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "restart" and start["continuation_parent"] == first_search
     assert "(vanished: [2])" in start["continuation_reasons"] and start["continuation_prior_shift"] > 0.1
-    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 4
+    assert metadata["iteration_1/proxy_results"]["trained"] == 8 and metadata["iteration_2/proxy_results"]["trained"] == 4
     assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
     restarted = continuation.load(SearchPlan(home, SearchSettings(**BASE)))
     assert "by restarting it: the super-clusters moved by" in continuation.describe(restarted)
@@ -157,17 +157,24 @@ def test_old_runs_are_carried_into_recut_super_clusters_through_their_fine_clust
 
 
 def test_a_refresh_that_does_not_rank_drops_the_carried_runs_and_searches_at_full_size():
-    y = np.array([-3.4, -3.3, -3.2, -3.1])
-    kept = continuation.refresh_verdict(y - 0.1 + np.array([0.0, 0.12, -0.12, 0.0]), y, 0.5)  # one pair swapped
-    assert kept["decision"] == "reuse" and kept["refresh_spearman"] == pytest.approx(0.8)
+    y = np.array([-3.5, -3.4, -3.3, -3.2, -3.1, -3.0])
+    kept = continuation.refresh_verdict(y - 0.1 + np.array([0.0, 0.12, -0.12, 0.0, 0.0, 0.0]), y, 0.5, 0.05)  # a swap
+    assert kept["decision"] == "reuse" and kept["refresh_spearman"] == pytest.approx(0.9429, abs=1e-4)
+    assert kept["refresh_p_value"] == pytest.approx(6 / 720, abs=1e-4)  # orderings with Spearman >= 0.943: 1 + 5 swaps
     assert kept["offset"] == pytest.approx(0.1) and kept["refresh_rmse_after_shift"] < kept["refresh_rmse"]
-    reversed_ranking = continuation.refresh_verdict(y[::-1].copy(), y, 0.5)
+    reversed_ranking = continuation.refresh_verdict(y[::-1].copy(), y, 0.5, 0.05)
     assert reversed_ranking["decision"] == "restart" and reversed_ranking["refresh_spearman"] == -1.0
     assert "Spearman -1.000 < continue_min_spearman 0.5" in reversed_ranking["refresh_reasons"][0]
-    assert continuation.refresh_verdict(np.full(4, -3.0), y, -1.0)["decision"] == "restart"  # no ranking at all
-    for state, counts in (({"start": "refresh", **kept}, [4, 2, 2]), ({"start": "refresh", **reversed_ranking}, [4, 8, 8]),
+    assert continuation.refresh_verdict(np.full(6, -3.0), y, -1.0, 1.0)["decision"] == "restart"  # no ranking at all
+    # four runs with one pair swapped rank as well as that one time in six by chance: not evidence enough
+    chance = continuation.refresh_verdict(np.array([-3.4, -3.2, -3.3, -3.1]), y[:4], 0.5, 0.05)
+    assert chance["refresh_spearman"] == pytest.approx(0.8) and chance["refresh_p_value"] == pytest.approx(4 / 24, abs=1e-4)
+    assert chance["decision"] == "restart" and "p = 0.167 > continue_max_p_value 0.05" in chance["refresh_reasons"][0]
+    for state, counts in (({"start": "refresh", **kept}, [6, 1, 1]), ({"start": "refresh", **reversed_ranking}, [6, 8, 8]),
                           ({"start": "restart"}, [16, 8, 8]), ({"start": "first"}, [16, 8, 8])):  # fmt: skip
-        assert [continuation.proxy_count(state, n, k, 0.25) for k, n in enumerate([16, 8, 8], start=1)] == counts
+        assert [continuation.proxy_count(state, [16, 8, 8], k, 0.25) for k in (1, 2, 3)] == counts
+    # the paper's schedule keeps a quarter of every iteration
+    assert continuation.continued_schedule([64, 32, 16], 0.25) == [16, 8, 4]
 
 
 def test_the_opt_in_search_sensor_requests_one_search_per_super_cluster_version(home, instance, climb_resource):

@@ -311,8 +311,8 @@ def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
     tag_run(client, parent, {"climb.predictor_kind": predictor.kind, "climb.search_start": state["start"],
                              "climb.continuation": state.get("decision", state["start"])})  # fmt: skip
     if iteration == 1 and state["start"] == "refresh":
-        measured = {k: state[k] for k in ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift")
-                    if state.get(k) is not None}  # fmt: skip
+        measured = {k: state[k] for k in ("refresh_runs", "refresh_spearman", "refresh_p_value", "refresh_rmse",
+                                          "refresh_rmse_after_shift") if state.get(k) is not None}  # fmt: skip
         log_run(client, parent, metrics=measured | {"refresh_offset": state["offset"]})
     if predictor.booster is not None:
         log_lightgbm_model(client, parent, predictor.booster, "predictor")

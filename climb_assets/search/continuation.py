@@ -10,13 +10,14 @@ lineage (same settings, tokenizer and target) has a finished search, the new one
    (a fine cluster pruned since loses its share; the rest is renormalised). The old token prior carried the same
    way must be within ``continue_max_prior_shift`` (total variation) of the new one, else ``restart`` (a full
    search) with the super-clusters that appeared or vanished named.
-2. **Refresh.** Iteration 1 trains ``continued_proxy_fraction`` of its proxies (at least 4, to rank): half the top
-   candidates of a predictor fitted on the carried runs, half fresh Dirichlet draws (the range a ranking is judged
-   on). That predictor's Spearman and error on them decide: at ``continue_min_spearman`` or above, ``reuse``;
-   below, ``restart`` (the later iterations search at full size).
+2. **Refresh.** Iteration 1 trains ``continued_proxy_fraction`` of its proxies, at least ``MIN_REFRESH_RUNS``:
+   half the top candidates of a predictor fitted on the carried runs, half fresh Dirichlet draws (the range a
+   ranking is judged on). That predictor's Spearman on them decides: at ``continue_min_spearman`` or above, and
+   unlikely by chance (exact permutation p-value at most ``continue_max_p_value``), ``reuse``; else ``restart``
+   (the later iterations search at full size).
 3. **Reuse.** The carried runs join every predictor's training set as evidence, shifted by the refresh's median
-   residual (the new base and data move every objective's level; the ranking is what carries over), and every
-   later iteration trains ``continued_proxy_fraction`` of its proxies. Only the parent's own runs are carried,
+   residual (the new base and data move every objective's level; the ranking is what carries over), and the later
+   iterations share what is left of ``continued_proxy_fraction`` of the search's proxies (at least one each). Only the parent's own runs are carried,
    never its inherited ones, so evidence stays bounded and one shift away from a measurement.
 
 Every decision and its numbers are in ``continuation.json`` beside the search, on the assets and in MLflow.
@@ -35,10 +36,14 @@ from scipy import stats
 from climb_assets import lake
 from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates
 from climb_assets.search.keys import SearchPlan
-from climb_assets.search.predictor import MIN_RUNS_TO_SCORE, Predictor, select_predictor
+from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.state import read_results, weight_columns
 from climb_assets.storage import write_json_atomic, write_parquet_atomic
 
+# A refresh big enough for a ranking to pass a 5% chance test without being perfect: on 6 runs, three neighbouring
+# pairs swapped (Spearman 0.83) still has p = 0.03, while on 4 runs one swap (0.8) has p = 0.17 and only 1.0 passes.
+MIN_REFRESH_RUNS = 6
+PERMUTATIONS = 9_999  # exact up to 7 runs (7! = 5,040 orderings); sampled, seeded, above
 MIN_CARRIED_MASS = 0.5  # an old run whose mixture lost more than half its weight to pruned clusters is not carried
 
 
@@ -175,17 +180,29 @@ def reasons(state: dict) -> str:
     return "; ".join(state["reasons"] + state.get("refresh_reasons", []))
 
 
-def proxy_count(state: dict, scheduled: int, iteration: int, fraction: float) -> int:
-    """How many proxies an iteration trains: the schedule's, or its continued share (at least 4 for the refresh, to
-    rank; at least 1 later) while continuing."""
-    share = math.ceil(scheduled * fraction)
-    if iteration == 1:
-        return min(scheduled, max(MIN_RUNS_TO_SCORE, share)) if state["start"] == "refresh" else scheduled
-    return min(scheduled, max(1, share)) if reusing(state) else scheduled
+def continued_schedule(schedule: list[int], fraction: float) -> list[int]:
+    """Proxies per iteration of a continued search: ``fraction`` of the whole schedule's, the refresh first (at least
+    ``MIN_REFRESH_RUNS``, to judge a ranking), the rest shared by the later iterations in proportion to their
+    schedule (at least one each). The paper's 64/32/16 at 0.25 gives 16/8/4; the demo's 16/8/8 gives 6/1/1."""
+    refresh = min(schedule[0], max(MIN_REFRESH_RUNS, math.ceil(schedule[0] * fraction)))
+    later = np.asarray(schedule[1:])
+    if not later.size:
+        return [refresh]
+    left = max(len(later), math.ceil(sum(schedule) * fraction) - refresh)
+    bounds = np.rint(left * np.cumsum(later) / later.sum()).astype(int)
+    shares = np.diff(bounds, prepend=0)
+    return [refresh] + [int(n) for n in np.clip(shares, 1, later)]
+
+
+def proxy_count(state: dict, schedule: list[int], iteration: int, fraction: float) -> int:
+    """How many proxies an iteration trains: the schedule's, or the continued share while continuing."""
+    continuing = state["start"] == "refresh" and (iteration == 1 or reusing(state))
+    return continued_schedule(schedule, fraction)[iteration - 1] if continuing else schedule[iteration - 1]
 
 
 def proxies(plan: SearchPlan, iteration: int) -> int:
-    return proxy_count(load(plan), plan.search.proxies(iteration), iteration, plan.search.continued_proxy_fraction)
+    schedule = [plan.search.proxies(k) for k in range(1, len(plan.search.proxies_per_iteration) + 1)]
+    return proxy_count(load(plan), schedule, iteration, plan.search.continued_proxy_fraction)
 
 
 def parent_runs(plan: SearchPlan, state: dict) -> pl.DataFrame:
@@ -220,18 +237,34 @@ def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generat
     return weights, {"random_candidates": drawn}
 
 
-def refresh_verdict(predicted: np.ndarray, y: np.ndarray, min_spearman: float) -> dict:
-    """Do the carried runs still rank new ones? Their predictor's Spearman on the refresh runs, its error before and
-    after the level shift (the median residual), and the decision."""
+def chance_of_ranking(predicted: np.ndarray, y: np.ndarray) -> float:
+    """One-sided p-value of the Spearman correlation: the share of orderings of the runs that rank at least as well
+    (all of them when there are at most 7 runs)."""
+    result = stats.permutation_test((predicted,), lambda x: stats.spearmanr(x, y).statistic, vectorized=False,
+                                    permutation_type="pairings", alternative="greater", n_resamples=PERMUTATIONS,
+                                    random_state=0)  # fmt: skip
+    return float(result.pvalue)
+
+
+def refresh_verdict(predicted: np.ndarray, y: np.ndarray, min_spearman: float, max_p_value: float) -> dict:
+    """Do the carried runs still rank new ones? Their predictor's Spearman on the refresh runs and its chance, its
+    error before and after the level shift (the median residual), and the decision."""
     residual = y - predicted
     offset = float(np.median(residual))
-    rho = float(stats.spearmanr(predicted, y).statistic) if np.ptp(predicted) > 0 and np.ptp(y) > 0 else float("nan")
-    keep = bool(rho >= min_spearman)  # nan: no ranking, never kept
-    dropped_because = [] if keep else [f"the carried runs' predictor ranks the {len(y)} refresh runs with Spearman "
-                                       f"{rho:.3f} < continue_min_spearman {min_spearman:g}"]  # fmt: skip
+    ranked = np.ptp(predicted) > 0 and np.ptp(y) > 0
+    rho = float(stats.spearmanr(predicted, y).statistic) if ranked else float("nan")
+    p_value = chance_of_ranking(predicted, y) if ranked else 1.0
+    dropped_because = []
+    if not rho >= min_spearman:  # nan: no ranking, never kept
+        dropped_because.append(f"the carried runs' predictor ranks the {len(y)} refresh runs with Spearman {rho:.3f} "
+                               f"< continue_min_spearman {min_spearman:g}")  # fmt: skip
+    if p_value > max_p_value:
+        dropped_because.append(f"a ranking as good as Spearman {rho:.3f} on {len(y)} runs happens by chance with "
+                               f"p = {p_value:.3f} > continue_max_p_value {max_p_value:g}")  # fmt: skip
     return {
-        "decision": "reuse" if keep else "restart", "refresh_reasons": dropped_because,
+        "decision": "restart" if dropped_because else "reuse", "refresh_reasons": dropped_because,
         "refresh_runs": len(y), "refresh_spearman": None if math.isnan(rho) else round(rho, 4),
+        "refresh_p_value": round(p_value, 4),
         "refresh_rmse": round(float(np.sqrt(np.mean(residual**2))), 5),
         "refresh_rmse_after_shift": round(float(np.sqrt(np.mean((residual - offset) ** 2))), 5),
         "offset": offset,
@@ -245,7 +278,9 @@ def judge_refresh(plan: SearchPlan, groups: list[int]) -> dict:
         return state
     results = read_results(plan, 1)
     predicted = evidence_predictor(plan).predict(results.select(weight_columns(groups)).to_numpy())
-    return save(plan, state | refresh_verdict(predicted, results["objective"].to_numpy(), plan.search.continue_min_spearman))
+    verdict = refresh_verdict(predicted, results["objective"].to_numpy(), plan.search.continue_min_spearman,
+                              plan.search.continue_max_p_value)  # fmt: skip
+    return save(plan, state | verdict)
 
 
 def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
@@ -267,7 +302,8 @@ def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
 def metadata(state: dict, refresh: bool) -> dict:
     """The decision for an asset's metadata (the refresh's numbers with ``refresh``); no empty values."""
     keys = ("parent", "start", "decision", "prior_shift", "old_prior_kept", "evidence_runs", "evidence_dropped") + (
-        ("refresh_runs", "refresh_spearman", "refresh_rmse", "refresh_rmse_after_shift", "offset") if refresh else ())
+        ("refresh_runs", "refresh_spearman", "refresh_p_value", "refresh_rmse", "refresh_rmse_after_shift", "offset")
+        if refresh else ())
     shown = {f"continuation_{k}": state[k] for k in keys if state.get(k) is not None}
     return shown | {"continuation_reasons": reasons(state)}
 
@@ -284,5 +320,5 @@ def describe(state: dict) -> str:
                else f"they were dropped: {reasons(state)}")  # fmt: skip
     return (f"{head}: {state['evidence_runs']} of its runs carried into these super-clusters (prior moved by "
             f"{state['prior_shift']}); their predictor ranked {state['refresh_runs']} refresh runs with Spearman "
-            f"{state['refresh_spearman']} (RMSE {state['refresh_rmse']}, {state['refresh_rmse_after_shift']} after the "
-            f"level shift); {verdict}.")
+            f"{state['refresh_spearman']} (p = {state['refresh_p_value']} by chance; RMSE {state['refresh_rmse']}, "
+            f"{state['refresh_rmse_after_shift']} after the level shift); {verdict}.")

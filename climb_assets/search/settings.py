@@ -32,7 +32,7 @@ SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
 # How a search continues its lineage's previous one: part of a search's key, not of the lineage's (a user who tunes
 # them keeps continuing the same line of searches).
 CONTINUATION_SETTINGS = frozenset({"search_start", "continued_proxy_fraction", "continue_min_spearman",
-                                   "continue_max_prior_shift"})  # fmt: skip
+                                   "continue_max_p_value", "continue_max_prior_shift"})  # fmt: skip
 
 PROXY = ProxySettings()
 DEFAULT_PROXIES_PER_ITERATION = (16, 8, 8)
@@ -110,8 +110,10 @@ class SearchSettings(dg.ConfigurableResource):
     # a new crawl wave: continue the previous search with the same settings (its runs become evidence once a refresh
     # shows its predictor still ranks new runs), or search from scratch
     search_start: SearchStart = "continue"
-    continued_proxy_fraction: float = 0.25  # a continued search trains this share of each iteration's proxies
+    continued_proxy_fraction: float = 0.25  # a continued search trains this share of the search's proxies
     continue_min_spearman: float = 0.5  # the old predictor's rank correlation on the refresh runs, to keep its runs
+    # ... and how likely a correlation that high is by chance (exact permutation test, one-sided), to keep its runs
+    continue_max_p_value: float = 0.05
     continue_max_prior_shift: float = 0.1  # total variation between the old and new token priors, to continue at all
 
     @model_validator(mode="after")
@@ -147,6 +149,8 @@ class SearchSettings(dg.ConfigurableResource):
             problems.append(f"continued_proxy_fraction must be in (0, 1], got {self.continued_proxy_fraction:g}")
         if not -1 <= self.continue_min_spearman <= 1:
             problems.append(f"continue_min_spearman must be in [-1, 1], got {self.continue_min_spearman:g}")
+        if not 0 < self.continue_max_p_value <= 1:
+            problems.append(f"continue_max_p_value must be in (0, 1], got {self.continue_max_p_value:g}")
         if not 0 <= self.continue_max_prior_shift <= 1:
             problems.append(f"continue_max_prior_shift must be in [0, 1], got {self.continue_max_prior_shift:g}")
         if self.target_kind == "blend":
