@@ -6,8 +6,8 @@ the answer is as good (issue 18; prints numbers, not a test).
 
 Wave 1 lands, is clustered and searched from scratch (the lineage's first search). Wave 2 lands and is assigned under
 the same centroids. Then, on the same wave-2 super-clusters, two searches: ``continue`` (the default: a refresh, the
-old runs as evidence, a quarter of the proxies) and ``fresh`` (``search_start: fresh``, a full search). Each search runs the
-search assets only (tokenizer, token files, base, iterations), in one process, one after the other. For each
+old runs as evidence, a quarter of the proxies) and ``fresh`` (``search_start: fresh``, a full search). Each search
+runs the search assets only (tokenizer, token files, base, iterations), in one process, one after the other. For each
 search: proxies trained, wall time, the continuation's decision and refresh numbers, the best proxy and the final
 predictor's pick. Then both picks are trained from the same base with ``--seeds`` paired seeds, exactly as a proxy
 is (``run_proxy``), and the paired difference (continued − fresh) with a 95% t-interval says whether the continued
@@ -107,7 +107,8 @@ def main() -> None:
     for row in rows:
         s = row["state"]
         print(f"| {row['search']} | {row['trained']} | {row['runs']} | {row['seconds']} | {row['best_proxy']} | "
-              f"{s['start']} | {s.get('decision', '')} | {s.get('refresh_spearman', '')} ({s.get('refresh_p_value', '')}) | "
+              f"{s['start']} | {s.get('decision', '')} | "
+              f"{s.get('refresh_spearman', '')} ({s.get('refresh_p_value', '')}) | "
               f"{s.get('refresh_rmse', '')} ({s.get('refresh_rmse_after_shift', '')}) | {s.get('prior_shift', '')} | "
               f"{'; '.join(s['reasons'] + s.get('refresh_reasons', []))} |")
 

@@ -17,8 +17,9 @@ lineage (same settings, tokenizer and target) has a finished search, the new one
    (the later iterations search at full size).
 3. **Reuse.** The carried runs join every predictor's training set as evidence, shifted by the refresh's median
    residual (the new base and data move every objective's level; the ranking is what carries over), and the later
-   iterations share what is left of ``continued_proxy_fraction`` of the search's proxies (at least one each). Only the parent's own runs are carried,
-   never its inherited ones, so evidence stays bounded and one shift away from a measurement.
+   iterations share what is left of ``continued_proxy_fraction`` of the search's proxies (at least one each). Only
+   the parent's own runs are carried, never its inherited ones, so evidence stays bounded and one shift away from a
+   measurement.
 
 Every decision and its numbers are in ``continuation.json`` beside the search, on the assets and in MLflow.
 """
