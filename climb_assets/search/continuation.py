@@ -202,7 +202,8 @@ def proxy_count(state: dict, schedule: list[int], iteration: int, fraction: floa
 
 
 def proxies(plan: SearchPlan, iteration: int) -> int:
-    schedule = [plan.search.proxies(k) for k in range(1, len(plan.search.proxies_per_iteration) + 1)]
+    iterations = max(iteration, len(plan.search.proxies_per_iteration))  # the last count repeats past the list
+    schedule = [plan.search.proxies(k) for k in range(1, iterations + 1)]
     return proxy_count(load(plan), schedule, iteration, plan.search.continued_proxy_fraction)
 
 
