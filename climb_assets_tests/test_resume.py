@@ -411,6 +411,17 @@ def test_a_pool_slot_is_never_granted_twice(tmp_path):
         assert second.event_log_storage.claim_concurrency_slot("lake_test", "run-b", "write").is_claimed  # its turn
 
 
+def test_every_process_that_loads_the_code_location_claims_pool_slots_through_the_guard():
+    """Run workers of ``dagster dev`` and the daemon never call ``prepare_instance``; loading the definitions is what
+    they share with the climb CLI."""
+    check = ("from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage as S\n"
+             "import climb_assets.definitions\n"
+             "from climb_assets.instance import _claim_free_slot_only\n"
+             "print(S._claim_concurrency_slot is _claim_free_slot_only)")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip().splitlines()[-1] == "True", loaded.stderr[-2000:]
+
+
 WAITING_CHILD = """
 import sys, time
 from pathlib import Path
