@@ -9,9 +9,9 @@ import time
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
-from dagster._utils.concurrency import ConcurrencySlotStatus
 from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._utils.concurrency import ConcurrencySlotStatus
 
 from climb_assets.devices import default_slots
 from climb_assets.home import ClimbHome
