@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from climb_assets.demo import KINDS, PACKAGES, build_demo_corpus, shard_names
-from climb_assets.demo.corpus import MAX_TOKENS, _chunk, _code_blocks, _tokens
+from climb_assets.demo.corpus import MAX_TOKENS, READERS, _chunk, _code_blocks, _tokens
 from climb_assets.home import ClimbHome
 
 SCALE = 0.01
@@ -159,6 +159,19 @@ def test_another_seed_lands_other_documents(built, tmp_path):
     home_c = ClimbHome(tmp_path / "c").ensure()
     build_demo_corpus(home_c, 1, seed=1, scale=SCALE)
     assert {d["id"] for d in _docs(home_c, 1)} != {d["id"] for d in _docs(home_a, 1)}
+
+
+def test_tech_docs_read_only_the_packages_constraints_pin():
+    """pip (upgraded to whatever is newest at install time) and the venv's setuptools are installed here, but a new
+    pip must not change the demo corpus: their files are never a source."""
+    import pip
+
+    assert Path(pip.__file__).parent.is_dir()
+    tops = {source.label.split("/")[1].split("-")[0] for source in READERS["tech_docs"]()}
+    assert {"pip", "setuptools", "pkg_resources", "_distutils_hack"}.isdisjoint(tops)
+    assert {"polars", "torch", "dagster"} <= tops
+    licences = {source.label.split("/")[1].split("-")[0] for source in PACKAGES.readers["licences"]()}
+    assert "pip" not in licences and licences  # pip vendors a dozen licence files
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -285,14 +285,26 @@ def _docstrings(source: str) -> list[str]:
 _DOC_SPLITTERS: dict[str, Callable[[str], list[str]]] = {".md": _paragraphs, ".rst": _paragraphs, ".py": _docstrings}
 
 
+# Installed by the venv and ``pip install --upgrade pip``, not by constraints.txt: their versions vary from machine to
+# machine and week to week, so the demo corpus reads none of them (it did read pip's: a new pip changed the corpus).
+UNPINNED_PACKAGES = frozenset({"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel"})
+
+
+def _pinned(rel: str) -> bool:
+    top = rel.split("/", 1)[0]
+    return top not in UNPINNED_PACKAGES and not (top.endswith(".dist-info") and top.split("-")[0] in UNPINNED_PACKAGES)
+
+
 def _tech_docs() -> Iterator[_Source]:
-    """Technical prose of the installed packages: reST/Markdown docs, READMEs (wheel METADATA), docstrings."""
+    """Technical prose of the installed packages (those constraints.txt pins): reST/Markdown docs, READMEs (wheel
+    METADATA), docstrings."""
     site = sysconfig.get_paths()["purelib"]
 
     def splitter(name: str) -> Callable[[str], list[str]] | None:
         return _metadata_paragraphs if name == "METADATA" else _DOC_SPLITTERS.get(os.path.splitext(name)[1])
 
-    for rel in _walk(Path(site), lambda name: splitter(name) is not None, frozenset({"__pycache__", "test", "tests"})):
+    for rel in filter(_pinned, _walk(Path(site), lambda name: splitter(name) is not None,
+                                     frozenset({"__pycache__", "test", "tests"}))):  # fmt: skip
         split = splitter(rel.rsplit("/", 1)[-1])
         yield _Source(_slug(rel), f"site-packages/{rel}", partial(_file_units, os.path.join(site, rel), split))
 

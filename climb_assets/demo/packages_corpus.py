@@ -27,6 +27,7 @@ from climb_assets.demo.corpus import (
     _read_text,
     _slug,
     _Source,
+    _pinned,
     _walk,
 )
 
@@ -57,7 +58,7 @@ def _hand_written_units(path: Path, split: Callable[[str], list[str]]) -> list[s
 def _site_files(suffixes: tuple[str, ...], split: Callable[[str], list[str]], joiner: str = "\n\n") -> Iterator[_Source]:
     """Every file with one of ``suffixes`` in site-packages, one source each (bundles load as no units)."""
     site = _site()
-    for rel in _walk(site, lambda name: name.lower().endswith(suffixes), SKIP_DIRS):
+    for rel in filter(_pinned, _walk(site, lambda name: name.lower().endswith(suffixes), SKIP_DIRS)):
         yield _Source(_slug(rel), f"site-packages/{rel}", partial(_hand_written_units, site / rel, split), joiner)
 
 
@@ -66,7 +67,7 @@ def _licences() -> Iterator[_Source]:
     site = _site()
     seen: set[str] = set()
     names = ("license", "licence", "copying", "notice")
-    for rel in _walk(site, lambda name: name.lower().startswith(names), SKIP_DIRS):
+    for rel in filter(_pinned, _walk(site, lambda name: name.lower().startswith(names), SKIP_DIRS)):
         if ".dist-info/" not in rel:
             continue
         text = _read_text(site / rel)
