@@ -39,11 +39,25 @@ def search_asset_keys(iterations: int):
                    for name in ("mixture_candidates", "proxy_results", "predictor")]  # fmt: skip
 
 
+def token_files(home) -> dict[Path, int]:
+    """Every token file in the lake and when it was written."""
+    return {path: path.stat().st_mtime_ns for path in (home.lake / "tokens").rglob("*.bin")}
+
+
+def tokens_written(before: dict[Path, int], after: dict[Path, int]) -> int:
+    """Tokens in the token files written between two snapshots (the ``.idx`` ends at the shard's token count)."""
+    written = [path for path, mtime in after.items() if before.get(path) != mtime]
+    return sum(int(np.load(path.with_suffix(".idx"))[-1]) for path in written)
+
+
 def run_search(defs, instance, home, settings: dict, iterations: int) -> dict:
+    from climb_assets import lake
     from climb_assets.cli import run_job
     from climb_assets.search import continuation
     from climb_assets.search.keys import SearchPlan
 
+    bases = set(lake.base_checkpoint_path(home, "any").parent.glob("*.pt"))
+    files = token_files(home)
     started = time.perf_counter()
     run_job(defs, instance, "search_job", {"resources": {"search": {"config": settings}}},
             asset_selection=search_asset_keys(iterations))  # fmt: skip
@@ -51,7 +65,11 @@ def run_search(defs, instance, home, settings: dict, iterations: int) -> dict:
     search = defs.resources["search"]
     plan = SearchPlan(home, type(search)(**(search.model_dump() | settings)))
     own = pl.concat([pl.read_parquet(plan.results_path(k)) for k in range(1, iterations + 1)])
-    return {"plan": plan, "seconds": round(seconds, 1), "trained": int((~own["reused"]).sum()), "runs": own.height,
+    trained = int((~own["reused"]).sum())
+    base_tokens = 0 if plan.base_path is None or plan.base_path in bases else plan.search.base_token_budget
+    return {"plan": plan, "seconds": round(seconds, 1), "trained": trained, "runs": own.height,
+            "tokens_tokenized": tokens_written(files, token_files(home)),
+            "proxy_tokens_trained": trained * plan.search.token_budget + base_tokens,
             "best_proxy": round(float(own["objective"].max()), 4), "state": continuation.load(plan)}  # fmt: skip
 
 
@@ -102,11 +120,13 @@ def main() -> None:
     for name, outcome in searches.items():
         rows.append({"search": f"wave 2 ({name})", **{k: v for k, v in outcome.items() if k != "plan"}})
 
-    print("\n| search | proxies trained | runs | seconds | best proxy | start | decision | refresh Spearman (p) | "
-          "refresh RMSE (after shift) | prior shift | reasons |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| search | proxies trained | runs | tokens tokenized | proxy tokens trained (base incl.) | seconds | "
+          "best proxy | start | decision | refresh Spearman (p) | refresh RMSE (after shift) | prior shift | reasons |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         s = row["state"]
-        print(f"| {row['search']} | {row['trained']} | {row['runs']} | {row['seconds']} | {row['best_proxy']} | "
+        print(f"| {row['search']} | {row['trained']} | {row['runs']} | {row['tokens_tokenized']:,} | "
+              f"{row['proxy_tokens_trained']:,} | {row['seconds']} | {row['best_proxy']} | "
               f"{s['start']} | {s.get('decision', '')} | "
               f"{s.get('refresh_spearman', '')} ({s.get('refresh_p_value', '')}) | "
               f"{s.get('refresh_rmse', '')} ({s.get('refresh_rmse_after_shift', '')}) | {s.get('prior_shift', '')} | "
