@@ -51,14 +51,12 @@ def tokens_written(before: dict[Path, int], after: dict[Path, int]) -> int:
 
 
 def run_search(defs, instance, home, settings: dict, iterations: int) -> dict:
-    from climb_assets import lake
     from climb_assets.cli import run_job
     from climb_assets.search import continuation
     from climb_assets.search.keys import SearchPlan
 
-    bases = set(lake.base_checkpoint_path(home, "any").parent.glob("*.pt"))
     files = token_files(home)
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     run_job(defs, instance, "search_job", {"resources": {"search": {"config": settings}}},
             asset_selection=search_asset_keys(iterations))  # fmt: skip
     seconds = time.perf_counter() - started
@@ -66,7 +64,8 @@ def run_search(defs, instance, home, settings: dict, iterations: int) -> dict:
     plan = SearchPlan(home, type(search)(**(search.model_dump() | settings)))
     own = pl.concat([pl.read_parquet(plan.results_path(k)) for k in range(1, iterations + 1)])
     trained = int((~own["reused"]).sum())
-    base_tokens = 0 if plan.base_path is None or plan.base_path in bases else plan.search.base_token_budget
+    base_trained = plan.base_path is not None and plan.base_path.stat().st_mtime >= started_at  # written by this search
+    base_tokens = plan.search.base_token_budget if base_trained else 0
     return {"plan": plan, "seconds": round(seconds, 1), "trained": trained, "runs": own.height,
             "tokens_tokenized": tokens_written(files, token_files(home)),
             "proxy_tokens_trained": trained * plan.search.token_budget + base_tokens,
