@@ -73,6 +73,10 @@ def test_the_daemon_retries_a_failed_first_fit_and_the_merge_happens(tmp_path):
                     damaged.write_bytes(intact)  # the cause fixed: nobody relaunches anything
                     repaired = True
                 time.sleep(0.5)
+            # the merge's materialization is stored before its run reports its end: wait for the end too
+            while not all(run.is_finished for run in instance.get_runs(dg.RunsFilter(job_name="recluster_job"))):
+                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(0.5)
 
             fits = runs_of(instance, "first-fit")
             assert [run.status for run in fits][-1] == dg.DagsterRunStatus.SUCCESS
