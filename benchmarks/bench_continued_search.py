@@ -34,7 +34,7 @@ from scipy import stats
 def search_asset_keys(iterations: int):
     import dagster as dg
 
-    keys = [dg.AssetKey(name) for name in ("proxy_tokenizer", "proxy_token_files", "proxy_base_checkpoint")]
+    keys = [dg.AssetKey(name) for name in ("proxy_tokenizer", "proxy_base_checkpoint")]
     return keys + [dg.AssetKey([f"iteration_{k}", name]) for k in range(1, iterations + 1)
                    for name in ("mixture_candidates", "proxy_results", "predictor")]  # fmt: skip
 

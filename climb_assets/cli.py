@@ -148,13 +148,14 @@ def bring_clusters_current(defs, instance, home: ClimbHome, *, refit: bool = Fal
     return shards
 
 
-def run_partitions(defs, instance, name: str, shards: list[str]) -> None:
+def run_partitions(defs, instance, name: str, shards: list[str], run_config: dict | None = None) -> None:
     from climb_assets.instance import local_run_tags
 
     job = defs.resolve_job_def(name)
+    config = QUIET | (run_config or {})
     for shard in shards:
         outcome = job.execute_in_process(
-            instance=instance, partition_key=shard, run_config=QUIET, raise_on_error=False, tags=local_run_tags()
+            instance=instance, partition_key=shard, run_config=config, raise_on_error=False, tags=local_run_tags()
         )
         if not outcome.success:
             raise SystemExit(f"{name} failed for shard {shard} (see the Dagster UI)")
@@ -196,13 +197,36 @@ def search_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def search_key_of(defs, home: ClimbHome, run_config: dict | None) -> str:
-    """The key of the search ``run_config`` ran: its ClimbMix and proof are under ``climbmix/<search key>/``."""
+def search_plan_of(defs, home: ClimbHome, run_config: dict | None):
+    """The search ``run_config`` asks for: the code location's search settings with the run's on top."""
     from climb_assets.search.keys import SearchPlan
 
     search = defs.resources["search"]
     chosen = ((run_config or {}).get("resources") or {}).get("search", {}).get("config") or {}
-    return SearchPlan(home, type(search)(**(search.model_dump() | chosen))).search_key
+    return SearchPlan(home, type(search)(**(search.model_dump() | chosen)))
+
+
+def search_key_of(defs, home: ClimbHome, run_config: dict | None) -> str:
+    """The key of the search ``run_config`` ran: its ClimbMix and proof are under ``climbmix/<search key>/``."""
+    return search_plan_of(defs, home, run_config).search_key
+
+
+def tokenize_new_shards(defs, instance, home: ClimbHome, run_config: dict | None) -> list[str]:
+    """One ``tokenize_shard_job`` run per shard without token files for the search's kept tokenizer (after a new
+    wave: its new shards only); none before the first search, whose tokenizer step tokenizes every shard."""
+    from climb_assets.lake import raw_shards_dir
+    from climb_assets.lm.token_files import is_current, token_dir
+    from climb_assets.lm.tokenizer import load_tokenizer
+
+    plan = search_plan_of(defs, home, run_config)
+    if not plan.tokenizer_path.exists():
+        return []
+    directory = token_dir(home, load_tokenizer(plan.tokenizer_path))
+    raw = sorted(raw_shards_dir(home).glob("*.parquet"))
+    shards = [path.stem for path in raw if not is_current(path, directory)]
+    resources = (run_config or {}).get("resources")  # the search settings name the tokenizer
+    run_partitions(defs, instance, "tokenize_shard_job", shards, {"resources": resources} if resources else None)
+    return shards
 
 
 def print_locations(home: ClimbHome, search_key: str, total: float, summary_path: Path) -> None:
@@ -290,12 +314,15 @@ def crawl(args: argparse.Namespace) -> None:
         raise SystemExit(f"no shards ingested yet: drop jsonl, jsonl.gz or Parquet files into {home.landing}")
     with timer.step("clusters current (fit if none, assign new shards), quality + super-clusters"):
         bring_clusters_current(defs, instance, home)
+    with timer.step("token files for shards the kept tokenizer has not seen (one run per shard)"):
+        tokenized = tokenize_new_shards(defs, instance, home, run_config)
     with timer.step("CLIMB search, ClimbMix and proof"):
         run_job(defs, instance, "search_job", run_config, gpu_slots=args.gpu_slots or 1)
     total = round(time.perf_counter() - started, 1)
     search_key = search_key_of(defs, home, run_config)
     summary = write_summary(home, search_key, "crawl_summary.json", {
-        "climb_home": str(home.root), "new_shards": shards, "search_config": run_config,
+        "climb_home": str(home.root), "new_shards": shards, "shards_tokenized_before_search": tokenized,
+        "search_config": run_config,
         "timings_seconds": timer.steps | {"total": total},
     })  # fmt: skip
     print_locations(home, search_key, total, summary)

@@ -32,7 +32,7 @@ from climb_assets.quality.super_clusters import (  # noqa: E402
     super_clusters_partition_check,
 )
 from climb_assets.resources import ClimbHomeResource  # noqa: E402
-from climb_assets.search.assets import build_search_assets  # noqa: E402
+from climb_assets.search.assets import build_search_assets, proxy_token_files  # noqa: E402
 from climb_assets.search.sensors import build_search_sensor  # noqa: E402
 from climb_assets.search.settings import (  # noqa: E402
     SEARCH_ITERATIONS,
@@ -70,6 +70,14 @@ semantic_dedup_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(semantic_duplicates),
     partitions_def=shard_partitions,
     description="SemDeDup one assigned shard inside its fine clusters, against the shards registered before it.",
+)
+
+
+tokenize_shard_job = dg.define_asset_job(
+    "tokenize_shard_job",
+    selection=dg.AssetSelection.assets(proxy_token_files),
+    partitions_def=shard_partitions,
+    description="Tokenize one shard with the search's kept proxy tokenizer (a new wave: its new shards only).",
 )
 
 
@@ -122,10 +130,11 @@ def build_definitions(
     return dg.Definitions(
         assets=[
             raw_shards, embeddings, quality_signals, cluster_centroids, cluster_assignments, semantic_duplicates,
-            dbt_quality_models, quality_filtered_clusters, *search_assets,
+            dbt_quality_models, quality_filtered_clusters, proxy_token_files, *search_assets,
         ],  # fmt: skip
         asset_checks=[raw_shards_conserve_rows, super_clusters_partition_check],
-        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job, search_job],
+        jobs=[ingest_shard_job, cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job,
+              tokenize_shard_job, search_job],
         sensors=[
             build_landing_sensor(ingest_shard_job, **interval),
             build_recluster_sensor(cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job,

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from climb_assets import lake
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import continuation
-from climb_assets.search.assets import build_search_assets
+from climb_assets.search.assets import build_search_assets, proxy_token_files
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor
 from climb_assets.search.sensors import build_search_sensor
@@ -31,7 +31,8 @@ def search(home, instance, **changes) -> dict[str, dict]:
                  "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
     result = dg.materialize(build_search_assets(2), resources=resources, instance=instance)
     assert result.success
-    nodes = [f"iteration_{k}__{name}" for k in (1, 2) for name in ("mixture_candidates", "proxy_results", "predictor")]
+    nodes = ["proxy_tokenizer"] + [f"iteration_{k}__{name}" for k in (1, 2)
+                                   for name in ("mixture_candidates", "proxy_results", "predictor")]  # fmt: skip
     return {
         m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
         for node in nodes for m in result.asset_materializations_for_node(node)
@@ -60,10 +61,24 @@ def land_wave(home, version: str, drop_group: int | None = None) -> None:
     mapping.write_parquet(supers / "mapping.parquet")
 
 
+def token_file_partitions(instance) -> dict[str, dict]:
+    """Each shard's latest ``proxy_token_files`` materialization: its metadata and the run that made it."""
+    latest = {}
+    for record in instance.fetch_materializations(dg.AssetKey("proxy_token_files"), limit=1000).records:
+        materialization = record.asset_materialization
+        latest.setdefault(materialization.partition, {k: v.value for k, v in materialization.metadata.items()}
+                          | {"run_id": record.run_id})  # fmt: skip
+    return latest
+
+
 @pytest.fixture
 def first_search(home, instance):
     write_search_state(home)
     metadata = search(home, instance)
+    shards = sorted(p.stem for p in home.lake_dir("raw_shards").glob("*.parquet"))
+    # the first search's tokenizer step tokenized every shard, each recorded as its own partition
+    assert metadata["proxy_tokenizer"]["shards_tokenized_here"] == len(shards) > 0
+    assert sorted(token_file_partitions(instance)) == shards
     assert metadata["iteration_1/mixture_candidates"]["continuation_start"] == "first"
     assert metadata["iteration_1/proxy_results"]["trained"] == 8 and metadata["iteration_2/proxy_results"]["trained"] == 4
     return SearchPlan(home, SearchSettings(**BASE)).search_key
@@ -72,7 +87,24 @@ def first_search(home, instance):
 def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, instance, first_search):
     land_wave(home, "v2")
     changes = {"continue_min_spearman": -1.0, "continue_max_p_value": 1.0}  # keep the old runs: the reuse path
+    before = token_file_partitions(instance)
+    # the kept tokenizer: the new shard alone is tokenized, in its own partition's run (what `climb crawl` launches)
+    instance.add_dynamic_partitions("raw_shards", ["shard-w2"])
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**(BASE | changes))}
+    tokenized = dg.materialize([proxy_token_files], partition_key="shard-w2", resources=resources, instance=instance)
+    assert tokenized.success
+    (made,) = tokenized.asset_materializations_for_node("proxy_token_files")
+    assert made.partition == "shard-w2" and made.metadata["tokenized"].value is True
+    raw_rows = pl.read_parquet(home.lake_dir("raw_shards") / "shard-w2.parquet").height
+    assert made.metadata["rows"].value == raw_rows and made.metadata["tokens"].value > raw_rows
+    again = dg.materialize([proxy_token_files], partition_key="shard-w2", resources=resources, instance=instance)
+    (kept,) = again.asset_materializations_for_node("proxy_token_files")
+    assert kept.metadata["tokenized"].value is False and kept.metadata["tokens"].value == made.metadata["tokens"].value
+    after = token_file_partitions(instance)
+    assert {shard: after[shard]["run_id"] for shard in before} == {shard: m["run_id"] for shard, m in before.items()}
+
     metadata = search(home, instance, **changes)
+    assert metadata["proxy_tokenizer"]["reused"] is True and metadata["proxy_tokenizer"]["shards_tokenized_here"] == 0
     plan = SearchPlan(home, SearchSettings(**(BASE | changes)))
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "refresh" and start["continuation_parent"] == first_search
@@ -123,6 +155,8 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
 def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instance, first_search):
     land_wave(home, "v2", drop_group=2)
     metadata = search(home, instance)
+    # nobody ran the new shard's partition (the search sensor's path): the search's tokenizer step tokenized it
+    assert metadata["proxy_tokenizer"]["shards_tokenized_here"] == 1 and "shard-w2" in token_file_partitions(instance)
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "restart" and start["continuation_parent"] == first_search
     assert "(vanished: [2])" in start["continuation_reasons"] and start["continuation_prior_shift"] > 0.1

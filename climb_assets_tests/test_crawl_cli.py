@@ -68,6 +68,7 @@ def test_crawl_ingests_clusters_and_searches_for_the_named_target(crawl_inputs):
     climbmix = home / "climbmix" / summary["search_key"]  # this search's own ClimbMix
     assert summary["climbmix"] == str(climbmix) and f"ClimbMix + manifest.json  {climbmix}" in done.stdout
     assert sorted(summary["new_shards"]) == ["part-0000.jsonl", "part-0001.jsonl", "part-0002.jsonl"]
+    assert summary["shards_tokenized_before_search"] == []  # no tokenizer yet: the search's own step tokenized them
     manifest = json.loads((climbmix / "manifest.json").read_text())
     assert manifest["search_key"] == summary["search_key"]
     # the search measured the user's target file, not the default one

@@ -21,7 +21,7 @@ CANDIDATES = 4
 # one thread per proxy in both runs, so the two runs compute bit for bit the same thing
 SETTINGS = {**TINY_SEARCH, "proxies_per_iteration": [CANDIDATES], "token_budget": 12_000, "base_token_budget": 4_000,
             "max_repeats": 20.0, "num_threads": 1}  # fmt: skip
-ITERATION_1 = [["proxy_tokenizer"], ["proxy_token_files"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
+ITERATION_1 = [["proxy_tokenizer"], ["proxy_base_checkpoint"], ["iteration_1", "mixture_candidates"],
                ["iteration_1", "proxy_results"]]  # fmt: skip
 
 

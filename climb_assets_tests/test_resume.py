@@ -148,7 +148,7 @@ def killed_search(home, tmp_path, monkeypatch):
     """The search state with iteration 1's proxy training killed by SIGKILL part way through."""
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))  # prepare_instance sets it; restored after the test
     write_search_state(home)
-    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_token_files"], ["proxy_base_checkpoint"],
+    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_base_checkpoint"],
                                                ["iteration_1", "mixture_candidates"]])  # fmt: skip
     proxies = proxy_markers_dir(home)
     log = tmp_path / "child.log"
@@ -237,7 +237,7 @@ def test_a_base_checkpoint_killed_while_it_trains_leaves_nothing_and_is_trained_
     visible, its lock and gpu slot are free again, and the next run trains it and the proxies go on from it."""
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
     write_search_state(home)
-    assert materialize_search(str(home.root), [["proxy_tokenizer"], ["proxy_token_files"]], BASE_SETTINGS)
+    assert materialize_search(str(home.root), [["proxy_tokenizer"]], BASE_SETTINGS)
     plan = SearchPlan(home, SearchSettings(**BASE_SETTINGS))
     lock = plan.base_path.with_suffix(".lock")
     log = tmp_path / "child.log"

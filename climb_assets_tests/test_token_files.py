@@ -226,7 +226,7 @@ def test_membership_naming_a_missing_document_is_an_error(home, bpe):
         load_search_corpus(home, bpe)
 
 
-def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, bpe):
+def test_token_files_are_one_partition_per_shard_made_once_per_tokenizer(home, climb_resource, bpe):
     import dagster as dg
 
     from climb_assets.search.assets import proxy_token_files
@@ -234,17 +234,41 @@ def test_token_files_asset_tokenizes_only_missing_shards(home, climb_resource, b
     from climb_assets.search.settings import SearchSettings
 
     write_membership(home, add_shard(home, "s0"), n_groups=2)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("raw_shards", ["s0", "s1", "s9"])
+    resources = {"climb": climb_resource, "search": SearchSettings()}
+
+    def materialize(shard: str) -> dg.AssetMaterialization:
+        result = dg.materialize([proxy_token_files], partition_key=shard, resources=resources, instance=instance,
+                                raise_on_error=False)  # fmt: skip
+        assert result.success, [e.message for e in result.all_events if e.is_step_failure]
+        (made,) = result.asset_materializations_for_node("proxy_token_files")
+        return made
+
+    refused = dg.materialize([proxy_token_files], partition_key="s0", resources=resources, instance=instance,
+                             raise_on_error=False)  # fmt: skip
+    assert not refused.success and "materialize proxy_tokenizer first" in str(refused.all_events)
     path = SearchPlan(home, SearchSettings()).tokenizer_path  # where proxy_tokenizer puts it for these settings
     path.parent.mkdir(parents=True, exist_ok=True)
     bpe.save(path)
     tokenizer = load_tokenizer(path)
 
-    def materialize() -> dict:
-        result = dg.materialize([proxy_token_files], resources={"climb": climb_resource, "search": SearchSettings()})
-        return result.asset_materializations_for_node("proxy_token_files")[0].metadata
-
-    first = materialize()
-    assert first["shards_tokenized"].value == 1 and first["tokenizer_sha256"].value == tokenizer_sha256(tokenizer)
+    first = materialize("s0")
+    assert first.partition == "s0" and first.metadata["tokenized"].value is True
+    assert first.metadata["tokenizer_sha256"].value == tokenizer_sha256(tokenizer)
+    assert first.metadata["tokens"].value == sum(len(t) for t in decode_shard(home, tokenizer, "s0")) > 0
+    stamps = file_stamps(token_dir(home, tokenizer))
     add_shard(home, "s1", seed=1)
-    second = materialize()
-    assert (second["shards_tokenized"].value, second["shards_reused"].value, second["tokenized"].value) == (1, 1, "s1")
+    assert materialize("s1").metadata["tokenized"].value is True
+    again = materialize("s0")  # nothing new for s0: its files are kept, and its version is the same
+    assert again.metadata["tokenized"].value is False
+    assert {name: t for name, t in file_stamps(token_dir(home, tokenizer)).items() if name.startswith("s0")} == stamps
+    versions: dict[str, set[str]] = {}
+    for record in instance.fetch_materializations(dg.AssetKey("proxy_token_files"), limit=10).records:
+        made = record.asset_materialization
+        versions.setdefault(made.partition, set()).add(made.tags["dagster/data_version"])
+    assert len(versions["s0"]) == 1 and versions["s0"] != versions["s1"]
+
+    missing = dg.materialize([proxy_token_files], partition_key="s9", resources=resources, instance=instance,
+                             raise_on_error=False)  # fmt: skip
+    assert not missing.success and "raw shard 's9' is not in the lake" in str(missing.all_events)

@@ -116,20 +116,32 @@ def tokenize_shard(raw_path: Path, tokenizer: TextTokenizer, directory: Path) ->
     return meta
 
 
+def shard_token_meta(directory: Path, shard: str) -> dict:
+    """What a shard's token files hold (rows, tokens, dtype) and which raw bytes they were made from."""
+    return json.loads(_meta_path(directory, shard).read_text())
+
+
+def ensure_shard_tokens(home: ClimbHome, tokenizer: TextTokenizer, shard: str) -> tuple[dict, bool]:
+    """One raw shard's token files for this tokenizer, made only if missing or stale; returns (meta, tokenized now)."""
+    raw_path = raw_shards_dir(home) / f"{shard}.parquet"
+    if not raw_path.is_file():
+        raise FileNotFoundError(f"raw shard {shard!r} is not in the lake ({raw_path}): ingest it first")
+    directory = token_dir(home, tokenizer)
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_current(raw_path, directory):
+        return shard_token_meta(directory, shard), False
+    return tokenize_shard(raw_path, tokenizer, directory), True
+
+
 def ensure_token_files(home: ClimbHome, tokenizer: TextTokenizer) -> dict[str, list[str]]:
     """Tokenize only the raw shards without current token files for this tokenizer; returns what was done.
 
     Safe to call from several processes at once: each writes complete files and renames them into place.
     """
-    directory = token_dir(home, tokenizer)
-    directory.mkdir(parents=True, exist_ok=True)
     done: dict[str, list[str]] = {"tokenized": [], "reused": []}
     for raw_path in sorted(raw_shards_dir(home).glob("*.parquet")):
-        if is_current(raw_path, directory):
-            done["reused"].append(raw_path.stem)
-        else:
-            tokenize_shard(raw_path, tokenizer, directory)
-            done["tokenized"].append(raw_path.stem)
+        _, tokenized = ensure_shard_tokens(home, tokenizer, raw_path.stem)
+        done["tokenized" if tokenized else "reused"].append(raw_path.stem)
     return done
 
 
@@ -146,7 +158,7 @@ class TokenStore:
     def _open(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._tokens:
             name = self.shard_names[shard]
-            meta = json.loads(_meta_path(self.directory, name).read_text())
+            meta = shard_token_meta(self.directory, name)
             offsets = np.load(lake_file(self.directory, name, ".idx"), mmap_mode="r")
             bin_path = lake_file(self.directory, name, ".bin")
             self._tokens[shard] = (
@@ -230,7 +242,7 @@ def cached_group_index(store: TokenStore, members_path: Path) -> dict[int, Group
     """
     key = hashlib.sha256(file_sha256(members_path).encode())
     for name in store.shard_names:
-        key.update(f"{name}:{json.loads(_meta_path(store.directory, name).read_text())['raw_sha256']};".encode())
+        key.update(f"{name}:{shard_token_meta(store.directory, name)['raw_sha256']};".encode())
     path = store.directory / f"index-{key.hexdigest()[:16]}.npz"
     if path.is_file():
         arrays = np.load(path)

@@ -16,12 +16,15 @@ from dataclasses import asdict, replace
 
 import dagster as dg
 import numpy as np
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 import polars as pl
 
 from climb_assets import lake
+from climb_assets.home import ClimbHome
+from climb_assets.ingest.assets import shard_partitions
 from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.lm.proxy import run_proxy
-from climb_assets.lm.token_files import ensure_token_files, token_dir, tokenizer_sha256
+from climb_assets.lm.token_files import ensure_shard_tokens, token_dir, tokenizer_sha256
 from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
 from climb_assets.lm.train import save_checkpoint
 from climb_assets.metadata import markdown_table
@@ -87,16 +90,55 @@ def ensure_proxy_tokenizer(plan: SearchPlan, on_wait: Callable[[str], None] | No
         return tokenizer, record, False
 
 
+def token_files_metadata(home: ClimbHome, tokenizer, meta: dict, tokenized: bool, seconds: float) -> dict:
+    """One shard's ``proxy_token_files`` partition as the UI shows it."""
+    return {
+        "tokenized": tokenized,
+        "rows": meta["rows"],
+        "tokens": meta["tokens"],
+        "dtype": meta["dtype"],
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+        "raw_sha256": meta["raw_sha256"],
+        "seconds": round(seconds, 2),
+        "path": dg.MetadataValue.path(str(token_dir(home, tokenizer))),
+    }
+
+
+def token_files_version(tokenizer, meta: dict) -> str:
+    """A shard's token files are determined by the tokenizer and the raw shard's bytes, nothing else."""
+    return f"{tokenizer_sha256(tokenizer)[:16]}-{meta['raw_sha256'][:16]}"
+
+
+def tokenize_missing_shards(context, plan: SearchPlan, tokenizer) -> list[str]:
+    """Tokenize every raw shard the per-shard runs have not (the first search, or a shard that landed since) and
+    record each as its ``proxy_token_files`` partition; one step does it before any proxy reads them, so no two proxy
+    processes tokenize the same shard."""
+    made = []
+    for shard in sorted(p.stem for p in lake.raw_shards_dir(plan.home).glob("*.parquet")):
+        started = time.perf_counter()
+        meta, tokenized = ensure_shard_tokens(plan.home, tokenizer, shard)
+        if tokenized:
+            made.append(shard)
+            context.log_event(dg.AssetMaterialization(
+                asset_key="proxy_token_files", partition=shard,
+                metadata=token_files_metadata(plan.home, tokenizer, meta, True, time.perf_counter() - started),
+                tags={DATA_VERSION_TAG: token_files_version(tokenizer, meta)},
+            ))  # fmt: skip
+    return made
+
+
 @dg.asset(group_name="search", deps=["quality_filtered_clusters"], kinds={"tokenizers"},
           code_version=ALGORITHM_VERSIONS["tokenizer"])  # fmt: skip
 def proxy_tokenizer(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
                     search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
     """A byte-level BPE trained offline on a sample of the kept documents, shared by every proxy. Trained once per
     tokenizer settings and kept across crawl waves and re-clusterings, so a new wave tokenizes only its new shards;
-    ``tokenizer_generation`` asks for a new one."""
+    ``tokenizer_generation`` asks for a new one. Before the search goes on, every shard without token files for it
+    is tokenized here (recorded as its ``proxy_token_files`` partition)."""
     plan = SearchPlan(climb.home(), search)
     started = time.perf_counter()
     tokenizer, record, reused = ensure_proxy_tokenizer(plan, waiting_in(context))
+    tokenized = tokenize_missing_shards(context, plan, tokenizer)
     path = plan.tokenizer_path
     return dg.MaterializeResult(
         metadata={
@@ -106,6 +148,7 @@ def proxy_tokenizer(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
             "trained_on_docs": record["trained_on_docs"],
             "trained_under_cluster_version": record["cluster_version"],
             "bytes_per_token": record["bytes_per_token"],
+            "shards_tokenized_here": len(tokenized),
             "seconds": round(time.perf_counter() - started, 2),
             "path": dg.MetadataValue.path(str(path)),
         },
@@ -113,26 +156,24 @@ def proxy_tokenizer(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
     )
 
 
-@dg.asset(group_name="search", deps=["proxy_tokenizer"], kinds={"numpy"})
-def proxy_token_files(climb: ClimbHomeResource, search: SearchSettings) -> dg.MaterializeResult:
-    """Memory-mapped token files (``lake/tokens/<tokenizer sha256[:16]>/<shard>.bin|.idx``) for every raw shard;
-    only shards without current files for this tokenizer are tokenized. One step does it before any proxy trains:
-    inside ``search_inputs`` alone every proxy step's process would race to tokenize the same shards (``search_inputs``
-    still calls ``ensure_token_files``, so a shard that lands in between is never missed)."""
+@dg.asset(group_name="search", partitions_def=shard_partitions, deps=["proxy_tokenizer", "raw_shards"],
+          kinds={"numpy"}, code_version=ALGORITHM_VERSIONS["token_files"])  # fmt: skip
+def proxy_token_files(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
+                      search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
+    """One raw shard's memory-mapped token files under the kept proxy tokenizer
+    (``lake/tokens/<tokenizer sha256[:16]>/<shard>.bin|.idx``), one partition per shard, so a new crawl wave
+    tokenizes its new shards only (``climb crawl`` runs ``tokenize_shard_job`` for each). Every row is tokenized:
+    membership changes with every re-clustering, a shard's text does not."""
     plan = SearchPlan(climb.home(), search)
-    home = plan.home
+    if not plan.tokenizer_path.exists():
+        raise dg.Failure(f"no proxy tokenizer {plan.tokenizer_fingerprint} for these settings yet: materialize "
+                         "proxy_tokenizer first (search_job does, and tokenizes every shard with it)")  # fmt: skip
     tokenizer = load_tokenizer(plan.tokenizer_path)
     started = time.perf_counter()
-    done = ensure_token_files(home, tokenizer)
+    meta, tokenized = ensure_shard_tokens(plan.home, tokenizer, context.partition_key)
     return dg.MaterializeResult(
-        metadata={
-            "tokenizer_sha256": tokenizer_sha256(tokenizer),
-            "shards_tokenized": len(done["tokenized"]),
-            "shards_reused": len(done["reused"]),
-            "tokenized": ", ".join(done["tokenized"][:20]) + (" ..." if len(done["tokenized"]) > 20 else ""),
-            "seconds": round(time.perf_counter() - started, 2),
-            "path": dg.MetadataValue.path(str(token_dir(home, tokenizer))),
-        }
+        metadata=token_files_metadata(plan.home, tokenizer, meta, tokenized, time.perf_counter() - started),
+        data_version=dg.DataVersion(token_files_version(tokenizer, meta)),
     )
 
 
@@ -163,7 +204,7 @@ def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str]
         return record, False, lease.metadata()
 
 
-@dg.asset(group_name="search", deps=[proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
+@dg.asset(group_name="search", deps=[proxy_tokenizer, proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
           code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
 def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
                           search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
@@ -326,7 +367,7 @@ def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinit
     """The three assets of one search iteration, wired to the previous iteration's predictor; the final one's
     predictor records the search as finished in its lineage."""
     prefix = f"iteration_{iteration}"
-    upstream = ["proxy_token_files"] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
+    upstream = ["proxy_tokenizer", "proxy_token_files"] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
 
     @dg.asset(name="mixture_candidates", key_prefix=prefix, group_name="search", deps=upstream, kinds={"numpy"},
               code_version=ALGORITHM_VERSIONS["candidates"])  # fmt: skip
@@ -429,9 +470,10 @@ def final_predictor_key(iterations: int) -> dg.AssetKey:
 
 
 def build_search_assets(iterations: int) -> list[dg.AssetsDefinition]:
-    """The tokenizer, the base checkpoint and ``iterations`` unrolled search iterations."""
+    """The tokenizer, the base checkpoint and ``iterations`` unrolled search iterations (``proxy_token_files`` is
+    partitioned by shard, so it is defined beside them, not in the search's runs)."""
     if iterations < 1:
         raise ValueError(f"a search needs at least one iteration, got {iterations}")
-    return [proxy_tokenizer, proxy_token_files, proxy_base_checkpoint] + [
+    return [proxy_tokenizer, proxy_base_checkpoint] + [
         asset for k in range(1, iterations + 1) for asset in build_iteration_assets(k, final=k == iterations)
     ]

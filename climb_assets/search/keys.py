@@ -33,6 +33,7 @@ from climb_assets.storage import exclusive_lock, file_sha256, write_json_atomic
 # by older code are never reused for it. Also used as the Dagster code_version of the assets that run the step.
 ALGORITHM_VERSIONS = {
     "tokenizer": "bpe-1",
+    "token_files": "tokens-1",
     "proxy": "proxy-2",
     "predictor": "select-2",
     "candidates": "dirichlet-1",
