@@ -5,13 +5,14 @@ the answer is as good (issue 18; prints numbers, not a test).
     python benchmarks/bench_continued_search.py --scale 0.5 --seeds 0,1,2,3,4
 
 Wave 1 lands, is clustered and searched from scratch (the lineage's first search). Wave 2 lands and is assigned under
-the same centroids. Then, on the same wave-2 super-clusters, two searches: ``continue`` (the default: a refresh, the
-old runs as evidence, a quarter of the proxies) and ``fresh`` (``search_start: fresh``, a full search). Each search
-runs the search assets only (tokenizer, token files, base, iterations), in one process, one after the other. For each
-search: proxies trained, wall time, the continuation's decision and refresh numbers, the best proxy and the final
-predictor's pick. Then both picks are trained from the same base with ``--seeds`` paired seeds, exactly as a proxy
-is (``run_proxy``), and the paired difference (continued − fresh) with a 95% t-interval says whether the continued
-search's answer is as good.
+the same centroids. Then, on the same wave-2 super-clusters, three searches: ``continue`` (the default: a refresh, the
+old runs as evidence, a quarter of the proxies, a base from scratch), ``continue, base trained on`` (the same with
+``base_continue_fraction: 0.25``: wave 1's base trained on for a quarter of its tokens) and ``fresh`` (``search_start: fresh``,
+a full search). Each search runs the search assets only (tokenizer, base, iterations), in one process, one after the
+other. For each search: proxies trained, wall time, the continuation's decision and refresh numbers, the best proxy
+and the final predictor's pick. Then every pick is trained from the full search's base with ``--seeds`` paired
+seeds, exactly as a proxy is (``run_proxy``), and the paired difference (continued − fresh) with a 95% t-interval
+says whether a continued search's answer is as good.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def run_search(defs, instance, home, settings: dict, iterations: int) -> dict:
     own = pl.concat([pl.read_parquet(plan.results_path(k)) for k in range(1, iterations + 1)])
     trained = int((~own["reused"]).sum())
     base_trained = plan.base_path is not None and plan.base_path.stat().st_mtime >= started_at  # written by this search
-    base_tokens = plan.search.base_token_budget if base_trained else 0
+    base_budget = (plan.search.base_continue_settings() if plan.parent_base else plan.search.base_settings()).token_budget
+    base_tokens = base_budget if base_trained else 0
     return {"plan": plan, "seconds": round(seconds, 1), "trained": trained, "runs": own.height,
             "tokens_tokenized": tokens_written(files, token_files(home)),
             "proxy_tokens_trained": trained * plan.search.token_budget + base_tokens,
@@ -114,8 +116,9 @@ def main() -> None:
     ingest_landed(defs, instance, home)
     bring_clusters_current(defs, instance, home, merge_config=merge)
     print(f"wave 2 ingested and assigned in {time.perf_counter() - started:.0f} s", flush=True)
-    searches = {name: run_search(defs, instance, home, settings, SEARCH_ITERATIONS)
-                for name, settings in (("continue", {}), ("fresh", {"search_start": "fresh"}))}  # fmt: skip
+    variants = (("continue", {"base_continue_fraction": 0.0}), ("continue, base trained on", {"base_continue_fraction": 0.25}),
+                ("fresh", {"search_start": "fresh"}))  # fmt: skip
+    searches = {name: run_search(defs, instance, home, settings, SEARCH_ITERATIONS) for name, settings in variants}
     for name, outcome in searches.items():
         rows.append({"search": f"wave 2 ({name})", **{k: v for k, v in outcome.items() if k != "plan"}})
 
@@ -133,11 +136,10 @@ def main() -> None:
 
     plans = {name: outcome["plan"] for name, outcome in searches.items()}
     picks = {name: pick(plan, SEARCH_ITERATIONS) for name, plan in plans.items()}
-    plan = plans["continue"]
+    plan = plans["fresh"]  # every pick is trained from the full search's base: a base from scratch on wave 2
     tokenizer, corpus = search_inputs(plan)
     target = plan.search.target(home)
     init = load_checkpoint(plan.base_path)[0].state_dict() if plan.base_path else None
-    assert plans["fresh"].base_path == plan.base_path, "both wave-2 searches continue from the same base"
     seeds = [int(s) for s in args.seeds.split(",")]
     objective = {name: [] for name in picks}
     for seed in seeds:
@@ -145,13 +147,16 @@ def main() -> None:
             outcome, _ = run_proxy(corpus, tokenizer, weights, plan.search.proxy_settings(), target, seed=seed,
                                    init_state=init)  # fmt: skip
             objective[name].append(outcome.metrics["objective"])
-    deltas = np.array(objective["continue"]) - np.array(objective["fresh"])
-    half = stats.t.ppf(0.975, len(deltas) - 1) * deltas.std(ddof=1) / np.sqrt(len(deltas)) if len(deltas) > 1 else np.nan
     print("\n| pick | predicted | trained (mean over seeds) | sd |\n|---|---|---|---|")
     for name, (_, predicted) in picks.items():
         print(f"| {name} | {predicted:.4f} | {np.mean(objective[name]):.4f} | {np.std(objective[name], ddof=1):.4f} |")
-    print(f"\ncontinued − fresh over {len(seeds)} paired seeds: {deltas.mean():+.4f} [{deltas.mean() - half:+.4f}, "
-          f"{deltas.mean() + half:+.4f}] (higher is better)")
+    for name in picks:
+        if name == "fresh":
+            continue
+        deltas = np.array(objective[name]) - np.array(objective["fresh"])
+        half = stats.t.ppf(0.975, len(deltas) - 1) * deltas.std(ddof=1) / np.sqrt(len(deltas)) if len(deltas) > 1 else np.nan
+        print(f"{name} − fresh over {len(seeds)} paired seeds: {deltas.mean():+.4f} [{deltas.mean() - half:+.4f}, "
+              f"{deltas.mean() + half:+.4f}] (higher is better)")
     saved = 1 - searches["continue"]["runs"] / searches["fresh"]["runs"]
     print(f"proxies saved by continuing: {saved:.0%}; search seconds continued / fresh: "
           f"{searches['continue']['seconds'] / searches['fresh']['seconds']:.2f}")

@@ -31,7 +31,7 @@ def search(home, instance, **changes) -> dict[str, dict]:
                  "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
     result = dg.materialize(build_search_assets(2), resources=resources, instance=instance)
     assert result.success
-    nodes = ["proxy_tokenizer"] + [f"iteration_{k}__{name}" for k in (1, 2)
+    nodes = ["proxy_tokenizer", "proxy_base_checkpoint"] + [f"iteration_{k}__{name}" for k in (1, 2)
                                    for name in ("mixture_candidates", "proxy_results", "predictor")]  # fmt: skip
     return {
         m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
@@ -86,7 +86,8 @@ def first_search(home, instance):
 
 def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, instance, first_search):
     land_wave(home, "v2")
-    changes = {"continue_min_spearman": -1.0, "continue_max_p_value": 1.0}  # keep the old runs: the reuse path
+    # keep the old runs (the reuse path), and train the first search's base on instead of a new one
+    changes = {"continue_min_spearman": -1.0, "continue_max_p_value": 1.0, "base_continue_fraction": 0.25}
     before = token_file_partitions(instance)
     # the kept tokenizer: the new shard alone is tokenized, in its own partition's run (what `climb crawl` launches)
     instance.add_dynamic_partitions("raw_shards", ["shard-w2"])
@@ -106,6 +107,16 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
     metadata = search(home, instance, **changes)
     assert metadata["proxy_tokenizer"]["reused"] is True and metadata["proxy_tokenizer"]["shards_tokenized_here"] == 0
     plan = SearchPlan(home, SearchSettings(**(BASE | changes)))
+    # the base is the first search's, trained on for a quarter of its tokens on the new natural mixture (asked for)
+    finished = lake.lineage_dir(home, plan.lineage_key) / "finished" / f"{first_search}.json"
+    first_base = json.loads(finished.read_text())["base_key"]
+    base = metadata["proxy_base_checkpoint"]
+    assert plan.parent_base == (first_base, lake.base_checkpoint_path(home, first_base))
+    assert base["continues_base"] == first_base and plan.base_key != first_base and not base["reused"]
+    assert base["tokens"] == plan.search.base_continue_settings().token_budget < BASE["base_token_budget"]
+    from_scratch = SearchPlan(home, SearchSettings(**(BASE | changes | {"base_continue_fraction": 0.0})))
+    assert from_scratch.parent_base is None and from_scratch.base_key not in (plan.base_key, first_base)
+    assert SearchPlan(home, SearchSettings(**(BASE | {"search_start": "fresh"}))).base_key == from_scratch.base_key
     start = metadata["iteration_1/mixture_candidates"]
     assert start["continuation_start"] == "refresh" and start["continuation_parent"] == first_search
     assert start["continuation_prior_shift"] <= 0.1 and start["random_candidates"] == 3
@@ -114,7 +125,8 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
 
     state = continuation.load(plan)
     assert state["decision"] == "reuse" and state["refresh_runs"] == 6 and 0 < state["refresh_p_value"] <= 1
-    assert f"continued search `{first_search}`" in continuation.describe(state) and "kept as evidence" in continuation.describe(state)
+    assert f"continued search `{first_search}` (its base trained on from base `{first_base}`)" in continuation.describe(state)
+    assert state["base_continues"] == first_base and "kept as evidence" in continuation.describe(state)
     # the refresh's numbers are those of the predictor fitted on the carried runs, measured on the new runs
     own = pl.read_parquet(plan.results_path(1))
     columns = [c for c in own.columns if c.startswith("w_")]
@@ -163,6 +175,7 @@ def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instanc
     assert metadata["iteration_1/proxy_results"]["trained"] == 8 and metadata["iteration_2/proxy_results"]["trained"] == 4
     assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
     restarted = continuation.load(SearchPlan(home, SearchSettings(**BASE)))
+    assert restarted["base_continues"] is None  # by default every wave's base is trained from scratch
     assert "by restarting it: the super-clusters moved by" in continuation.describe(restarted)
 
 

@@ -40,6 +40,7 @@ def test_defaults_the_tiny_settings_and_the_paper_scale_are_valid():
         ({"lr": 0.0}, "lr must be > 0"),
         ({"predictor_folds": 1}, "predictor_folds must be >= 2"),
         ({"cluster_loss_docs": -1}, "cluster_loss_docs must be >= 0"),
+        ({"base_continue_fraction": 1.5}, "base_continue_fraction must be in [0, 1], got 1.5"),
         ({"target_kind": "blend", "target_blend_bpb": 0.0, "target_blend_mc": 0.0}, "must be > 0 for target_kind"),
     ],
 )

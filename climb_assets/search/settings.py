@@ -32,7 +32,8 @@ SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
 # How a search continues its lineage's previous one: part of a search's key, not of the lineage's (a user who tunes
 # them keeps continuing the same line of searches).
 CONTINUATION_SETTINGS = frozenset({"search_start", "continued_proxy_fraction", "continue_min_spearman",
-                                   "continue_max_p_value", "continue_max_prior_shift"})  # fmt: skip
+                                   "continue_max_p_value", "continue_max_prior_shift",
+                                   "base_continue_fraction"})  # fmt: skip
 
 PROXY = ProxySettings()
 DEFAULT_PROXIES_PER_ITERATION = (16, 8, 8)
@@ -115,6 +116,10 @@ class SearchSettings(dg.ConfigurableResource):
     # ... and how likely a correlation that high is by chance (exact permutation test, one-sided), to keep its runs
     continue_max_p_value: float = 0.05
     continue_max_prior_shift: float = 0.1  # total variation between the old and new token priors, to continue at all
+    # > 0: a continued search's base checkpoint is the previous search's base trained on, on the new natural mixture,
+    # for this share of base_token_budget; 0 (default): every wave trains its base from scratch. Off because on the
+    # demo the refresh ranked worse from a base trained on (README, "A new crawl wave continues the search")
+    base_continue_fraction: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
@@ -151,6 +156,8 @@ class SearchSettings(dg.ConfigurableResource):
             problems.append(f"continue_min_spearman must be in [-1, 1], got {self.continue_min_spearman:g}")
         if not 0 < self.continue_max_p_value <= 1:
             problems.append(f"continue_max_p_value must be in (0, 1], got {self.continue_max_p_value:g}")
+        if not 0 <= self.base_continue_fraction <= 1:
+            problems.append(f"base_continue_fraction must be in [0, 1], got {self.base_continue_fraction:g}")
         if not 0 <= self.continue_max_prior_shift <= 1:
             problems.append(f"continue_max_prior_shift must be in [0, 1], got {self.continue_max_prior_shift:g}")
         if self.target_kind == "blend":
@@ -176,6 +183,12 @@ class SearchSettings(dg.ConfigurableResource):
 
     def base_settings(self) -> ProxySettings:
         return ProxySettings(**{**asdict(self.proxy_settings()), "token_budget": self.base_token_budget})
+
+    def base_continue_settings(self) -> ProxySettings:
+        """How a continued search's base trains on from the previous one: the base's settings, a share of its tokens
+        (at least one optimizer step)."""
+        tokens = max(self.batch_size * self.block_size, round(self.base_token_budget * self.base_continue_fraction))
+        return ProxySettings(**{**asdict(self.proxy_settings()), "token_budget": tokens})
 
     def result_settings(self) -> dict:
         """Every setting that can change a result (all of them but the speed-only ones)."""
