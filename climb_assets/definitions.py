@@ -139,7 +139,7 @@ def build_definitions(
             build_landing_sensor(ingest_shard_job, **interval),
             build_recluster_sensor(cluster_fit_job, cluster_assign_job, semantic_dedup_job, recluster_job,
                                    settle_seconds=settle_seconds, **interval),
-            build_search_sensor(search_job),
+            build_search_sensor(search_job, tokenize_shard_job),
             build_dead_run_sensor(),
         ],
         schedules=[build_refit_schedule(cluster_fit_job)],

@@ -10,9 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from climb_assets import lake
+from climb_assets.ingest.assets import shard_partitions
+from climb_assets.lm.token_files import ensure_token_files, tokenizer_sha256
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search import continuation
-from climb_assets.search.assets import build_search_assets, proxy_token_files
+from climb_assets.search.assets import build_search_assets, ensure_proxy_tokenizer, proxy_token_files
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor
 from climb_assets.search.sensors import build_search_sensor
@@ -224,19 +226,31 @@ def test_a_refresh_that_does_not_rank_drops_the_carried_runs_and_searches_at_ful
     assert continuation.continued_schedule([64, 32, 16], 0.25) == [16, 8, 4]
 
 
-def test_the_opt_in_search_sensor_requests_one_search_per_super_cluster_version(home, instance, climb_resource):
+def test_the_opt_in_search_sensor_tokenizes_new_shards_then_requests_one_search_per_version(home, instance, climb_resource):
     search_job = dg.define_asset_job("search_job", selection=dg.AssetSelection.assets(*build_search_assets(1)))
-    sensor = build_search_sensor(search_job)
+    tokenize_job = dg.define_asset_job("tokenize_shard_job", selection=dg.AssetSelection.assets(proxy_token_files),
+                                       partitions_def=shard_partitions)  # fmt: skip
+    sensor = build_search_sensor(search_job, tokenize_job)
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED  # it costs proxies: the user turns it on
+    settings = SearchSettings(**BASE)
 
     def tick():
-        return sensor(dg.build_sensor_context(instance=instance, resources={"climb": climb_resource}))
+        resources = {"climb": climb_resource, "search": settings}
+        return sensor(dg.build_sensor_context(instance=instance, resources=resources))
 
     assert "no super-clusters yet" in tick().skip_message
     write_search_state(home)
-    (request,) = tick().run_requests
+    (request,) = tick().run_requests  # no tokenizer yet: the search trains it and tokenizes every shard itself
     assert request.run_key == "search-v1:attempt-1" and request.job_name == "search_job"
     assert request.tags["climb/super_cluster_version"] == "v1"
+
+    plan = SearchPlan(home, settings)  # the search's kept tokenizer and its token files, as the first search left them
+    tokenizer, _, _ = ensure_proxy_tokenizer(plan)
+    ensure_token_files(home, tokenizer)
     land_wave(home, "v2")
+    requests = tick().run_requests  # the new wave's shard is tokenized first, in its own partition's run
+    assert [(r.job_name, r.partition_key) for r in requests] == [("tokenize_shard_job", "shard-w2")]
+    assert requests[0].run_key == f"tokens-{tokenizer_sha256(tokenizer)[:16]}-shard-w2:attempt-1"
+    ensure_token_files(home, tokenizer)  # what that run does
     (request,) = tick().run_requests
-    assert request.run_key == "search-v2:attempt-1"
+    assert request.run_key == "search-v2:attempt-1" and request.job_name == "search_job"
