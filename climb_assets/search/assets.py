@@ -16,13 +16,13 @@ from dataclasses import asdict, replace
 
 import dagster as dg
 import numpy as np
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 import polars as pl
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from climb_assets import lake
+from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.home import ClimbHome
 from climb_assets.ingest.assets import shard_partitions
-from climb_assets.devices import device_lease, gpu_slots
 from climb_assets.lm.proxy import run_proxy
 from climb_assets.lm.token_files import ensure_shard_tokens, token_dir, tokenizer_sha256
 from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -207,8 +207,8 @@ def ensure_base_checkpoint(plan: SearchPlan, slots: int, on_wait: Callable[[str]
         return record, False, lease.metadata()
 
 
-@dg.asset(group_name="search", deps=[proxy_tokenizer, proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS, kinds={"pytorch"},
-          code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
+@dg.asset(group_name="search", deps=[proxy_tokenizer, proxy_token_files], pool=GPU_POOL, op_tags=GPU_TAGS,
+          kinds={"pytorch"}, code_version=ALGORITHM_VERSIONS["proxy"])  # fmt: skip
 def proxy_base_checkpoint(context: dg.AssetExecutionContext, climb: ClimbHomeResource,
                           search: SearchSettings) -> dg.MaterializeResult:  # fmt: skip
     """One proxy trained on the natural mixture; every proxy continues from it, as the paper's proxies do
