@@ -214,16 +214,9 @@ def search_key_of(defs, home: ClimbHome, run_config: dict | None) -> str:
 def tokenize_new_shards(defs, instance, home: ClimbHome, run_config: dict | None) -> list[str]:
     """One ``tokenize_shard_job`` run per shard without token files for the search's kept tokenizer (after a new
     wave: its new shards only); none before the first search, whose tokenizer step tokenizes every shard."""
-    from climb_assets.lake import raw_shards_dir
-    from climb_assets.lm.token_files import is_current, token_dir
-    from climb_assets.lm.tokenizer import load_tokenizer
+    from climb_assets.search.sensors import shards_to_tokenize
 
-    plan = search_plan_of(defs, home, run_config)
-    if not plan.tokenizer_path.exists():
-        return []
-    directory = token_dir(home, load_tokenizer(plan.tokenizer_path))
-    raw = sorted(raw_shards_dir(home).glob("*.parquet"))
-    shards = [path.stem for path in raw if not is_current(path, directory)]
+    _, shards = shards_to_tokenize(search_plan_of(defs, home, run_config))
     resources = (run_config or {}).get("resources")  # the search settings name the tokenizer
     run_partitions(defs, instance, "tokenize_shard_job", shards, {"resources": resources} if resources else None)
     return shards

@@ -121,16 +121,21 @@ def shard_token_meta(directory: Path, shard: str) -> dict:
     return json.loads(_meta_path(directory, shard).read_text())
 
 
-def ensure_shard_tokens(home: ClimbHome, tokenizer: TextTokenizer, shard: str) -> tuple[dict, bool]:
-    """One raw shard's token files for this tokenizer, made only if missing or stale; returns (meta, tokenized now)."""
+def ensure_shard_tokens(home: ClimbHome, tokenizer: TextTokenizer, shard: str, directory: Path) -> tuple[dict, bool]:
+    """One raw shard's token files in ``directory`` (``token_dir`` of this tokenizer, computed once by the caller),
+    made only if missing or stale; returns (meta, tokenized now)."""
     raw_path = raw_shards_dir(home) / f"{shard}.parquet"
     if not raw_path.is_file():
         raise FileNotFoundError(f"raw shard {shard!r} is not in the lake ({raw_path}): ingest it first")
-    directory = token_dir(home, tokenizer)
     directory.mkdir(parents=True, exist_ok=True)
     if is_current(raw_path, directory):
         return shard_token_meta(directory, shard), False
     return tokenize_shard(raw_path, tokenizer, directory), True
+
+
+def untokenized_shards(home: ClimbHome, directory: Path) -> list[str]:
+    """The raw shards without current token files in ``directory``."""
+    return [path.stem for path in sorted(raw_shards_dir(home).glob("*.parquet")) if not is_current(path, directory)]
 
 
 def ensure_token_files(home: ClimbHome, tokenizer: TextTokenizer) -> dict[str, list[str]]:
@@ -138,9 +143,10 @@ def ensure_token_files(home: ClimbHome, tokenizer: TextTokenizer) -> dict[str, l
 
     Safe to call from several processes at once: each writes complete files and renames them into place.
     """
+    directory = token_dir(home, tokenizer)
     done: dict[str, list[str]] = {"tokenized": [], "reused": []}
     for raw_path in sorted(raw_shards_dir(home).glob("*.parquet")):
-        _, tokenized = ensure_shard_tokens(home, tokenizer, raw_path.stem)
+        _, tokenized = ensure_shard_tokens(home, tokenizer, raw_path.stem, directory)
         done["tokenized" if tokenized else "reused"].append(raw_path.stem)
     return done
 

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -21,10 +22,15 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from climb_assets import lake
 from climb_assets.devices import device_lease, gpu_slots
-from climb_assets.home import ClimbHome
 from climb_assets.ingest.assets import shard_partitions
 from climb_assets.lm.proxy import run_proxy
-from climb_assets.lm.token_files import ensure_shard_tokens, token_dir, tokenizer_sha256
+from climb_assets.lm.token_files import (
+    ensure_shard_tokens,
+    token_dir,
+    tokenize_shard,
+    tokenizer_sha256,
+    untokenized_shards,
+)
 from climb_assets.lm.tokenizer import load_tokenizer, train_bpe_tokenizer
 from climb_assets.lm.train import load_checkpoint, save_checkpoint
 from climb_assets.metadata import markdown_table
@@ -90,40 +96,41 @@ def ensure_proxy_tokenizer(plan: SearchPlan, on_wait: Callable[[str], None] | No
         return tokenizer, record, False
 
 
-def token_files_metadata(home: ClimbHome, tokenizer, meta: dict, tokenized: bool, seconds: float) -> dict:
+def token_files_metadata(directory: Path, tokenizer_sha: str, meta: dict, tokenized: bool, seconds: float) -> dict:
     """One shard's ``proxy_token_files`` partition as the UI shows it."""
     return {
         "tokenized": tokenized,
         "rows": meta["rows"],
         "tokens": meta["tokens"],
         "dtype": meta["dtype"],
-        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+        "tokenizer_sha256": tokenizer_sha,
         "raw_sha256": meta["raw_sha256"],
         "seconds": round(seconds, 2),
-        "path": dg.MetadataValue.path(str(token_dir(home, tokenizer))),
+        "path": dg.MetadataValue.path(str(directory)),
     }
 
 
-def token_files_version(tokenizer, meta: dict) -> str:
+def token_files_version(tokenizer_sha: str, meta: dict) -> str:
     """A shard's token files are determined by the tokenizer and the raw shard's bytes, nothing else."""
-    return f"{tokenizer_sha256(tokenizer)[:16]}-{meta['raw_sha256'][:16]}"
+    return f"{tokenizer_sha[:16]}-{meta['raw_sha256'][:16]}"
 
 
 def tokenize_missing_shards(context, plan: SearchPlan, tokenizer) -> list[str]:
     """Tokenize every raw shard the per-shard runs have not (the first search, or a shard that landed since) and
     record each as its ``proxy_token_files`` partition; one step does it before any proxy reads them, so no two proxy
     processes tokenize the same shard."""
+    sha, directory = tokenizer_sha256(tokenizer), token_dir(plan.home, tokenizer)
+    directory.mkdir(parents=True, exist_ok=True)
     made = []
-    for shard in sorted(p.stem for p in lake.raw_shards_dir(plan.home).glob("*.parquet")):
+    for shard in untokenized_shards(plan.home, directory):
         started = time.perf_counter()
-        meta, tokenized = ensure_shard_tokens(plan.home, tokenizer, shard)
-        if tokenized:
-            made.append(shard)
-            context.log_event(dg.AssetMaterialization(
-                asset_key="proxy_token_files", partition=shard,
-                metadata=token_files_metadata(plan.home, tokenizer, meta, True, time.perf_counter() - started),
-                tags={DATA_VERSION_TAG: token_files_version(tokenizer, meta)},
-            ))  # fmt: skip
+        meta = tokenize_shard(lake.raw_shards_dir(plan.home) / f"{shard}.parquet", tokenizer, directory)
+        made.append(shard)
+        context.log_event(dg.AssetMaterialization(
+            asset_key="proxy_token_files", partition=shard,
+            metadata=token_files_metadata(directory, sha, meta, True, time.perf_counter() - started),
+            tags={DATA_VERSION_TAG: token_files_version(sha, meta)},
+        ))  # fmt: skip
     return made
 
 
@@ -169,11 +176,12 @@ def proxy_token_files(context: dg.AssetExecutionContext, climb: ClimbHomeResourc
         raise dg.Failure(f"no proxy tokenizer {plan.tokenizer_fingerprint} for these settings yet: materialize "
                          "proxy_tokenizer first (search_job does, and tokenizes every shard with it)")  # fmt: skip
     tokenizer = load_tokenizer(plan.tokenizer_path)
+    sha, directory = tokenizer_sha256(tokenizer), token_dir(plan.home, tokenizer)
     started = time.perf_counter()
-    meta, tokenized = ensure_shard_tokens(plan.home, tokenizer, context.partition_key)
+    meta, tokenized = ensure_shard_tokens(plan.home, tokenizer, context.partition_key, directory)
     return dg.MaterializeResult(
-        metadata=token_files_metadata(plan.home, tokenizer, meta, tokenized, time.perf_counter() - started),
-        data_version=dg.DataVersion(token_files_version(tokenizer, meta)),
+        metadata=token_files_metadata(directory, sha, meta, tokenized, time.perf_counter() - started),
+        data_version=dg.DataVersion(token_files_version(sha, meta)),
     )
 
 

@@ -6,22 +6,20 @@ import polars as pl
 
 from climb_assets import lake
 from climb_assets.attempts import bounded_attempts
-from climb_assets.lm.token_files import is_current, token_dir, tokenizer_sha256
+from climb_assets.lm.token_files import token_dir, tokenizer_sha256, untokenized_shards
 from climb_assets.lm.tokenizer import load_tokenizer
 from climb_assets.resources import ClimbHomeResource
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.settings import SearchSettings
 
 
-def untokenized_shards(plan: SearchPlan) -> tuple[str, list[str]]:
+def shards_to_tokenize(plan: SearchPlan) -> tuple[str, list[str]]:
     """The kept tokenizer's hash and the raw shards without current token files for it (none before the first
     search trains the tokenizer: its own step tokenizes every shard)."""
     if not plan.tokenizer_path.exists():
         return "", []
     tokenizer = load_tokenizer(plan.tokenizer_path)
-    directory = token_dir(plan.home, tokenizer)
-    raw = sorted(lake.raw_shards_dir(plan.home).glob("*.parquet"))
-    return tokenizer_sha256(tokenizer), [path.stem for path in raw if not is_current(path, directory)]
+    return tokenizer_sha256(tokenizer), untokenized_shards(plan.home, token_dir(plan.home, tokenizer))
 
 
 def build_search_sensor(search_job, tokenize_job) -> dg.SensorDefinition:
@@ -36,7 +34,7 @@ def build_search_sensor(search_job, tokenize_job) -> dg.SensorDefinition:
         table = lake.super_cluster_table_path(climb.home())
         if not table.exists():
             return dg.SkipReason("no super-clusters yet: the recluster sensor makes them")
-        tokenizer, shards = untokenized_shards(SearchPlan(climb.home(), search))
+        tokenizer, shards = shards_to_tokenize(SearchPlan(climb.home(), search))
         if shards:
             return bounded_attempts(context, [dg.RunRequest(run_key=f"tokens-{tokenizer[:16]}-{shard}",
                                                             job_name=tokenize_job.name, partition_key=shard)
