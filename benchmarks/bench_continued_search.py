@@ -5,10 +5,12 @@ the answer is as good (issue 18; prints numbers, not a test).
     python benchmarks/bench_continued_search.py --scale 0.5 --seeds 0,1,2,3,4
 
 Wave 1 lands, is clustered and searched from scratch (the lineage's first search). Wave 2 lands and is assigned under
-the same centroids. Then, on the same wave-2 super-clusters, three searches: ``continue`` (the default: a refresh, the
-old runs as evidence, a quarter of the proxies, a base from scratch), ``continue, base trained on`` (the same with
-``base_continue_fraction: 0.25``: wave 1's base trained on for a quarter of its tokens) and ``fresh`` (``search_start: fresh``,
-a full search). Each search runs the search assets only (tokenizer, base, iterations), in one process, one after the
+the same centroids. Then, on the same wave-2 super-clusters, up to four searches (``--variants``): ``continue`` (the
+default: a refresh, the old runs as evidence, a quarter of the proxies, a base from scratch), ``trained-on`` (the same
+with ``base_continue_fraction: 0.25``: wave 1's base trained on for a quarter of its tokens), ``partial`` (the
+Olmix-style partial restart, forced by a ``continue_max_prior_shift`` of half the shift the wave moved the prior by:
+the super-clusters that moved most are searched again, the rest held at wave 1's ratios) and ``fresh``
+(``search_start: fresh``, a full search). Each search runs the search assets only (tokenizer, base, iterations), in one process, one after the
 other. For each search: proxies trained, wall time, the continuation's decision and refresh numbers, the best proxy
 and the final predictor's pick. Then every pick is trained from the full search's base with ``--seeds`` paired
 seeds, exactly as a proxy is (``run_proxy``), and the paired difference (continued − fresh) with a 95% t-interval
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="corpus scale (1.0: the demo's)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="paired evaluation seeds of the two picks")
     parser.add_argument("--home", default="", help="CLIMB_HOME to use (default: a new temp dir)")
+    parser.add_argument("--variants", default="continue,trained-on,partial,fresh",
+                        help="wave-2 searches to run (continue and fresh always run)")
     args = parser.parse_args()
     root = Path(args.home or tempfile.mkdtemp(prefix="bench-continued-"))
     os.environ["CLIMB_HOME"] = str(root)
@@ -116,20 +120,26 @@ def main() -> None:
     ingest_landed(defs, instance, home)
     bring_clusters_current(defs, instance, home, merge_config=merge)
     print(f"wave 2 ingested and assigned in {time.perf_counter() - started:.0f} s", flush=True)
-    variants = (("continue", {"base_continue_fraction": 0.0}), ("continue, base trained on", {"base_continue_fraction": 0.25}),
-                ("fresh", {"search_start": "fresh"}))  # fmt: skip
-    searches = {name: run_search(defs, instance, home, settings, SEARCH_ITERATIONS) for name, settings in variants}
+    wanted = set(args.variants.split(",")) | {"continue", "fresh"}
+    variants = {"continue": lambda: {"base_continue_fraction": 0.0},
+                "trained-on": lambda: {"base_continue_fraction": 0.25},
+                "partial": lambda: {"continue_max_prior_shift": round(searches["continue"]["state"]["prior_shift"] / 2, 4)},
+                "fresh": lambda: {"search_start": "fresh"}}  # fmt: skip
+    searches = {}
+    for name, settings in variants.items():
+        if name in wanted:
+            searches[name] = run_search(defs, instance, home, settings(), SEARCH_ITERATIONS)
     for name, outcome in searches.items():
         rows.append({"search": f"wave 2 ({name})", **{k: v for k, v in outcome.items() if k != "plan"}})
 
     print("\n| search | proxies trained | runs | tokens tokenized | proxy tokens trained (base incl.) | seconds | "
-          "best proxy | start | decision | refresh Spearman (p) | refresh RMSE (after shift) | prior shift | reasons |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "best proxy | start | decision | searched again | refresh Spearman (p) | refresh RMSE (after shift) | "
+          "prior shift | reasons |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         s = row["state"]
         print(f"| {row['search']} | {row['trained']} | {row['runs']} | {row['tokens_tokenized']:,} | "
               f"{row['proxy_tokens_trained']:,} | {row['seconds']} | {row['best_proxy']} | "
-              f"{s['start']} | {s.get('decision', '')} | "
+              f"{s['start']} | {s.get('decision', '')} | {s.get('searched_groups', '')} | "
               f"{s.get('refresh_spearman', '')} ({s.get('refresh_p_value', '')}) | "
               f"{s.get('refresh_rmse', '')} ({s.get('refresh_rmse_after_shift', '')}) | {s.get('prior_shift', '')} | "
               f"{'; '.join(s['reasons'] + s.get('refresh_reasons', []))} |")
@@ -157,9 +167,11 @@ def main() -> None:
         half = stats.t.ppf(0.975, len(deltas) - 1) * deltas.std(ddof=1) / np.sqrt(len(deltas)) if len(deltas) > 1 else np.nan
         print(f"{name} − fresh over {len(seeds)} paired seeds: {deltas.mean():+.4f} [{deltas.mean() - half:+.4f}, "
               f"{deltas.mean() + half:+.4f}] (higher is better)")
-    saved = 1 - searches["continue"]["runs"] / searches["fresh"]["runs"]
-    print(f"proxies saved by continuing: {saved:.0%}; search seconds continued / fresh: "
-          f"{searches['continue']['seconds'] / searches['fresh']['seconds']:.2f}")
+    for name, outcome in searches.items():
+        if name != "fresh":
+            print(f"{name}: {outcome['trained']} of the full search's {searches['fresh']['trained']} proxies "
+                  f"({outcome['trained'] / searches['fresh']['trained']:.0%}); search seconds / fresh: "
+                  f"{outcome['seconds'] / searches['fresh']['seconds']:.2f}")
     print(json.dumps({"weights": {n: [round(float(w), 4) for w in p[0]] for n, p in picks.items()}}))
 
 

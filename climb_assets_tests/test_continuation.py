@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from climb_assets import lake
+from climb_assets.climbmix.assets import choose_climbmix, random_search_runs
 from climb_assets.ingest.assets import shard_partitions
 from climb_assets.lm.token_files import ensure_token_files, tokenizer_sha256
 from climb_assets.resources import ClimbHomeResource
@@ -18,7 +19,7 @@ from climb_assets.search.assets import build_search_assets, ensure_proxy_tokeniz
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor
 from climb_assets.search.sensors import build_search_sensor
-from climb_assets.search.settings import SearchSettings
+from climb_assets.search.settings import ClimbMixConfig, SearchSettings
 from climb_assets.search.tracking import MlflowTracking, local_tracking_uri
 from climb_assets_tests.conftest import TINY_SEARCH
 from climb_assets_tests.test_resume import write_search_state
@@ -61,6 +62,22 @@ def land_wave(home, version: str, drop_group: int | None = None) -> None:
     members.write_parquet(supers / "documents.parquet")
     table.write_parquet(supers / "super_clusters.parquet")
     mapping.write_parquet(supers / "mapping.parquet")
+
+
+def land_growth(home, version: str, group: int, copies: int) -> None:
+    """A wave of ``copies`` edited copies of super-cluster ``group``'s documents (the crawl found much more of one kind
+    of text): that super-cluster's share of the prior moves, the others keep their ratios."""
+    raw, supers = home.lake_dir("raw_shards"), home.lake_dir("super_clusters")
+    members = pl.read_parquet(supers / "documents.parquet")
+    grown = pl.read_parquet(raw / "*.parquet").join(members.filter(pl.col("super_cluster_id") == group), on="doc_id")
+    wave = pl.concat([
+        grown.with_columns(doc_id=pl.col("doc_id") + f"-w2-{k}", text=pl.col("text").str.reverse() + f" {k}")
+        for k in range(copies)
+    ]).with_columns(shard=pl.lit("shard-w2"), row_number=pl.int_range(pl.len()).cast(pl.Int64))  # fmt: skip
+    wave.drop("cluster_id", "super_cluster_id").write_parquet(raw / "shard-w2.parquet")
+    pl.concat([members, wave.select(members.columns)]).write_parquet(supers / "documents.parquet")
+    table = pl.read_parquet(supers / "super_clusters.parquet").with_columns(version=pl.lit(version))
+    table.write_parquet(supers / "super_clusters.parquet")
 
 
 def token_file_partitions(instance) -> dict[str, dict]:
@@ -166,19 +183,64 @@ def test_a_new_wave_continues_the_previous_search_with_fewer_proxies(home, insta
     assert fresh.parent_search_key is None and fresh.lineage_key == plan.lineage_key and fresh.search_key != plan.search_key
 
 
-def test_a_vanished_super_cluster_restarts_the_search_and_says_why(home, instance, first_search):
-    land_wave(home, "v2", drop_group=2)
+def test_a_super_cluster_that_moved_is_searched_again_and_the_rest_kept_at_the_previous_ratios(home, instance,
+                                                                                                first_search):  # fmt: skip
+    first_pick, _, _ = choose_climbmix(ClimbMixConfig(), SearchPlan(home, SearchSettings(**BASE)), 2)
+    land_growth(home, "v2", group=2, copies=8)
     metadata = search(home, instance)
     # nobody ran the new shard's partition (the search sensor's path): the search's tokenizer step tokenized it
     assert metadata["proxy_tokenizer"]["shards_tokenized_here"] == 1 and "shard-w2" in token_file_partitions(instance)
+    plan = SearchPlan(home, SearchSettings(**BASE))
+    state = continuation.load(plan)
     start = metadata["iteration_1/mixture_candidates"]
-    assert start["continuation_start"] == "restart" and start["continuation_parent"] == first_search
-    assert "(vanished: [2])" in start["continuation_reasons"] and start["continuation_prior_shift"] > 0.1
-    assert metadata["iteration_1/proxy_results"]["trained"] == 8 and metadata["iteration_2/proxy_results"]["trained"] == 4
-    assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0
-    restarted = continuation.load(SearchPlan(home, SearchSettings(**BASE)))
-    assert restarted["base_continues"] is None  # by default every wave's base is trained from scratch
-    assert "by restarting it: the super-clusters moved by" in continuation.describe(restarted)
+    assert start["continuation_start"] == "partial" and start["continuation_parent"] == first_search
+    assert start["continuation_prior_shift"] > 0.1 and "(moved: [2])" in start["continuation_reasons"]
+    assert state["searched_groups"] == [2] and state["frozen_groups"] == [0, 1]
+    assert state["base_continues"] is None  # by default every wave's base is trained from scratch
+    # super-clusters 0 and 1 keep the ratios of the first search's ClimbMix pick (same fine clusters: carried as is)
+    assert np.allclose(state["parent_pick"], first_pick, atol=1e-6)
+    assert np.allclose(state["frozen_ratios"], first_pick[:2] / first_pick[:2].sum())
+    # proxies in proportion to what is searched (2 of 3 dimensions: super-cluster 2 and the block): 6 + 3, not 8 + 4
+    assert metadata["iteration_1/proxy_results"]["trained"] == 6 and metadata["iteration_2/proxy_results"]["trained"] == 3
+    assert metadata["iteration_2/predictor"]["runs_reused_from_parent"] == 0 and metadata["iteration_2/predictor"]["runs"] == 9
+    for k in (1, 2):  # every candidate holds the block at those ratios, and varies super-cluster 2 and the block
+        weights = pl.read_parquet(plan.candidates_path(k)).select("w_0", "w_1", "w_2").to_numpy()
+        assert np.allclose(weights[:, 0] / weights[:, :2].sum(axis=1), state["frozen_ratios"][0])
+        assert np.allclose(weights.sum(axis=1), 1.0) and np.ptp(weights[:, 2]) > 0
+    # ClimbMix, the random baseline and RegMix's pick search the same space
+    climbmix, _, _ = choose_climbmix(ClimbMixConfig(), plan, 2)
+    assert climbmix[0] / climbmix[:2].sum() == pytest.approx(state["frozen_ratios"][0])
+    randoms = np.array([run.weights for run in random_search_runs(plan, 2)])
+    assert len(randoms) == 9 and np.allclose(randoms[:, 0] / randoms[:, :2].sum(axis=1), state["frozen_ratios"][0])
+    assert "by searching again only super-clusters [2]" in continuation.describe(state)
+    client = MlflowClient(local_tracking_uri(home))
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string=f"tags.`climb.search_key` = '{plan.search_key}' and tags.`climb.iteration` = '1'")  # fmt: skip
+    parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["climb.continuation"] == "partial" and parent.data.tags["climb.searched_groups"] == "2"
+    assert parent.data.tags["climb.frozen_groups"] == "0,1" and parent.data.metrics["prior_shift"] > 0.1
+
+    # a forced full search still searches everything, from scratch
+    full = search(home, instance, search_start="fresh")
+    assert full["iteration_1/mixture_candidates"]["continuation_start"] == "fresh"
+    assert full["iteration_1/proxy_results"]["trained"] == 8 and full["iteration_2/proxy_results"]["trained"] == 4
+
+
+def test_a_vanished_super_cluster_alone_continues_and_says_why(home, instance, first_search):
+    land_wave(home, "v2", drop_group=2)
+    resources = {"climb": ClimbHomeResource(root=str(home.root)), "search": SearchSettings(**BASE),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=local_tracking_uri(home))}  # fmt: skip
+    assets = build_search_assets(1)
+    started = dg.materialize(assets, selection=[dg.AssetKey("proxy_tokenizer"), dg.AssetKey(["iteration_1", "mixture_candidates"])],
+                             resources=resources, instance=instance)  # fmt: skip
+    (start,) = started.asset_materializations_for_node("iteration_1__mixture_candidates")
+    start = {k: v.value for k, v in start.metadata.items()}
+    # its fine clusters are pruned: nothing else moved, so the old runs, carried without it, are refreshed
+    assert start["continuation_start"] == "refresh" and start["continuation_prior_shift"] > 0.1
+    assert "(vanished: [2])" in start["continuation_reasons"]
+    assert "only a vanished share moved" in start["continuation_reasons"]
+    assert start["n"] == 6 and start["continuation_evidence_runs"] + start.get("continuation_evidence_dropped", 0) == 12
+    assert start["continuation_evidence_runs"] > 0
 
 
 def test_old_runs_are_carried_into_recut_super_clusters_through_their_fine_clusters():
@@ -203,6 +265,48 @@ def test_old_runs_are_carried_into_recut_super_clusters_through_their_fine_clust
     assert continuation.structure_change(old, pruned)["old_prior_kept"] == pytest.approx(0.875)
     same = continuation.structure_change(old, old)
     assert same["prior_shift"] == pytest.approx(0.0) and not same["super_clusters_recut"]
+
+
+def test_the_super_clusters_that_moved_are_searched_again_within_a_share_else_the_search_restarts():
+    settings = SearchSettings(**BASE)  # continue_max_prior_shift 0.1, continue_max_changed_share 0.5
+    prior = np.array([0.2, 0.2, 0.2, 0.2, 0.2])
+    # super-cluster 4 vanished into 3 (its fine clusters moved there, a tenth of the old prior pruned with it): 3
+    # moved, and is searched again alone
+    carried = np.array([0.18, 0.18, 0.18, 0.36, 0.0])
+    merged = np.array([0.15, 0.15, 0.15, 0.55])
+    change = {"prior_shift": 0.5 * (np.abs(carried[:4] - merged).sum() + 0.1), "appeared": [], "vanished": [4]}
+    assert continuation.moved_groups(carried[:4], merged, 0.1) == [3]
+    start, moved, reasons = continuation.structure_decision(change, carried[:4], merged, [0, 1, 2, 3], settings)
+    assert (start, moved) == ("partial", [3]) and "(vanished: [4]; moved: [3])" in reasons[0]
+    # a super-cluster that appeared is always searched again, however small its share
+    appeared = np.array([0.25, 0.25, 0.25, 0.25, 0.0])
+    assert continuation.moved_groups(appeared, np.array([0.24, 0.24, 0.24, 0.24, 0.04]), 0.1) == [4]
+    # only a vanished share moved: the rest agrees once renormalised, so the search is refreshed, and says why
+    pruned = np.array([0.1, 0.1, 0.2, 0.2])
+    start, moved, reasons = continuation.structure_decision({"prior_shift": 0.4, "appeared": [], "vanished": [4]},
+                                                            pruned, pruned / pruned.sum(), [0, 1, 2, 3], settings)  # fmt: skip
+    assert (start, moved) == ("refresh", []) and "only a vanished share moved" in reasons[1]
+    # three of five moved > half: the whole search restarts
+    shuffled = np.array([0.4, 0.05, 0.35, 0.1, 0.1])
+    start, moved, reasons = continuation.structure_decision({"prior_shift": 0.3, "appeared": [], "vanished": []},
+                                                            prior, shuffled, [0, 1, 2, 3, 4], settings)  # fmt: skip
+    assert start == "restart" and len(moved) == 3 and "3 of 5 super-clusters moved > continue_max_changed_share 0.5" in reasons[1]
+    assert continuation.structure_decision({"prior_shift": 0.05}, prior, prior, [0, 1, 2, 3, 4], settings)[0] == "refresh"
+    # 0 turns the partial search off
+    off = SearchSettings(**(BASE | {"continue_max_changed_share": 0.0}))
+    assert continuation.structure_decision(change, carried[:4], merged, [0, 1, 2, 3], off)[0] == "restart"
+    # its proxies: the schedule times the share of dimensions searched (moved + the block), at least 6 then 1
+    assert continuation.partial_schedule([16, 8, 8], 1, 20) == [6, 1, 1]
+    assert continuation.partial_schedule([64, 32, 16], 4, 20) == [16, 8, 4]
+    state = {"start": "partial", "searched_groups": [7], "frozen_groups": [1, 2, 3]}
+    assert [continuation.proxy_count(state, [16, 8, 8], k, 0.25) for k in (1, 2, 3)] == [8, 4, 4]
+    # the space: the block's weight shared at the frozen ratios; reducing undoes expanding
+    space = continuation.search_space(state | {"frozen_ratios": [0.5, 0.25, 0.25]}, [1, 2, 3, 7])
+    full = space.expand(np.array([[0.3, 0.7], [0.9, 0.1]]))
+    assert np.allclose(full, [[0.35, 0.175, 0.175, 0.3], [0.05, 0.025, 0.025, 0.9]])
+    assert np.allclose(space.reduce(full), [[0.3, 0.7], [0.9, 0.1]]) and space.reduce(full[0]).shape == (2,)
+    identity = continuation.search_space({"start": "refresh"}, [1, 2, 3, 7])
+    assert identity.expand(full) is full and identity.reduce(full) is full
 
 
 def test_a_refresh_that_does_not_rank_drops_the_carried_runs_and_searches_at_full_size():

@@ -53,11 +53,13 @@ def choose_climbmix(config: ClimbMixConfig, plan: SearchPlan, iterations: int) -
     """The final mixture and the fingerprint of everything that made it (final predictor, config, corpus)."""
     _, corpus = search_inputs(plan)
     predictor = Predictor.load(plan.predictor_path(iterations))
-    trained = continuation.training_set(plan, iterations).select(weight_columns(corpus.groups)).to_numpy()
-    weights, predicted = best_predicted_mixture(
-        predictor, token_prior(corpus.tokens_per_group()), config.seed,
+    space = continuation.search_space(continuation.load(plan), corpus.groups)
+    trained = space.reduce(continuation.training_set(plan, iterations).select(weight_columns(corpus.groups)).to_numpy())
+    reduced, predicted = best_predicted_mixture(
+        space.scoring(predictor), space.reduce(token_prior(corpus.tokens_per_group())), config.seed,
         pool_size=config.pool_size, top_k=config.top_k_average, upper_bounds=trained.max(axis=0),
     )  # fmt: skip
+    weights = space.expand(reduced)
     key = fingerprint({
         "algorithm": ALGORITHM_VERSIONS["climbmix"], "search_key": plan.search_key, "config": config.model_dump(),
         "predictor": predictor_fingerprint(plan, iterations), "tokenizer_sha256": plan.tokenizer_sha,
@@ -72,10 +74,14 @@ def random_search_runs(plan: SearchPlan, iterations: int) -> list[TrainingRun]:
     search = plan.search
     _, corpus = search_inputs(plan)
     columns = weight_columns(corpus.groups)
-    drawn = continuation.load(plan)["random_candidates"]
-    first = pl.read_parquet(plan.candidates_path(1)).select(columns).to_numpy()[:drawn]
+    state = continuation.load(plan)
+    space = continuation.search_space(state, corpus.groups)
+    first = pl.read_parquet(plan.candidates_path(1)).select(columns).to_numpy()[: state["random_candidates"]]
     total = sum(continuation.proxies(plan, k) for k in range(1, iterations + 1))
-    weights = random_search_weights(first, token_prior(corpus.tokens_per_group()), total, search.seed)
+    # drawn in the search's space; iteration 1's rows as trained (expanding their reduced form would round them)
+    drawn = random_search_weights(space.reduce(first), space.reduce(token_prior(corpus.tokens_per_group())), total,
+                                  search.seed)  # fmt: skip
+    weights = np.vstack([first[:total], space.expand(drawn[len(first):])])
     seed = search.proxy_seed()
     return [TrainingRun(f"random-{j:03d}", corpus.groups, w, search.proxy_settings(), seed, plan.base_path)
             for j, w in enumerate(weights)]  # fmt: skip
@@ -100,10 +106,12 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
     predictor, scores = select_predictor(weights, y, search.seed, k=search.predictor_folds,
                                          params=search.predictor_params(), feature_names=columns,
                                          kinds=search.predictor_kinds())  # fmt: skip
-    regmix, regmix_predicted = best_predicted_mixture(
-        predictor, token_prior(corpus.tokens_per_group()), search.seed, pool_size=search.pool_size,
-        upper_bounds=weights.max(axis=0),
+    space = continuation.search_space(continuation.load(plan), corpus.groups)  # RegMix searches the same space
+    reduced, regmix_predicted = best_predicted_mixture(
+        space.scoring(predictor), space.reduce(token_prior(corpus.tokens_per_group())), search.seed,
+        pool_size=search.pool_size, upper_bounds=space.reduce(weights).max(axis=0),
     )  # fmt: skip
+    regmix = space.expand(reduced)
     summary = {
         "proxies": len(records),
         "best_random": weights[int(np.argmax(y))].tolist(),

@@ -253,7 +253,8 @@ def _candidate_frame(iteration: int, groups: list[int], weights: np.ndarray, ver
 
 def propose_candidates(plan: SearchPlan, iteration: int) -> tuple[pl.DataFrame, dict]:
     """Iteration 1: Dirichlet around the token prior (half the old search's best when continuing it). Later:
-    exploit the previous predictor, then explore."""
+    exploit the previous predictor, then explore. Both in the search's space (after a partial restart: the moved
+    super-clusters and one block at the parent's ratios)."""
     search = plan.search
     _, corpus = search_inputs(plan)
     prior = token_prior(corpus.tokens_per_group())
@@ -261,16 +262,18 @@ def propose_candidates(plan: SearchPlan, iteration: int) -> tuple[pl.DataFrame, 
     info = {"groups": len(corpus.groups), "prior": [round(float(p), 4) for p in prior], "search_key": plan.search_key}
     if iteration == 1:
         state = continuation.start_search(plan, corpus.groups, prior)
-        weights, extra = continuation.first_candidates(plan, prior, rng)
+        weights, extra = continuation.first_candidates(plan, prior, rng, corpus.groups)
         info |= {"n": len(weights), **continuation.metadata(state, refresh=False), **extra}
     else:
         n = continuation.proxies(plan, iteration)
         predictor = Predictor.load(plan.predictor_path(iteration - 1))
+        space = continuation.search_space(continuation.load(plan), corpus.groups)
         done = continuation.training_set(plan, iteration - 1)
-        evaluated = done.select(weight_columns(corpus.groups)).to_numpy()
+        evaluated = space.reduce(done.select(weight_columns(corpus.groups)).to_numpy())
         exploit = evaluated.max(axis=0) if search.acquisition == "exploit_first" else None  # ClimbMix's bounds
-        weights = next_iteration_candidates(predictor, prior, n, rng, pool_size=search.pool_size, evaluated=evaluated,
-                                            exploit_within=exploit)  # fmt: skip
+        weights = space.expand(next_iteration_candidates(space.scoring(predictor), space.reduce(prior), n, rng,
+                                                         pool_size=search.pool_size, evaluated=evaluated,
+                                                         exploit_within=exploit))  # fmt: skip
         predicted = predictor.predict(weights)
         info |= {"n": n, "pool_size": search.pool_size, "top": max(n**2, 128), "acquisition": search.acquisition,
                  "mean_predicted_objective": float(predicted.mean()), "first_predicted_objective": float(predicted[0])}
@@ -367,6 +370,11 @@ def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
         measured = {k: state[k] for k in ("refresh_runs", "refresh_spearman", "refresh_p_value", "refresh_rmse",
                                           "refresh_rmse_after_shift") if state.get(k) is not None}  # fmt: skip
         log_run(client, parent, metrics=measured | {"refresh_offset": state["offset"]})
+    if iteration == 1 and state["start"] == "partial":
+        tag_run(client, parent, {"climb.searched_groups": ",".join(map(str, state["searched_groups"])),
+                                 "climb.frozen_groups": ",".join(map(str, state["frozen_groups"]))})  # fmt: skip
+        log_run(client, parent, metrics={"prior_shift": state["prior_shift"],
+                                         "searched_groups": len(state["searched_groups"])})  # fmt: skip
     if predictor.booster is not None:
         log_lightgbm_model(client, parent, predictor.booster, "predictor")
     if predictor.linear is not None:

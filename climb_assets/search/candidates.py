@@ -13,6 +13,7 @@ own best mixture trained first).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +24,50 @@ _MAX_BATCH = 262_144
 
 class SupportsPredict(Protocol):
     def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The weights a search varies: every super-cluster (``frozen`` empty: reduce and expand change nothing), or,
+    Olmix's mixture reuse, the ``free`` super-clusters one by one and the ``frozen`` ones as one block held at fixed
+    ``ratios``. Candidates are drawn, scored and bounded in the reduced space (the free weights, then the block's) and
+    expanded to every super-cluster to be trained, so a search over a few moved super-clusters needs few proxies."""
+
+    size: int
+    free: tuple[int, ...] = ()
+    frozen: tuple[int, ...] = ()
+    ratios: tuple[float, ...] = ()
+
+    def reduce(self, weights: np.ndarray) -> np.ndarray:
+        """Full weights (a vector or rows) in the reduced space."""
+        if not self.frozen:
+            return weights
+        rows = np.atleast_2d(weights)
+        reduced = np.hstack([rows[:, list(self.free)], rows[:, list(self.frozen)].sum(axis=1, keepdims=True)])
+        return reduced if np.ndim(weights) == 2 else reduced[0]
+
+    def expand(self, reduced: np.ndarray) -> np.ndarray:
+        """Reduced weights (a vector or rows) over every super-cluster: the block shared by the frozen ratios."""
+        if not self.frozen:
+            return reduced
+        rows = np.atleast_2d(reduced)
+        full = np.zeros((len(rows), self.size))
+        full[:, list(self.free)] = rows[:, :-1]
+        full[:, list(self.frozen)] = rows[:, -1:] * np.asarray(self.ratios)[None, :]
+        return full if np.ndim(reduced) == 2 else full[0]
+
+    def scoring(self, predictor: SupportsPredict) -> SupportsPredict:
+        """``predictor`` (fitted on full weights) scoring reduced ones."""
+        return predictor if not self.frozen else _ExpandingPredictor(predictor, self)
+
+
+@dataclass(frozen=True)
+class _ExpandingPredictor:
+    predictor: SupportsPredict
+    space: SearchSpace
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(self.space.expand(X))
 
 
 def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:

@@ -8,8 +8,13 @@ lineage (same settings, tokenizer and target) has a finished search, the new one
    across refits). So an old run's mixture is carried into the new super-clusters through them: the weight of old
    super-cluster i goes to new super-cluster j in proportion to the tokens of i's fine clusters that are now in j
    (a fine cluster pruned since loses its share; the rest is renormalised). The old token prior carried the same
-   way must be within ``continue_max_prior_shift`` (total variation) of the new one, else ``restart`` (a full
-   search) with the super-clusters that appeared or vanished named.
+   way must be within ``continue_max_prior_shift`` (total variation) of the new one to continue at all.
+   Beyond it, Olmix-style mixture reuse (``partial``): the fewest super-clusters whose removal brings the rest within
+   the bound (largest moves first; one that appeared always) are searched again, each on its own, while the rest
+   keep the ratios of the previous search's pick (carried) as one block; the search varies only those
+   dimensions, with proxies in proportion. More than ``continue_max_changed_share`` of the super-clusters moved:
+   ``restart`` (a full search), with what appeared, vanished and moved named. Only a vanished share moved (the rest,
+   renormalised, within the bound): ``refresh``.
 2. **Refresh.** Iteration 1 trains ``continued_proxy_fraction`` of its proxies, at least ``MIN_REFRESH_RUNS``:
    half the top candidates of a predictor fitted on the carried runs, half fresh Dirichlet draws (the range a
    ranking is judged on). That predictor's Spearman on them decides: at ``continue_min_spearman`` or above, and
@@ -37,9 +42,15 @@ import polars as pl
 from scipy import stats
 
 from climb_assets import lake
-from climb_assets.search.candidates import next_iteration_candidates, sample_dirichlet_candidates
+from climb_assets.search.candidates import (
+    SearchSpace,
+    best_predicted_mixture,
+    next_iteration_candidates,
+    sample_dirichlet_candidates,
+)
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor, select_predictor
+from climb_assets.search.settings import ClimbMixConfig, SearchSettings
 from climb_assets.search.state import read_results, weight_columns
 from climb_assets.storage import write_json_atomic, write_parquet_atomic
 
@@ -117,7 +128,8 @@ def structure_change(old: pl.DataFrame, new: pl.DataFrame, carry_T: tuple | None
 
 def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict:
     """Iteration 1 decides how the search starts: ``first`` (no finished search in the lineage), ``fresh`` (asked
-    for), ``restart`` (the super-clusters moved too far) or ``refresh`` (continue if the refresh's runs say so)."""
+    for), ``restart`` (the super-clusters moved too far), ``partial`` (search again only those that moved) or
+    ``refresh`` (continue if the refresh's runs say so)."""
     search = plan.search
     new = write_groups(plan, groups, prior)
     parent = plan.parent_search_key
@@ -134,14 +146,95 @@ def start_search(plan: SearchPlan, groups: list[int], prior: np.ndarray) -> dict
     carry_T = carry_matrix(old, new)
     change = structure_change(old, new, carry_T)
     state |= {k: round(v, 4) if isinstance(v, float) else v for k, v in change.items()}
-    if change["prior_shift"] > search.continue_max_prior_shift:
-        moved = [f"{name}: {change[name]}" for name in ("appeared", "vanished") if change[name]]
-        state["reasons"] = [f"the super-clusters moved by {change['prior_shift']:.3f} (total variation of the old "
-                            f"prior carried through the fine clusters) > continue_max_prior_shift "
-                            f"{search.continue_max_prior_shift:g}" + (f" ({'; '.join(moved)})" if moved else "")]  # fmt: skip
-        return save(plan, state | {"start": "restart"})
-    write_evidence(plan, state, carry_T)
-    return save(plan, state | {"start": "refresh"})
+    T, _, new_groups = carry_T
+    new_prior = prior_of(new)[1]
+    start, moved, state["reasons"] = structure_decision(change, prior_of(old)[1] @ T, new_prior, new_groups, search)
+    if start == "partial":
+        return save(plan, state | {"start": start, **frozen_block(plan, state, old, carry_T, moved, new_prior)})
+    if start == "refresh":
+        write_evidence(plan, state, carry_T)
+    return save(plan, state | {"start": start})
+
+
+def structure_decision(change: dict, carried: np.ndarray, prior: np.ndarray, groups: list[int],
+                       search: SearchSettings) -> tuple[str, list[int], list[str]]:  # fmt: skip
+    """``refresh`` (the priors moved within the bound, or only by a vanished share), ``partial`` (the moved
+    super-clusters, at most ``continue_max_changed_share`` of them, are searched again) or ``restart``; the moved
+    super-clusters' indices and the reasons."""
+    bound = search.continue_max_prior_shift
+    if change["prior_shift"] <= bound:
+        return "refresh", [], []
+    moved = moved_groups(carried, prior, bound)
+    named = [f"{name}: {change[name]}" for name in ("appeared", "vanished") if change[name]]
+    named += [f"moved: {[groups[j] for j in moved]}"] if moved else []
+    reasons = [f"the super-clusters moved by {change['prior_shift']:.3f} (total variation of the old prior carried "
+               f"through the fine clusters) > continue_max_prior_shift {bound:g}"
+               + (f" ({'; '.join(named)})" if named else "")]  # fmt: skip
+    if not moved:
+        return "refresh", [], reasons + ["only a vanished share moved: the rest, renormalised, is within the bound"]
+    if len(moved) > search.continue_max_changed_share * len(groups) or len(moved) == len(groups):
+        return "restart", moved, reasons + [f"{len(moved)} of {len(groups)} super-clusters moved > "
+                                            f"continue_max_changed_share {search.continue_max_changed_share:g}"]  # fmt: skip
+    return "partial", moved, reasons
+
+
+def moved_groups(carried: np.ndarray, prior: np.ndarray, bound: float) -> list[int]:
+    """The fewest new super-clusters (indices) whose removal leaves the rest's carried and new priors, each
+    renormalised, within ``bound`` (total variation): largest moves first; one nothing carries into (appeared)
+    always. None when only mass lost to vanished or pruned clusters moved the priors apart."""
+    share = carried / max(carried.sum(), 1e-12)
+    moved = [j for j in range(len(prior)) if carried[j] == 0]
+
+    def rest_shift() -> float:
+        rest = np.setdiff1d(np.arange(len(prior)), moved)
+        c, p = share[rest], prior[rest]
+        return 0.5 * float(np.abs(c / max(c.sum(), 1e-12) - p / max(p.sum(), 1e-12)).sum()) if rest.size else 0.0
+
+    for j in np.argsort(-np.abs(share - prior), kind="stable"):
+        if rest_shift() <= bound:
+            break
+        if j not in moved:
+            moved.append(int(j))
+    return sorted(moved)
+
+
+def parent_pick(plan: SearchPlan, state: dict, old: pl.DataFrame) -> np.ndarray:
+    """The parent's answer over its super-clusters, picked as ClimbMix picks by default: its final predictor's best
+    mixture of a fresh pool, within the weights its own runs gave each super-cluster, in its own search space."""
+    groups, prior = prior_of(old)
+    space = search_space(json.loads(lake.search_continuation_path(plan.home, state["parent"]).read_text()), groups)
+    final = lake.search_iteration_dir(plan.home, state["parent"], state["parent_iterations"]) / "predictor"
+    runs = space.reduce(parent_runs(plan, state).select(weight_columns(groups)).to_numpy())
+    config = ClimbMixConfig()
+    pick, _ = best_predicted_mixture(space.scoring(Predictor.load(final)), space.reduce(prior), config.seed,
+                                     pool_size=config.pool_size, top_k=config.top_k_average,
+                                     upper_bounds=runs.max(axis=0))  # fmt: skip
+    return space.expand(pick)
+
+
+def frozen_block(plan: SearchPlan, state: dict, old: pl.DataFrame, carry_T: tuple, moved: list[int],
+                 prior: np.ndarray) -> dict:  # fmt: skip
+    """A partial restart's search space: the moved super-clusters searched again, the others held at the ratios of
+    the parent's pick carried into these super-clusters (as Olmix freezes the previous mixture); the new prior's
+    ratios where that pick gave the block nothing."""
+    T, _, new_groups = carry_T
+    pick = parent_pick(plan, state, old)
+    answer = carry(pick, T)[0][0]
+    frozen = [j for j in range(len(new_groups)) if j not in moved]
+    block = answer[frozen]
+    if block.sum() <= 0:
+        block = prior[frozen]
+    return {"searched_groups": [new_groups[j] for j in moved], "frozen_groups": [new_groups[j] for j in frozen],
+            "frozen_ratios": (block / block.sum()).tolist(), "parent_pick": pick.round(6).tolist()}  # fmt: skip
+
+
+def search_space(state: dict, groups: list[int]) -> SearchSpace:
+    """What the search varies: every super-cluster, or after a partial restart the moved ones and one block."""
+    if state["start"] != "partial":
+        return SearchSpace(len(groups))
+    index = {g: j for j, g in enumerate(groups)}
+    return SearchSpace(len(groups), free=tuple(index[g] for g in state["searched_groups"]),
+                       frozen=tuple(index[g] for g in state["frozen_groups"]), ratios=tuple(state["frozen_ratios"]))  # fmt: skip
 
 
 def write_evidence(plan: SearchPlan, state: dict, carry_T: tuple) -> None:
@@ -198,8 +291,21 @@ def continued_schedule(schedule: list[int], fraction: float) -> list[int]:
     return [refresh] + [int(n) for n in np.clip(shares, 1, later)]
 
 
+def partial_schedule(schedule: list[int], searched: int, groups: int) -> list[int]:
+    """Proxies per iteration of a partial restart: the schedule scaled by the dimensions it varies (the searched
+    super-clusters and the block) over all of them, as Olmix sizes a swarm by the domains it varies; iteration 1 at
+    least MIN_REFRESH_RUNS (a first predictor to fit), the later ones at least one each."""
+    share = (searched + 1) / groups
+    first = min(schedule[0], max(MIN_REFRESH_RUNS, math.ceil(schedule[0] * share)))
+    return [first] + [min(n, max(1, math.ceil(n * share))) for n in schedule[1:]]
+
+
 def proxy_count(state: dict, schedule: list[int], iteration: int, fraction: float) -> int:
-    """How many proxies an iteration trains: the schedule's, or the continued share while continuing."""
+    """How many proxies an iteration trains: the schedule's, its share of the dimensions after a partial restart, or
+    the continued share while continuing."""
+    if state["start"] == "partial":
+        searched = len(state["searched_groups"])
+        return partial_schedule(schedule, searched, searched + len(state["frozen_groups"]))[iteration - 1]
     continuing = state["start"] == "refresh" and (iteration == 1 or reusing(state))
     return continued_schedule(schedule, fraction)[iteration - 1] if continuing else schedule[iteration - 1]
 
@@ -225,15 +331,17 @@ def evidence_predictor(plan: SearchPlan) -> Predictor:
     return Predictor.load(lake.search_evidence_dir(plan.home, plan.search_key) / "predictor")
 
 
-def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Iteration 1's weights: Dirichlet draws; when refreshing, half of them are the carried runs' predictor's top
-    candidates under the new prior instead (where the answer is), after the draws (the range a ranking is judged on,
-    and the random baseline's first runs)."""
+def first_candidates(plan: SearchPlan, prior: np.ndarray, rng: np.random.Generator,
+                     groups: list[int]) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Iteration 1's weights: Dirichlet draws (in the search's space); when refreshing, half of them are the carried
+    runs' predictor's top candidates under the new prior instead (where the answer is), after the draws (the range a
+    ranking is judged on, and the random baseline's first runs)."""
     state = load(plan)
     n = proxies(plan, 1)
     drawn = n - n // 2 if state["start"] == "refresh" else n
     save(plan, state | {"random_candidates": drawn})
-    weights = sample_dirichlet_candidates(prior, drawn, rng)
+    space = search_space(state, groups)
+    weights = space.expand(sample_dirichlet_candidates(space.reduce(prior), drawn, rng))
     if state["start"] == "refresh":
         runs, predictor = evidence_runs(plan), evidence_predictor(plan)
         evaluated = runs.select([c for c in runs.columns if c.startswith("w_")]).to_numpy()
@@ -306,7 +414,8 @@ def training_set(plan: SearchPlan, iteration: int) -> pl.DataFrame:
 
 def metadata(state: dict, refresh: bool) -> dict:
     """The decision for an asset's metadata (the refresh's numbers with ``refresh``); no empty values."""
-    keys = ("parent", "start", "decision", "prior_shift", "old_prior_kept", "evidence_runs", "evidence_dropped") + (
+    keys = ("parent", "start", "decision", "prior_shift", "old_prior_kept", "evidence_runs", "evidence_dropped",
+            "searched_groups", "frozen_groups") + (
         ("refresh_runs", "refresh_spearman", "refresh_p_value", "refresh_rmse", "refresh_rmse_after_shift", "offset")
         if refresh else ())
     shown = {f"continuation_{k}": state[k] for k in keys if state.get(k) is not None}
@@ -322,6 +431,9 @@ def describe(state: dict) -> str:
         f" (its base trained on from base `{state['base_continues']}`)" if state.get("base_continues") else "")
     if state["start"] == "restart":
         return f"{head} by restarting it: {reasons(state)}."
+    if state["start"] == "partial":
+        return (f"{head} by searching again only super-clusters {state['searched_groups']}: {reasons(state)}; the "
+                f"other {len(state['frozen_groups'])} were held as one block at the ratios of its pick.")
     verdict = (f"they are kept as evidence, shifted by the median residual {state['offset']:+.4f}" if reusing(state)
                else f"they were dropped: {reasons(state)}")  # fmt: skip
     return (f"{head}: {state['evidence_runs']} of its runs carried into these super-clusters (prior moved by "

@@ -33,7 +33,7 @@ SPEED_ONLY_SETTINGS = frozenset({"num_threads", "device"})
 # them keeps continuing the same line of searches).
 CONTINUATION_SETTINGS = frozenset({"search_start", "continued_proxy_fraction", "continue_min_spearman",
                                    "continue_max_p_value", "continue_max_prior_shift",
-                                   "base_continue_fraction"})  # fmt: skip
+                                   "continue_max_changed_share", "base_continue_fraction"})  # fmt: skip
 
 PROXY = ProxySettings()
 DEFAULT_PROXIES_PER_ITERATION = (16, 8, 8)
@@ -116,6 +116,10 @@ class SearchSettings(dg.ConfigurableResource):
     # ... and how likely a correlation that high is by chance (exact permutation test, one-sided), to keep its runs
     continue_max_p_value: float = 0.05
     continue_max_prior_shift: float = 0.1  # total variation between the old and new token priors, to continue at all
+    # beyond it, Olmix-style: search again only the super-clusters that moved (the fewest whose removal brings the
+    # rest within continue_max_prior_shift), the rest held at the previous search's ratios as one block, when they
+    # are at most this share of the super-clusters; else (or at 0) restart the whole search
+    continue_max_changed_share: float = 0.5
     # > 0: a continued search's base checkpoint is the previous search's base trained on, on the new natural mixture,
     # for this share of base_token_budget; 0 (default): every wave trains its base from scratch. Off because on the
     # demo the refresh ranked worse from a base trained on (README, "A new crawl wave continues the search")
@@ -160,6 +164,8 @@ class SearchSettings(dg.ConfigurableResource):
             problems.append(f"base_continue_fraction must be in [0, 1], got {self.base_continue_fraction:g}")
         if not 0 <= self.continue_max_prior_shift <= 1:
             problems.append(f"continue_max_prior_shift must be in [0, 1], got {self.continue_max_prior_shift:g}")
+        if not 0 <= self.continue_max_changed_share <= 1:
+            problems.append(f"continue_max_changed_share must be in [0, 1], got {self.continue_max_changed_share:g}")
         if self.target_kind == "blend":
             problems += at_least("target_blend_bpb", self.target_blend_bpb, 0) + at_least("target_blend_mc",
                                                                                         self.target_blend_mc, 0)
