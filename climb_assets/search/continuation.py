@@ -202,7 +202,8 @@ def parent_pick(plan: SearchPlan, state: dict, old: pl.DataFrame) -> np.ndarray:
     """The parent's answer over its super-clusters, picked as ClimbMix picks by default: its final predictor's best
     mixture of a fresh pool, within the weights its own runs gave each super-cluster, in its own search space."""
     groups, prior = prior_of(old)
-    space = search_space(json.loads(lake.search_continuation_path(plan.home, state["parent"]).read_text()), groups)
+    recorded = lake.search_continuation_path(plan.home, state["parent"])  # absent: a search older than continuations
+    space = search_space(json.loads(recorded.read_text()) if recorded.exists() else {"start": "first"}, groups)
     final = lake.search_iteration_dir(plan.home, state["parent"], state["parent_iterations"]) / "predictor"
     runs = space.reduce(parent_runs(plan, state).select(weight_columns(groups)).to_numpy())
     config = ClimbMixConfig()
