@@ -210,6 +210,41 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     assert {r.job_name for r in stale} == {"cluster_assign_job"}
 
 
+def test_the_merge_waits_for_every_unfinished_assignment_and_semantic_run(home, centers, instance, climb_resource):
+    """A run writes its files before Dagster stores its materialization: a merge requested in between ran twice (once
+    per materialization) before the sensor waited for unfinished runs too."""
+    import dagster as dg
+
+    from climb_assets.cluster.assets import build_recluster_sensor, cluster_assignments, semantic_duplicates
+    from climb_assets.definitions import build_definitions
+
+    defs = build_definitions(climb=climb_resource)
+    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
+    jobs = [defs.resolve_job_def(name) for name in names]
+    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
+
+    def evaluate():
+        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
+
+    write_shard(home, "a", centers[:N_BLOBS], seed=0)
+    home.lake_dir("raw_shards").mkdir(parents=True)  # the semantic step quotes duplicates' texts from the raw shard
+    pl.DataFrame({"doc_id": [f"a-{i}" for i in range(SHARD_DOCS)], "text": [f"text {i}" for i in range(SHARD_DOCS)]}
+                 ).write_parquet(home.lake_dir("raw_shards") / "a.parquet")  # fmt: skip
+    instance.add_dynamic_partitions("raw_shards", ["a"])
+    fit_centroids(home, SETTINGS)
+    assert dg.materialize([cluster_assignments, semantic_duplicates], partition_key="a", instance=instance,
+                          resources=sensor_resources(climb_resource)).success  # fmt: skip
+    # the semantic run of a shard whose files are written but whose run has not finished
+    running = instance.create_run_for_job(jobs[2], tags={"climb/attempt_of": "semantic-of-b"},
+                                          status=dg.DagsterRunStatus.STARTED)  # fmt: skip
+    waiting = evaluate()
+    assert isinstance(waiting, dg.SkipReason)
+    assert "waiting for 1 assignment or semantic runs to finish before the merge (semantic-of-b)" in waiting.skip_message
+    instance.report_run_failed(running)
+    (merge,) = evaluate().run_requests
+    assert merge.job_name == "recluster_job" and merge.run_key.startswith("merge-")
+
+
 def test_shards_re_embedded_by_another_model_wait_for_each_other_then_request_a_refit(home, centers, instance, climb_resource):
     import dagster as dg
 

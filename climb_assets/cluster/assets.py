@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from climb_assets.attempts import bounded_attempts  # noqa: E402
+from climb_assets.attempts import ATTEMPT_TAG, bounded_attempts  # noqa: E402
 from climb_assets.cluster.kmeans import (  # noqa: E402
     assign,
     faiss_gpu,
@@ -198,6 +198,10 @@ def semantic_duplicates(
     )
 
 
+UNFINISHED_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                       dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # fmt: skip
+
+
 def build_recluster_sensor(
     fit_job, assign_job, semantic_job, merge_job, *, settle_seconds: float = SETTLE_SECONDS,
     max_drift: float = DEFAULT_MAX_DRIFT, minimum_interval_seconds: int = 60,
@@ -206,8 +210,8 @@ def build_recluster_sensor(
     runs for shards missing under the current version (new shards, or all after a refit); a refit when a shard
     assigned since the last fit drifted past ``max_drift``, or once every shard is embedded by a model other than
     the fit's (e.g. ``proxy-lm`` after a new base); once every shard is assigned, the semantic dedup of each
-    shard not yet checked under this version and setting; then the merge (dbt_quality + super-clusters) once nothing
-    landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS (see ``bounded_attempts``)."""
+    shard not yet checked under this version and setting; then the merge (dbt_quality + super-clusters) once no
+    assignment or semantic run is unfinished and nothing landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS (see ``bounded_attempts``)."""
 
     @dg.sensor(
         name="recluster_sensor",
@@ -255,6 +259,13 @@ def build_recluster_sensor(
                               partition_key=shard)
                 for shard in unchecked
             ], "semantic_duplicates")  # fmt: skip
+        # a run writes its files before Dagster stores its materialization: merging on the files alone raced a run
+        # still finishing, and the merge ran twice (once per materialization)
+        busy = [run.tags.get(ATTEMPT_TAG, run.run_id) for job in (assign_job, semantic_job)
+                for run in context.instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=UNFINISHED_STATUSES))]  # fmt: skip
+        if busy:
+            return dg.SkipReason(f"waiting for {len(busy)} assignment or semantic runs to finish before the merge "
+                                 f"({', '.join(busy[:3])})")  # fmt: skip
         latest = max(
             (r for key in ("cluster_assignments", "semantic_duplicates")
              for r in context.instance.fetch_materializations(dg.AssetKey(key), limit=1).records),
