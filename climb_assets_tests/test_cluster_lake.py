@@ -171,10 +171,12 @@ def sensor_resources(climb_resource) -> dict:
     return {"climb": climb_resource, "semantic_dedup": SemanticDedupResource()}
 
 
-def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, instance, climb_resource):
+def recluster_sensor_of(instance, climb_resource):
+    """The code location's fit, assign, semantic and merge jobs, and one evaluation of a recluster sensor over them
+    (no settling) per call of the returned function."""
     import dagster as dg
 
-    from climb_assets.cluster.assets import build_recluster_sensor, cluster_assignments
+    from climb_assets.cluster.assets import build_recluster_sensor
     from climb_assets.definitions import build_definitions
 
     defs = build_definitions(climb=climb_resource)
@@ -182,8 +184,18 @@ def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, in
     jobs = [defs.resolve_job_def(name) for name in names]
     sensor = build_recluster_sensor(*jobs, settle_seconds=0)
 
-    def evaluate():
-        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
+    def evaluate(cursor=None):
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(climb_resource)))
+
+    return jobs, evaluate
+
+
+def test_drift_requests_a_refit_then_every_shard_is_reassigned(home, centers, instance, climb_resource):
+    import dagster as dg
+
+    from climb_assets.cluster.assets import cluster_assignments
+
+    jobs, evaluate = recluster_sensor_of(instance, climb_resource)
 
     write_shard(home, "old-0", centers[:N_BLOBS], seed=0)
     (first,) = evaluate().run_requests
@@ -215,16 +227,9 @@ def test_the_merge_waits_for_every_unfinished_assignment_and_semantic_run(home, 
     per materialization) before the sensor waited for unfinished runs too."""
     import dagster as dg
 
-    from climb_assets.cluster.assets import build_recluster_sensor, cluster_assignments, semantic_duplicates
-    from climb_assets.definitions import build_definitions
+    from climb_assets.cluster.assets import cluster_assignments, semantic_duplicates
 
-    defs = build_definitions(climb=climb_resource)
-    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
-    jobs = [defs.resolve_job_def(name) for name in names]
-    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
-
-    def evaluate():
-        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
+    jobs, evaluate = recluster_sensor_of(instance, climb_resource)
 
     write_shard(home, "a", centers[:N_BLOBS], seed=0)
     home.lake_dir("raw_shards").mkdir(parents=True)  # the semantic step quotes duplicates' texts from the raw shard
@@ -248,15 +253,7 @@ def test_the_merge_waits_for_every_unfinished_assignment_and_semantic_run(home, 
 def test_shards_re_embedded_by_another_model_wait_for_each_other_then_request_a_refit(home, centers, instance, climb_resource):
     import dagster as dg
 
-    from climb_assets.cluster.assets import build_recluster_sensor
-    from climb_assets.definitions import build_definitions
-
-    defs = build_definitions(climb=climb_resource)
-    names = ("cluster_fit_job", "cluster_assign_job", "semantic_dedup_job", "recluster_job")
-    sensor = build_recluster_sensor(*(defs.resolve_job_def(name) for name in names), settle_seconds=0)
-
-    def evaluate():
-        return sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources(climb_resource)))
+    _, evaluate = recluster_sensor_of(instance, climb_resource)
 
     for shard, seed in (("a", 0), ("b", 1)):
         write_shard(home, shard, centers[:N_BLOBS], seed=seed)
@@ -277,16 +274,7 @@ def test_shards_re_embedded_by_another_model_wait_for_each_other_then_request_a_
 def test_a_failed_fit_is_retried_under_new_run_keys_then_reported(home, centers, instance, climb_resource):
     import dagster as dg
 
-    from climb_assets.cluster.assets import build_recluster_sensor
-    from climb_assets.definitions import build_definitions
-
-    defs = build_definitions(climb=climb_resource)
-    fit_job = defs.resolve_job_def("cluster_fit_job")
-    jobs = [fit_job, *(defs.resolve_job_def(name) for name in ("cluster_assign_job", "semantic_dedup_job", "recluster_job"))]
-    sensor = build_recluster_sensor(*jobs, settle_seconds=0)
-
-    def evaluate(cursor=None):
-        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=sensor_resources(climb_resource)))
+    (fit_job, *_), evaluate = recluster_sensor_of(instance, climb_resource)
 
     write_shard(home, "a", centers[:N_BLOBS], seed=0)
     rng = np.random.default_rng(1)  # a second embedding model: every fit fails until "b" is re-embedded
