@@ -17,7 +17,7 @@ from climb_assets.climbmix import loss_guided
 from climb_assets.devices import gpu_slots
 from climb_assets.lm.proxy import ProxySettings
 from climb_assets.search.assets import final_predictor_key, waiting_in
-from climb_assets.search.candidates import best_predicted_mixture, token_prior
+from climb_assets.search.candidates import token_prior
 from climb_assets.search.fanout import RunLog, TrainingRun, run_log, training_fan_out
 from climb_assets.search.keys import (
     ALGORITHM_VERSIONS,
@@ -54,12 +54,9 @@ def choose_climbmix(config: ClimbMixConfig, plan: SearchPlan, iterations: int) -
     _, corpus = search_inputs(plan)
     predictor = Predictor.load(plan.predictor_path(iterations))
     space = continuation.search_space(continuation.load(plan), corpus.groups)
-    trained = space.reduce(continuation.training_set(plan, iterations).select(weight_columns(corpus.groups)).to_numpy())
-    reduced, predicted = best_predicted_mixture(
-        space.scoring(predictor), space.reduce(token_prior(corpus.tokens_per_group())), config.seed,
-        pool_size=config.pool_size, top_k=config.top_k_average, upper_bounds=trained.max(axis=0),
-    )  # fmt: skip
-    weights = space.expand(reduced)
+    trained = continuation.training_set(plan, iterations).select(weight_columns(corpus.groups)).to_numpy()
+    weights, predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()), trained, config.seed,
+                                            pool_size=config.pool_size, top_k=config.top_k_average)  # fmt: skip
     key = fingerprint({
         "algorithm": ALGORITHM_VERSIONS["climbmix"], "search_key": plan.search_key, "config": config.model_dump(),
         "predictor": predictor_fingerprint(plan, iterations), "tokenizer_sha256": plan.tokenizer_sha,
@@ -107,11 +104,8 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
                                          params=search.predictor_params(), feature_names=columns,
                                          kinds=search.predictor_kinds())  # fmt: skip
     space = continuation.search_space(continuation.load(plan), corpus.groups)  # RegMix searches the same space
-    reduced, regmix_predicted = best_predicted_mixture(
-        space.scoring(predictor), space.reduce(token_prior(corpus.tokens_per_group())), search.seed,
-        pool_size=search.pool_size, upper_bounds=space.reduce(weights).max(axis=0),
-    )  # fmt: skip
-    regmix = space.expand(reduced)
+    regmix, regmix_predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()), weights,
+                                                  search.seed, pool_size=search.pool_size)  # fmt: skip
     summary = {
         "proxies": len(records),
         "best_random": weights[int(np.argmax(y))].tolist(),

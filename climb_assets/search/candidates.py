@@ -60,6 +60,15 @@ class SearchSpace:
         """``predictor`` (fitted on full weights) scoring reduced ones."""
         return predictor if not self.frozen else _ExpandingPredictor(predictor, self)
 
+    def best_mixture(self, predictor: SupportsPredict, prior: np.ndarray, trained: np.ndarray,
+                     rng: np.random.Generator | int, *, pool_size: int, top_k: int = 1) -> tuple[np.ndarray, float]:  # fmt: skip
+        """``best_predicted_mixture`` drawn in this space, within the weights the ``trained`` rows (full weights)
+        gave each of its dimensions; over every super-cluster, with its prediction."""
+        reduced, predicted = best_predicted_mixture(self.scoring(predictor), self.reduce(prior), rng,
+                                                    pool_size=pool_size, top_k=top_k,
+                                                    upper_bounds=self.reduce(trained).max(axis=0))  # fmt: skip
+        return self.expand(reduced), predicted
+
 
 @dataclass(frozen=True)
 class _ExpandingPredictor:

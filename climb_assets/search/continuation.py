@@ -42,12 +42,7 @@ import polars as pl
 from scipy import stats
 
 from climb_assets import lake
-from climb_assets.search.candidates import (
-    SearchSpace,
-    best_predicted_mixture,
-    next_iteration_candidates,
-    sample_dirichlet_candidates,
-)
+from climb_assets.search.candidates import SearchSpace, next_iteration_candidates, sample_dirichlet_candidates
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.predictor import Predictor, select_predictor
 from climb_assets.search.settings import ClimbMixConfig, SearchSettings
@@ -205,12 +200,10 @@ def parent_pick(plan: SearchPlan, state: dict, old: pl.DataFrame) -> np.ndarray:
     recorded = lake.search_continuation_path(plan.home, state["parent"])  # absent: a search older than continuations
     space = search_space(json.loads(recorded.read_text()) if recorded.exists() else {"start": "first"}, groups)
     final = lake.search_iteration_dir(plan.home, state["parent"], state["parent_iterations"]) / "predictor"
-    runs = space.reduce(parent_runs(plan, state).select(weight_columns(groups)).to_numpy())
+    runs = parent_runs(plan, state).select(weight_columns(groups)).to_numpy()
     config = ClimbMixConfig()
-    pick, _ = best_predicted_mixture(space.scoring(Predictor.load(final)), space.reduce(prior), config.seed,
-                                     pool_size=config.pool_size, top_k=config.top_k_average,
-                                     upper_bounds=runs.max(axis=0))  # fmt: skip
-    return space.expand(pick)
+    return space.best_mixture(Predictor.load(final), prior, runs, config.seed, pool_size=config.pool_size,
+                              top_k=config.top_k_average)[0]
 
 
 def frozen_block(plan: SearchPlan, state: dict, old: pl.DataFrame, carry_T: tuple, moved: list[int],
