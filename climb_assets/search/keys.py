@@ -36,7 +36,7 @@ ALGORITHM_VERSIONS = {
     "token_files": "tokens-1",
     "proxy": "proxy-2",
     "predictor": "select-2",
-    "candidates": "dirichlet-1",
+    "candidates": "dirichlet-2",  # 2: a structure change searches again only what moved (partial restart)
     "climbmix": "climbmix-2",
     "proof": "proof-1",
     "loss_guided": "doremi-1",
