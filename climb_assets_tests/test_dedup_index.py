@@ -67,6 +67,13 @@ def test_lookup_answers_only_for_the_shard_and_only_from_earlier_shards(home):
         index.replace("s2", pl.DataFrame({"content_hash": [text_hash(doc(5))], "doc_id": ["again"]}))
         found, _ = index.lookup({text_hash(doc(5))}, set(), ["s2", "s1"])  # first registered copy wins
         assert found == {text_hash(doc(5)): ("again", "s2")}
+        assert index.lookup({text_hash(doc(1500))}, set(), ["s2"])[0] == {}  # s2's old rows were replaced
+        assert index.indexed_shards() == {"s1", "s2", "s3"}
+        index.connection.execute("DROP TABLE seen_shards")  # an index from before the shard list was kept
+    with DedupIndex(dedup_index_path(home)) as index:
+        assert index.indexed_shards() == {"s1", "s2", "s3"}
+        index.replace("s3", pl.DataFrame({"content_hash": [text_hash(doc(7))], "doc_id": ["s3-again"]}))
+        assert index.connection.execute("SELECT count(*) FROM seen WHERE shard = 's3'").fetchone()[0] == 1
 
 
 def test_shards_ingested_before_the_index_existed_are_backfilled(home):

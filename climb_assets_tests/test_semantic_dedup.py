@@ -57,6 +57,7 @@ def corpus(home):
     shards["s2"][5] = unit(shards["s0"][7] + 0.01 * rng.standard_normal(DIM))
     shards["s1"][40] = unit(shards["s1"][3] + 0.01 * rng.standard_normal(DIM))
     shards["s2"][60] = shards["s2"][61] = unit(shards["s1"][9] + 0.005 * rng.standard_normal(DIM))
+    shards["s1"][10] = shards["s2"][10] = shards["s0"][10]  # exact copies: s2-10 ties between s0-10 and s1-10
     for name, vectors in shards.items():
         write_embeddings(home.lake_dir("embeddings") / f"{name}.npz", [f"{name}-{i}" for i in range(len(vectors))],
                          vectors, "m")  # fmt: skip
@@ -108,6 +109,22 @@ def test_order_of_checking_does_not_change_the_answer_and_a_rerun_is_byte_identi
     ordered = [dedup_shard(home, version, name, SHARDS[:i], settings) for i, name in enumerate(SHARDS)]
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths] == first
     assert sum(frame.height for frame in ordered) >= 4
+
+
+def test_batches_of_earlier_shards_give_the_answer_of_one_shard_at_a_time_and_ties_go_to_the_earliest(
+    corpus, monkeypatch
+):
+    from climb_assets.cluster import semantic_dedup
+
+    home, version, _ = corpus
+    settings = SemanticSettings()
+    answers = []
+    for batch_rows in (1, 10**6):  # one earlier shard per batch; both in one, regrouped by cluster
+        monkeypatch.setattr(semantic_dedup, "BATCH_ROWS", batch_rows)
+        answers.append(dedup_shard(home, version, "s2", ["s0", "s1"], settings))
+    assert answers[0].equals(answers[1]) and answers[0].height >= 4
+    tie = answers[0].filter(pl.col("doc_id") == "s2-10").row(0, named=True)
+    assert (tie["duplicate_of"], tie["duplicate_of_shard"]) == ("s0-10", "s0")
 
 
 def test_epsilon_widens_the_net_switched_off_removes_nothing_and_each_setting_keeps_its_own_result(corpus):

@@ -8,14 +8,15 @@ documents registered before it, never on which shard was checked first, so shard
 parallel and a re-run gives the same files.
 
 A new shard is compared only with the documents of the clusters it lands in: ``cluster_assignments`` also writes
-each shard's vectors in cluster order (``lake.by_cluster_dir``), so one cluster of an earlier shard is one slice
-of a memory-mapped file. Memory holds the new shard, one earlier shard's mapping at a time, and one block of
-similarities.
+each shard's vectors in cluster order (``lake.by_cluster_dir``), so an earlier shard's documents in those clusters
+are read from a memory-mapped file. Earlier shards are gathered into batches of at most ``BATCH_ROWS`` documents,
+regrouped by cluster, and each batch is compared cluster by cluster: the work in Python is clusters x batches, not
+clusters x earlier shards. Memory holds the new shard, one batch and one block of similarities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from climb_assets.storage import atomic_path, write_parquet_atomic
 
 DEFAULT_EPSILON = 0.01  # NeMo Curator's default: duplicates at cosine similarity >= 0.99
 MAX_SIMILARITIES = 1 << 24  # entries of one block's similarity matrix (64 MiB): memory bound of a comparison
+BATCH_ROWS = 1 << 17  # earlier documents compared in one pass over the clusters (float16: 64 MiB at 256 dims)
 
 DUPLICATE_SCHEMA = {
     "doc_id": pl.String,
@@ -98,6 +100,44 @@ class ByCluster:
         return np.unique(self.cluster_ids)
 
 
+@dataclass
+class EarlierBatch:
+    """Documents of consecutive earlier shards in the new shard's clusters, sorted by cluster and, within one, in
+    registration order (shard, then row), so the first of equal similarities is the earliest document."""
+
+    doc_ids: np.ndarray
+    shards: np.ndarray
+    cluster_ids: np.ndarray
+    vectors: np.ndarray  # float16, in memory
+
+    def rows(self, cluster_id: int) -> slice:
+        lo, hi = np.searchsorted(self.cluster_ids, [cluster_id, cluster_id + 1])
+        return slice(int(lo), int(hi))
+
+
+def earlier_batches(clusters: np.ndarray, earlier: Iterable[ByCluster], batch_rows: int) -> Iterator[EarlierBatch]:
+    """The earlier shards' documents in ``clusters``, a batch of whole shards at a time (at least one shard each)."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0
+
+    def batch() -> EarlierBatch:
+        doc_ids, shards, cluster_ids, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.argsort(cluster_ids, kind="stable")  # stable: registration order within a cluster
+        return EarlierBatch(doc_ids[order], shards[order], cluster_ids[order], vectors[order])
+
+    for other in earlier:
+        wanted = np.flatnonzero(np.isin(other.cluster_ids, clusters))
+        if len(wanted):
+            shard_names = np.full(len(wanted), other.shard, dtype=object)
+            parts.append((other.doc_ids[wanted], shard_names, other.cluster_ids[wanted], np.asarray(other.vectors[wanted])))
+            held += len(wanted)
+        if held >= batch_rows:
+            yield batch()
+            parts, held = [], 0
+    if parts:
+        yield batch()
+
+
 def most_similar(new: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every row of ``new``: the highest cosine similarity to a row of ``before`` and that row (unit rows),
     in blocks of rows so the similarity matrix never exceeds MAX_SIMILARITIES entries."""
@@ -130,25 +170,26 @@ def find_semantic_duplicates(
     shard: ByCluster, earlier: Iterable[ByCluster], settings: SemanticSettings
 ) -> pl.DataFrame:
     """The documents of ``shard`` that are semantic duplicates of a document registered before them: the
-    ``earlier`` shards (registration order; one is read at a time, cluster by cluster), then the preceding
-    documents of ``shard`` in the same cluster. A tie goes to the earlier document."""
+    ``earlier`` shards (registration order; read in batches of whole shards, cluster by cluster), then the
+    preceding documents of ``shard`` in the same cluster. A tie goes to the earlier document."""
     vectors = np.asarray(shard.vectors, dtype=np.float32)  # the shard itself is the one thing held whole
     best = np.full(len(vectors), -np.inf, dtype=np.float32)
     owner = np.full(len(vectors), None, dtype=object)
     owner_shard = np.full(len(vectors), None, dtype=object)
     clusters = [shard.rows(int(c)) for c in shard.clusters()]
 
-    def keep_better(own: slice, sims: np.ndarray, ids: np.ndarray, of_shard: str) -> None:
-        better = sims > best[own]
+    def keep_better(own: slice, sims: np.ndarray, ids: np.ndarray, of_shards: np.ndarray | str) -> None:
+        better = sims > best[own]  # strictly: an equal similarity found later belongs to a later document
         rows = np.arange(own.start, own.stop)[better]
-        best[rows], owner[rows], owner_shard[rows] = sims[better], ids[better], of_shard
+        best[rows], owner[rows] = sims[better], ids[better]
+        owner_shard[rows] = of_shards[better] if isinstance(of_shards, np.ndarray) else of_shards
 
-    for other in earlier:
+    for batch in earlier_batches(shard.clusters(), earlier, BATCH_ROWS):
         for own in clusters:
-            theirs = other.rows(int(shard.cluster_ids[own.start]))
+            theirs = batch.rows(int(shard.cluster_ids[own.start]))
             if theirs.stop > theirs.start:
-                sims, index = most_similar(vectors[own], np.asarray(other.vectors[theirs], dtype=np.float32))
-                keep_better(own, sims, other.doc_ids[theirs][index], other.shard)
+                sims, index = most_similar(vectors[own], batch.vectors[theirs].astype(np.float32))
+                keep_better(own, sims, batch.doc_ids[theirs][index], batch.shards[theirs][index])
     for own in clusters:
         sims, index = nearest_preceding(vectors[own])
         keep_better(own, sims, shard.doc_ids[own][index], shard.shard)

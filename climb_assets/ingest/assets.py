@@ -86,7 +86,7 @@ def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlie
         asked = EarlierShards(
             seen=lambda hashes, ids: index.lookup(hashes, ids, earlier),
             near_candidates=(lambda bands: index.near_candidates(bands, earlier, fuzzy)) if fuzzy else None,
-            texts=lambda s, ids: earlier_texts(home, s, ids),
+            texts=lambda wanted: earlier_texts(home, wanted),
         )
         result = ingest_shard(source, shard, settings, asked)
         write_parquet_atomic(result.quarantine, quarantine_path(home, shard))
@@ -97,13 +97,18 @@ def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlie
     return result
 
 
-def earlier_texts(home: ClimbHome, shard: str, doc_ids: list[str]) -> dict[str, str]:
-    """The texts of a few accepted documents of an earlier shard (near-duplicate candidates)."""
+def earlier_texts(home: ClimbHome, wanted: dict[str, list[str]]) -> dict[tuple[str, str], str]:
+    """The texts of a few accepted documents of earlier shards (near-duplicate candidates), in one scan of the shards
+    that hold them: a file per shard would cost a read per shard, and candidates spread over more shards as the
+    corpus grows."""
+    if not wanted:
+        return {}
+    ids = [doc_id for doc_ids in wanted.values() for doc_id in doc_ids]
     found = (
-        pl.scan_parquet(raw_shard_path(home, shard)).filter(pl.col("doc_id").is_in(doc_ids)).select("doc_id", "text")
-        .collect()
+        pl.scan_parquet([raw_shard_path(home, shard) for shard in wanted]).select("shard", "doc_id", "text")
+        .filter(pl.col("doc_id").is_in(ids)).collect()
     )  # fmt: skip
-    return dict(found.iter_rows())
+    return {(shard, doc_id): text for shard, doc_id, text in found.iter_rows()}  # ids are unique among accepted
 
 
 def ingest_version(file_sha256: str, settings: IngestSettings) -> str:

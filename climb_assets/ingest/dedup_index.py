@@ -4,7 +4,8 @@ every earlier shard into memory.
 One DuckDB file, ``lake/dedup_index/index.duckdb``: table ``seen(content_hash, doc_id, shard)`` for exact duplicates
 and ``minhash_bands(settings, shard, doc_id, band, bucket)`` for near-duplicates (``near_dedup.py``; ``settings`` is
 the MinHash settings' key, so other settings never read stale bands), with ``minhash_shards`` saying which shards
-have bands under which settings. A shard is checked
+have bands under which settings and ``seen_shards`` which shards have hashes (so neither question, nor the first
+ingestion of a shard, scans the big tables). A shard is checked
 with a join on disk against only its own hashes and ids, restricted to the shards registered before it, so memory
 is proportional to the shard and a re-run of shard N after later shards landed gives the same answer. One writer at
 a time: ``raw_shards`` runs in the single-slot ``lake_writer`` pool. Replacing a shard's rows is one transaction
@@ -40,6 +41,8 @@ class DedupIndex:
             "doc_id VARCHAR NOT NULL, band SMALLINT NOT NULL, bucket BIGINT NOT NULL)"
         )
         self.connection.execute("CREATE TABLE IF NOT EXISTS minhash_shards (settings VARCHAR NOT NULL, shard VARCHAR NOT NULL)")
+        # an index written before this table existed fills it once from ``seen``
+        self.connection.execute("CREATE TABLE IF NOT EXISTS seen_shards AS SELECT DISTINCT shard FROM seen")
 
     def __enter__(self) -> "DedupIndex":
         return self
@@ -48,7 +51,7 @@ class DedupIndex:
         self.connection.close()
 
     def indexed_shards(self) -> set[str]:
-        return {row[0] for row in self.connection.execute("SELECT DISTINCT shard FROM seen").fetchall()}
+        return {row[0] for row in self.connection.execute("SELECT shard FROM seen_shards").fetchall()}
 
     def banded_shards(self, fuzzy: FuzzySettings) -> set[str]:
         rows = self.connection.execute("SELECT shard FROM minhash_shards WHERE settings = ?", [fuzzy.index_key])
@@ -91,19 +94,22 @@ class DedupIndex:
 
     def _replace_seen(self, shard: str, accepted: pl.DataFrame) -> None:
         rows = accepted.select(pl.col("content_hash"), pl.col("doc_id"), pl.lit(shard).alias("shard"))
+        deletes = [("DELETE FROM seen WHERE shard = ?", [shard]), ("DELETE FROM seen_shards WHERE shard = ?", [shard])]
         self._transaction(
-            [("DELETE FROM seen WHERE shard = ?", [shard]),
-             ("INSERT INTO seen SELECT content_hash, doc_id, shard FROM incoming", [])],
+            (deletes if shard in self.indexed_shards() else [])
+            + [("INSERT INTO seen SELECT content_hash, doc_id, shard FROM incoming", []),
+               ("INSERT INTO seen_shards VALUES (?)", [shard])],
             rows,
         )  # fmt: skip
 
     def _replace_bands(self, shard: str, bands: pl.DataFrame, fuzzy: FuzzySettings) -> None:
         key = fuzzy.index_key
+        deletes = [("DELETE FROM minhash_bands WHERE settings = ? AND shard = ?", [key, shard]),
+                   ("DELETE FROM minhash_shards WHERE settings = ? AND shard = ?", [key, shard])]  # fmt: skip
         self._transaction(
-            [("DELETE FROM minhash_bands WHERE settings = ? AND shard = ?", [key, shard]),
-             ("DELETE FROM minhash_shards WHERE settings = ? AND shard = ?", [key, shard]),
-             ("INSERT INTO minhash_bands SELECT ?, ?, doc_id, band, bucket FROM incoming", [key, shard]),
-             ("INSERT INTO minhash_shards VALUES (?, ?)", [key, shard])],
+            (deletes if shard in self.banded_shards(fuzzy) else [])
+            + [("INSERT INTO minhash_bands SELECT ?, ?, doc_id, band, bucket FROM incoming", [key, shard]),
+               ("INSERT INTO minhash_shards VALUES (?, ?)", [key, shard])],
             bands,
         )  # fmt: skip
 

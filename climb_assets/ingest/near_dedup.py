@@ -123,8 +123,8 @@ class NearDuplicate:
 EarlierCandidates = Callable[[pl.DataFrame], pl.DataFrame]
 """This shard's bands -> CANDIDATES_SCHEMA rows: accepted documents of earlier shards that share a band (position:
 the earlier shard's registration order), at most ``max_candidates`` per document."""
-EarlierTexts = Callable[[str, list[str]], dict[str, str]]
-"""(earlier shard, doc ids) -> their texts."""
+EarlierTexts = Callable[[dict[str, list[str]]], dict[tuple[str, str], str]]
+"""{earlier shard: doc ids} -> {(shard, doc id): text}, read in one pass."""
 
 
 def find_near_duplicates(
@@ -150,10 +150,9 @@ def find_near_duplicates(
         found = earlier_candidates(bands)
         for doc_id, other_id, other_shard, position in found.iter_rows():
             earlier[doc_id].append((position, other_shard, other_id))
-        for other_shard, group in found.group_by("other_shard"):
-            wanted = group["other_id"].unique().to_list()
-            for other_id, text in earlier_texts(other_shard[0], wanted).items():
-                earlier_sets[(other_shard[0], other_id)] = shingles(text, settings.ngram)
+        wanted = {shard[0]: group["other_id"].unique().to_list() for shard, group in found.group_by("other_shard")}
+        for key, text in earlier_texts(wanted).items():
+            earlier_sets[key] = shingles(text, settings.ngram)
 
     duplicates: dict[int, NearDuplicate] = {}
     kept_in_buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
