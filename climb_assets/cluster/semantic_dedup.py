@@ -29,7 +29,7 @@ from climb_assets.storage import atomic_path, write_parquet_atomic
 
 DEFAULT_EPSILON = 0.01  # NeMo Curator's default: duplicates at cosine similarity >= 0.99
 MAX_SIMILARITIES = 1 << 24  # entries of one block's similarity matrix (64 MiB): memory bound of a comparison
-BATCH_ROWS = 1 << 17  # earlier documents compared in one pass over the clusters (float16: 64 MiB at 256 dims)
+BATCH_ROWS = 1 << 16  # earlier documents compared in one pass over the clusters (float16: 32 MiB at 256 dims)
 
 DUPLICATE_SCHEMA = {
     "doc_id": pl.String,
@@ -117,25 +117,40 @@ class EarlierBatch:
 
 def earlier_batches(clusters: np.ndarray, earlier: Iterable[ByCluster], batch_rows: int) -> Iterator[EarlierBatch]:
     """The earlier shards' documents in ``clusters``, a batch of whole shards at a time (at least one shard each)."""
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[ByCluster, np.ndarray]] = []
     held = 0
 
-    def batch() -> EarlierBatch:
-        doc_ids, shards, cluster_ids, vectors = (np.concatenate(column) for column in zip(*parts, strict=True))
-        order = np.argsort(cluster_ids, kind="stable")  # stable: registration order within a cluster
-        return EarlierBatch(doc_ids[order], shards[order], cluster_ids[order], vectors[order])
+    def flush() -> EarlierBatch:
+        nonlocal pending, held
+        ready, pending, held = pending, [], 0
+        return gather(ready)  # the shards' mappings close here, before the batch is compared
 
     for other in earlier:
         wanted = np.flatnonzero(np.isin(other.cluster_ids, clusters))
         if len(wanted):
-            shard_names = np.full(len(wanted), other.shard, dtype=object)
-            parts.append((other.doc_ids[wanted], shard_names, other.cluster_ids[wanted], np.asarray(other.vectors[wanted])))
+            pending.append((other, wanted))
             held += len(wanted)
         if held >= batch_rows:
-            yield batch()
-            parts, held = [], 0
-    if parts:
-        yield batch()
+            yield flush()
+    if pending:
+        yield flush()
+
+
+def gather(parts: list[tuple[ByCluster, np.ndarray]]) -> EarlierBatch:
+    """The rows ``wanted`` of each shard, copied once, straight into cluster order (stable: registration order
+    within a cluster)."""
+    cluster_ids = np.concatenate([other.cluster_ids[wanted] for other, wanted in parts])
+    order = np.argsort(cluster_ids, kind="stable")
+    destination = np.empty_like(order)
+    destination[order] = np.arange(len(order))
+    vectors = np.empty((len(order), parts[0][0].vectors.shape[1]), dtype=np.float16)
+    doc_ids, shards = np.empty(len(order), dtype=object), np.empty(len(order), dtype=object)
+    start = 0
+    for other, wanted in parts:
+        rows = destination[start : start + len(wanted)]
+        vectors[rows], doc_ids[rows], shards[rows] = other.vectors[wanted], other.doc_ids[wanted], other.shard
+        start += len(wanted)
+    return EarlierBatch(doc_ids, shards, cluster_ids[order], vectors)
 
 
 def most_similar(new: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
