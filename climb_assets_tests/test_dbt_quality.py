@@ -53,8 +53,10 @@ def _write_lake(home: ClimbHome, docs: pl.DataFrame) -> None:
         raw.with_columns(row_number=pl.Series(accepted)).write_parquet(home.lake / "raw_shards" / f"{name}.parquet")
         pl.DataFrame({"shard": name, "row_number": quarantined, "reason": "blank_line"},
                      schema_overrides={"row_number": pl.Int64}).write_parquet(home.lake / "quarantine" / f"{name}.parquet")
-        pl.DataFrame({"shard": name, "row_number": duplicates, "kind": "exact"},
-                     schema_overrides={"row_number": pl.Int64}).write_parquet(home.lake / "duplicates" / f"{name}.parquet")
+        pl.DataFrame({"shard": name, "row_number": duplicates, "kind": "exact", "duplicate_of": "d0"},
+                     schema_overrides={"row_number": pl.Int64, "duplicate_of": pl.String}).write_parquet(
+            home.lake / "duplicates" / f"{name}.parquet"
+        )
         part.select("doc_id", "dup_line_fraction", "dup_5gram_char_fraction", "quality_score").write_parquet(
             home.lake / "quality" / f"{name}.parquet"
         )
@@ -84,6 +86,7 @@ def _write_centroids(home: ClimbHome, version: str, seed: int) -> None:
 class DbtRun:
     success: bool
     failed: list[str]  # names of the nodes that failed or errored
+    warned: list[str]
 
 
 @pytest.fixture()
@@ -109,7 +112,7 @@ def dbt(home: ClimbHome, monkeypatch: pytest.MonkeyPatch) -> Callable[..., DbtRu
         if res.exception is not None:
             raise res.exception
         failed = [r.node.name for r in res.result.results if r.status in ("fail", "error")]
-        return DbtRun(success=res.success, failed=failed)
+        return DbtRun(success=res.success, failed=failed, warned=[r.node.name for r in res.result.results if r.status == "warn"])
 
     return run
 
@@ -189,6 +192,15 @@ def test_build_fails_when_a_landed_row_is_lost_or_written_twice(home: ClimbHome,
     result = dbt("build")
     assert not result.success
     assert result.failed == ["landed_rows_accounted_for"]
+
+
+def test_a_duplicate_whose_kept_copy_is_gone_warns_without_stopping_the_build(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:
+    assert dbt("build").warned == []
+    path = home.lake / "duplicates" / "s1.parquet"
+    pl.read_parquet(path).with_columns(duplicate_of=pl.lit("d-reingested-away")).write_parquet(path)
+    result = dbt("build")
+    assert result.success and result.failed == []
+    assert [name.split("_lake_")[0] for name in result.warned] == ["source_relationships"]
 
 
 def test_build_fails_when_a_document_was_never_scored(home: ClimbHome, dbt: Callable[..., DbtRun]) -> None:

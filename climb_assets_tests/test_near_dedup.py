@@ -80,6 +80,20 @@ def test_across_shards_the_earlier_shard_wins_and_rerun_is_identical(home):
     assert banded == 3  # a's two documents and b's one: idempotent
 
 
+def test_an_exact_copy_of_a_removed_near_duplicate_names_the_kept_document(home):
+    """b's second row is a near-copy of a's document, its fourth an exact copy of the second: both name a's."""
+    original, near = article(7), edited(article(7), 75)
+    land(home, "a.jsonl", [original])
+    land(home, "b.jsonl", [article(9), near, article(10), near])
+    ingest_to_lake(home, "a.jsonl", IngestSettings(), [])
+    ingest_to_lake(home, "b.jsonl", IngestSettings(), ["a.jsonl"])
+    (kept,) = pl.read_parquet(raw_shard_path(home, "a.jsonl"))["doc_id"].to_list()
+    dups = pl.read_parquet(duplicates_path(home, "b.jsonl")).sort("row_number")
+    assert dups["row_number"].to_list() == [1, 3] and dups["kind"].to_list() == ["fuzzy", "fuzzy"]
+    assert dups["duplicate_of"].to_list() == [kept, kept] and dups["duplicate_of_shard"].to_list() == ["a.jsonl"] * 2
+    assert dups["similarity"][0] == dups["similarity"][1] >= 0.8
+
+
 def test_switched_off_keeps_near_duplicates_and_new_settings_backfill_their_own_bands(home):
     land(home, "a.jsonl", [article(11)])
     land(home, "b.jsonl", [edited(article(11), 75)])

@@ -279,11 +279,18 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: Earl
             shard, [d[0] for d in documents], [d[1] for d in documents], settings.fuzzy,
             earlier.near_candidates if earlier else None, earlier.texts if earlier else None,
         )  # fmt: skip
+        removed = {documents[i][0]: found for i, found in near.items()}
         for i, found in near.items():
             doc_id, _, _, row_number, _, digest, _, _ = documents[i]
             duplicates.append(
                 (shard, row_number, doc_id, digest, found.duplicate_of, found.duplicate_of_shard, "fuzzy", found.similarity)
             )
+        # an exact copy of a document this step removed names the kept one instead (the same text, so the same
+        # similarity): every duplicate points at a document that stayed
+        for n, (*row, first_id, first_shard, _, _) in enumerate(duplicates):
+            if first_shard == shard and first_id in removed:
+                found = removed[first_id]
+                duplicates[n] = (*row, found.duplicate_of, found.duplicate_of_shard, "fuzzy", found.similarity)
         documents = [d for i, d in enumerate(documents) if i not in near]
     doc_frame = pl.DataFrame(
         documents,
