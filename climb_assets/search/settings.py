@@ -99,10 +99,10 @@ class SearchSettings(dg.ConfigurableResource):
     num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
     # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
     pool_size: int = DEFAULT_POOL_SIZE
+    # paper: n at random from the top max(n^2, 128) of the pool (explore within the predictor's best region);
     # exploit_first: the predictor's own best mixture (within the weights trained proxies gave each super-cluster,
-    # as ClimbMix's pick is) is trained first, the rest drawn as the paper does, so the best proxy can climb;
-    # paper (for parity): n at random from the top max(n^2, 128) of the pool
-    acquisition: Acquisition = "exploit_first"
+    # as ClimbMix's pick is) is trained first, the rest drawn as the paper does
+    acquisition: Acquisition = "paper"
     predictor_min_child_samples: int = 2
     predictor_folds: int = 5
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
