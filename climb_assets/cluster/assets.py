@@ -211,7 +211,8 @@ def build_recluster_sensor(
     assigned since the last fit drifted past ``max_drift``, or once every shard is embedded by a model other than
     the fit's (e.g. ``proxy-lm`` after a new base); once every shard is assigned, the semantic dedup of each
     shard not yet checked under this version and setting; then the merge (dbt_quality + super-clusters) once no
-    assignment or semantic run is unfinished and nothing landed for ``settle_seconds``. A failed run is retried, up to MAX_ATTEMPTS (see ``bounded_attempts``)."""
+    assignment or semantic run is unfinished and nothing landed for ``settle_seconds``. A failed run is retried, up
+    to MAX_ATTEMPTS (see ``bounded_attempts``)."""
 
     @dg.sensor(
         name="recluster_sensor",

@@ -74,6 +74,12 @@ def write_by_cluster(home: ClimbHome, version: str, shard: str, assignments: pl.
         np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors[order], dtype=np.float16))
 
 
+def cluster_rows(sorted_cluster_ids: np.ndarray, cluster_id: int) -> slice:
+    """The rows of one cluster in rows sorted by cluster."""
+    lo, hi = np.searchsorted(sorted_cluster_ids, [cluster_id, cluster_id + 1])
+    return slice(int(lo), int(hi))
+
+
 @dataclass
 class ByCluster:
     """One shard's documents in cluster order; ``slice(c)`` reads cluster ``c``'s vectors only."""
@@ -93,8 +99,7 @@ class ByCluster:
         return cls(shard, members["doc_id"].to_numpy(), members["cluster_id"].to_numpy(), vectors)
 
     def rows(self, cluster_id: int) -> slice:
-        lo, hi = np.searchsorted(self.cluster_ids, [cluster_id, cluster_id + 1])
-        return slice(int(lo), int(hi))
+        return cluster_rows(self.cluster_ids, cluster_id)
 
     def clusters(self) -> np.ndarray:
         return np.unique(self.cluster_ids)
@@ -111,8 +116,7 @@ class EarlierBatch:
     vectors: np.ndarray  # float16, in memory
 
     def rows(self, cluster_id: int) -> slice:
-        lo, hi = np.searchsorted(self.cluster_ids, [cluster_id, cluster_id + 1])
-        return slice(int(lo), int(hi))
+        return cluster_rows(self.cluster_ids, cluster_id)
 
 
 def earlier_batches(clusters: np.ndarray, earlier: Iterable[ByCluster], batch_rows: int) -> Iterator[EarlierBatch]:
@@ -191,7 +195,8 @@ def find_semantic_duplicates(
     best = np.full(len(vectors), -np.inf, dtype=np.float32)
     owner = np.full(len(vectors), None, dtype=object)
     owner_shard = np.full(len(vectors), None, dtype=object)
-    clusters = [shard.rows(int(c)) for c in shard.clusters()]
+    present = shard.clusters()
+    clusters = [shard.rows(int(c)) for c in present]
 
     def keep_better(own: slice, sims: np.ndarray, ids: np.ndarray, of_shards: np.ndarray | str) -> None:
         better = sims > best[own]  # strictly: an equal similarity found later belongs to a later document
@@ -199,7 +204,7 @@ def find_semantic_duplicates(
         best[rows], owner[rows] = sims[better], ids[better]
         owner_shard[rows] = of_shards[better] if isinstance(of_shards, np.ndarray) else of_shards
 
-    for batch in earlier_batches(shard.clusters(), earlier, BATCH_ROWS):
+    for batch in earlier_batches(present, earlier, BATCH_ROWS):
         for own in clusters:
             theirs = batch.rows(int(shard.cluster_ids[own.start]))
             if theirs.stop > theirs.start:
