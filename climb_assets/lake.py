@@ -9,6 +9,7 @@ lake/
   duplicates/<shard>.parquet          exact and near-duplicates: the id they duplicate, kind, similarity
   duplicates/semantic/<version>/<settings>/<shard>.parquet   semantic duplicates inside fine clusters
   dedup_index/index.duckdb            hashes, ids and MinHash bands of every registered shard
+  ingest_staging/<shard>/             a shard between raw_shards' exact and fuzzy steps (removed after the second)
   landing_registry/, landing_rejected/ what the landing sensor registered or refused
   embeddings/<shard>.npz              document embeddings; embedding_quarantine/<shard>.parquet
   quality/<shard>.parquet             per-document quality signals
@@ -62,6 +63,11 @@ def duplicates_dir(home: ClimbHome) -> Path:
 
 def duplicates_path(home: ClimbHome, shard: str) -> Path:
     return lake_file(duplicates_dir(home), shard, ".parquet")
+
+
+def ingest_staging_dir(home: ClimbHome, shard: str) -> Path:
+    """A shard's validated, exactly de-duplicated rows between ``raw_shards``' two steps (gone once it is ingested)."""
+    return lake_file(home.lake_dir("ingest_staging"), shard, "")
 
 
 def dedup_index_path(home: ClimbHome) -> Path:

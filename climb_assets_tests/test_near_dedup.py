@@ -4,14 +4,15 @@ recorded with what they duplicate, bounded by the shard, and the same on a re-ru
 import json
 import random
 
+import dagster as dg
 import polars as pl
 import pytest
 
-from climb_assets.ingest.assets import IngestConfig, conservation, ingest_to_lake
+from climb_assets.ingest.assets import IngestConfig, conservation, ingest_to_lake, raw_shards, shard_partitions
 from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.near_dedup import Bander, FuzzySettings, find_near_duplicates, jaccard, shingles
 from climb_assets.ingest.shards import IngestSettings
-from climb_assets.lake import dedup_index_path, duplicates_path, quarantine_path, raw_shard_path
+from climb_assets.lake import dedup_index_path, duplicates_path, ingest_staging_dir, quarantine_path, raw_shard_path
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ri", "so", "tu", "va", "ze") for b in "aeiouybcdfgh"]
 
@@ -137,3 +138,34 @@ def test_a_bad_ingest_setting_is_refused_when_the_config_is_built():
     with pytest.raises(ValueError, match="fuzzy_threshold must be in"):
         IngestConfig(fuzzy_threshold=1.5)
     assert IngestConfig(fuzzy_dedup=False, fuzzy_threshold=0.5).settings().fuzzy is None
+
+
+def test_exact_and_fuzzy_removal_are_two_steps_of_raw_shards_with_one_config(home, climb_resource, instance):
+    """The UI shows each step with its own counts; ``ops: {raw_shards: {config}}`` reaches both; the staging between
+    them is gone once the shard is in the lake; a bad setting is refused before any step starts."""
+    land(home, "a.jsonl", [article(31)])
+    land(home, "b.jsonl", [article(32), edited(article(31), 75), article(32), article(33)])
+
+    def materialize(shard, config=None):
+        instance.add_dynamic_partitions(shard_partitions.name, [shard])
+        return dg.materialize([raw_shards], partition_key=shard, instance=instance, resources={"climb": climb_resource},
+                              run_config={"ops": {"raw_shards": {"config": config or {}}}})  # fmt: skip
+
+    materialize("a.jsonl")
+    result = materialize("b.jsonl")
+    steps = [e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS]
+    assert steps == ["raw_shards.exact_dedup", "raw_shards.fuzzy_dedup"]
+    (exact_output,) = [e for e in result.all_events
+                       if e.event_type == dg.DagsterEventType.STEP_OUTPUT and e.step_key == "raw_shards.exact_dedup"]  # fmt: skip
+    exact_counts = {k: v.value for k, v in exact_output.event_specific_data.metadata.items()}
+    assert exact_counts == {"rows_read": 4, "validated_unique": 3, "quarantined": 0, "exact_duplicates": 1}
+    (materialization,) = result.asset_materializations_for_node("raw_shards")
+    assert materialization.metadata["fuzzy_duplicates"].value == 1 and materialization.metadata["accepted"].value == 2
+    assert not ingest_staging_dir(home, "b.jsonl").exists()
+
+    materialize("b.jsonl", {"fuzzy_dedup": False})  # the same config switches the second step off
+    assert pl.read_parquet(raw_shard_path(home, "b.jsonl")).height == 3
+    with pytest.raises(Exception) as refused:
+        materialize("b.jsonl", {"fuzzy_threshold": 1.5})
+    assert "fuzzy_threshold must be in" in "".join(str(e) for e in (refused.value, refused.value.__cause__))
+    assert pl.read_parquet(raw_shard_path(home, "b.jsonl")).height == 3  # nothing ran

@@ -1,9 +1,8 @@
-"""``raw_shards``: one dynamic partition per landed crawl file, ingested into the lake."""
-
-
+"""``raw_shards``: one dynamic partition per landed crawl file, ingested into the lake in two steps."""
 
 import hashlib
 import json
+import shutil
 
 import dagster as dg
 import polars as pl
@@ -14,21 +13,23 @@ from climb_assets.ingest.dedup_index import DedupIndex
 from climb_assets.ingest.landing import landed_path
 from climb_assets.ingest.near_dedup import FuzzySettings
 from climb_assets.ingest.shards import (
-    EarlierShards,
     IngestSettings,
+    ShardResult,
     UnreadableShardError,
     count_shard_rows,
-    ingest_shard,
+    read_shard,
+    remove_near_duplicates,
 )
 from climb_assets.lake import (
     dedup_index_path,
     duplicates_path,
+    ingest_staging_dir,
     quarantine_path,
     raw_shard_path,
 )
 from climb_assets.metadata import markdown_table
 from climb_assets.resources import ClimbHomeResource
-from climb_assets.storage import write_parquet_atomic
+from climb_assets.storage import atomic_path, write_parquet_atomic
 from climb_assets.tags import LAKE_WRITER_POOL
 
 shard_partitions = dg.DynamicPartitionsDefinition(name="raw_shards")
@@ -71,30 +72,49 @@ def earlier_shards(registered: list[str], shard: str) -> list[str]:
     return registered[: registered.index(shard)] if shard in registered else list(registered)
 
 
-def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]):
-    """Ingest one landed file; quarantine and duplicates are written first, the documents file, then the index, last.
-
-    De-duplication asks the on-disk index about this shard's hashes and MinHash bands only, among shards registered
-    before it, and reads back only the texts of its near-duplicate candidates.
-    """
+def stage_exact(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]) -> ShardResult:
+    """``raw_shards``' first step: validate the landed file and remove exact duplicates (the index is asked about this
+    shard's hashes and ids only); the result is staged, nothing in the lake changes yet."""
     source = landed_path(home, shard)
     if not source.exists():
         raise UnreadableShardError(f"{shard}: no such file in {home.landing}")
+    with DedupIndex(dedup_index_path(home)) as index:
+        index.backfill(earlier, lambda s: raw_shard_path(home, s))
+        result = read_shard(source, shard, settings, seen=lambda hashes, ids: index.lookup(hashes, ids, earlier))
+    with atomic_path(ingest_staging_dir(home, shard)) as staging:
+        result.save(staging)
+    return result
+
+
+def finish_near(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]) -> ShardResult:
+    """``raw_shards``' second step: remove near-duplicates from the staged shard (the index is asked about its MinHash
+    bands only; only its candidates' texts are read back), then write quarantine and duplicates, the documents file,
+    and the index, last."""
+    staging = ingest_staging_dir(home, shard)
+    if not staging.exists():
+        raise FileNotFoundError(f"{shard} has no staged rows in {staging.parent}: its exact step has not run")
+    result = ShardResult.load(staging)
     fuzzy = settings.fuzzy
     with DedupIndex(dedup_index_path(home)) as index:
-        index.backfill(earlier, lambda s: raw_shard_path(home, s), fuzzy)
-        asked = EarlierShards(
-            seen=lambda hashes, ids: index.lookup(hashes, ids, earlier),
-            near_candidates=(lambda bands: index.near_candidates(bands, earlier, fuzzy)) if fuzzy else None,
-            texts=lambda wanted: earlier_texts(home, wanted),
-        )
-        result = ingest_shard(source, shard, settings, asked)
+        if fuzzy:
+            index.backfill(earlier, lambda s: raw_shard_path(home, s), fuzzy)
+            result = remove_near_duplicates(
+                result, shard, fuzzy,
+                lambda bands: index.near_candidates(bands, earlier, fuzzy), lambda wanted: earlier_texts(home, wanted),
+            )  # fmt: skip
         write_parquet_atomic(result.quarantine, quarantine_path(home, shard))
         write_parquet_atomic(result.duplicates, duplicates_path(home, shard))
         write_parquet_atomic(result.documents, raw_shard_path(home, shard))
         # after the documents file: a crash before this is healed by backfill
         index.replace(shard, result.documents, result.bands, fuzzy)
+    shutil.rmtree(staging)
     return result
+
+
+def ingest_to_lake(home: ClimbHome, shard: str, settings: IngestSettings, earlier: list[str]) -> ShardResult:
+    """Both steps of ``raw_shards`` for one landed file, as the asset runs them."""
+    stage_exact(home, shard, settings, earlier)
+    return finish_near(home, shard, settings, earlier)
 
 
 def earlier_texts(home: ClimbHome, wanted: dict[str, list[str]]) -> dict[tuple[str, str], str]:
@@ -128,22 +148,34 @@ def conservation(home: ClimbHome, shard: str, settings: IngestSettings) -> dict[
     return counts
 
 
-@dg.asset(
-    partitions_def=shard_partitions,
-    group_name="ingest",
-    pool=LAKE_WRITER_POOL,
-    kinds={"polars", "parquet"},
-)
-def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
-    """Landed crawl file → normalised, id'd, de-duplicated documents in the lake (rejects quarantined with a reason)."""
-    home = climb.home()
+def shard_and_earlier(context: dg.OpExecutionContext) -> tuple[str, list[str]]:
     shard = context.partition_key
-    registered = context.instance.get_dynamic_partitions(shard_partitions.name)
-    settings = config.settings()
+    return shard, earlier_shards(context.instance.get_dynamic_partitions(shard_partitions.name), shard)
+
+
+@dg.op(out=dg.Out(dg.Nothing), pool=LAKE_WRITER_POOL)
+def exact_dedup(context: dg.OpExecutionContext, config: IngestConfig, climb: ClimbHomeResource) -> None:
+    """Validate and normalise the landed file, quarantine bad rows with a reason, remove exact duplicates (staged)."""
+    shard, earlier = shard_and_earlier(context)
     try:
-        result = ingest_to_lake(home, shard, settings, earlier_shards(registered, shard))
+        result = stage_exact(climb.home(), shard, config.settings(), earlier)
     except UnreadableShardError as exc:
         raise dg.Failure(description=f"Cannot ingest {shard}: {exc}", allow_retries=False) from exc
+    context.add_output_metadata({
+        "rows_read": result.rows_read,
+        "validated_unique": len(result.documents),
+        "quarantined": len(result.quarantine),
+        "exact_duplicates": len(result.duplicates),
+    })  # fmt: skip
+
+
+@dg.op(ins={"staged": dg.In(dg.Nothing)}, pool=LAKE_WRITER_POOL)
+def fuzzy_dedup(context: dg.OpExecutionContext, config: IngestConfig, climb: ClimbHomeResource) -> dg.MaterializeResult:
+    """Remove near-duplicates (MinHash-LSH, verified by Jaccard) and write the shard into the lake."""
+    home = climb.home()
+    shard, earlier = shard_and_earlier(context)
+    settings = config.settings()
+    result = finish_near(home, shard, settings, earlier)
     docs = result.documents
     return dg.MaterializeResult(
         metadata={
@@ -167,6 +199,19 @@ def raw_shards(context: dg.AssetExecutionContext, config: IngestConfig, climb: C
         },
         data_version=dg.DataVersion(ingest_version(result.file_sha256, settings)),
     )
+
+
+@dg.config_mapping
+def both_steps(config: IngestConfig) -> dict:
+    """One ``raw_shards`` config (``ops: {raw_shards: {config: ...}}``) for both of its steps."""
+    return {step: {"config": config.model_dump()} for step in ("exact_dedup", "fuzzy_dedup")}
+
+
+@dg.graph_asset(partitions_def=shard_partitions, group_name="ingest", kinds={"polars", "parquet"}, config=both_steps)
+def raw_shards():
+    """Landed crawl file → normalised, id'd, de-duplicated documents in the lake (rejects quarantined with a reason).
+    Two steps: exact duplicates, then near-duplicates."""
+    return fuzzy_dedup(exact_dedup())
 
 
 @dg.asset_check(

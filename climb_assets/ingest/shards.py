@@ -2,7 +2,8 @@
 
 Plain functions (no Dagster) so tests can call them directly. Every input row ends up in exactly one of three
 places: accepted documents, the quarantine (with a reason), or the duplicates table (with what it duplicates, the
-kind, ``exact`` or ``fuzzy``, and the similarity).
+kind, ``exact`` or ``fuzzy``, and the similarity). Two steps: ``read_shard`` validates and removes exact duplicates,
+``remove_near_duplicates`` removes near-duplicates from what it accepted.
 """
 
 from __future__ import annotations
@@ -67,7 +68,20 @@ class ShardResult:
     rows_read: int
     file_sha256: str
     reasons: dict[str, int] = field(default_factory=dict)
-    bands: pl.DataFrame | None = None  # MinHash bands of the accepted documents (None: fuzzy dedup off)
+    bands: pl.DataFrame | None = None  # MinHash bands of the accepted documents (None: fuzzy dedup off or not run)
+
+    def save(self, directory: Path) -> None:
+        """Write everything but the bands into ``directory`` (an ingest's staging between its two steps)."""
+        directory.mkdir(parents=True)
+        for name in ("documents", "quarantine", "duplicates"):
+            getattr(self, name).write_parquet(directory / f"{name}.parquet")
+        summary = {"rows_read": self.rows_read, "file_sha256": self.file_sha256, "reasons": self.reasons}
+        (directory / "summary.json").write_text(json.dumps(summary))
+
+    @classmethod
+    def load(cls, directory: Path) -> "ShardResult":
+        frames = {name: pl.read_parquet(directory / f"{name}.parquet") for name in ("documents", "quarantine", "duplicates")}
+        return cls(**frames, **json.loads((directory / "summary.json").read_text()))
 
 
 def shard_suffix(name: str) -> str | None:
@@ -214,20 +228,12 @@ SeenLookup = Callable[[set[str], set[str]], tuple[dict[str, tuple[str, str]], se
 """(this shard's hashes, its ids) -> (hash -> (doc_id, shard) of the earlier copy, ids earlier shards already use)."""
 
 
-@dataclass(frozen=True)
-class EarlierShards:
-    """What earlier shards know, asked about this shard's own documents only."""
+def read_shard(path: Path, shard: str, settings: IngestSettings, seen: SeenLookup | None = None) -> ShardResult:
+    """Validate, normalise and remove exact duplicates of one shard, against itself and earlier shards.
 
-    seen: SeenLookup
-    near_candidates: EarlierCandidates | None = None
-    texts: EarlierTexts | None = None
-
-
-def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: EarlierShards | None = None) -> ShardResult:
-    """Validate, normalise and de-duplicate (exactly, then fuzzily) one shard against itself and earlier shards.
-
-    Rows are validated first; then earlier shards are asked about this shard's hashes, ids and MinHash bands only, so
-    memory stays proportional to the shard however large the corpus is.
+    Rows are validated first; then earlier shards are asked (``seen``) about this shard's hashes and ids only, so
+    memory stays proportional to the shard however large the corpus is. Near-duplicates are the next step's
+    (``remove_near_duplicates``).
     """
     documents, quarantine, duplicates = [], [], []
     candidates = []
@@ -246,7 +252,7 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: Earl
             continue
         candidates.append((row, text, digest, doc_id))
     seen_hashes, seen_ids = (
-        earlier.seen({c[2] for c in candidates}, {c[3] for c in candidates}) if earlier and candidates else ({}, set())
+        seen({c[2] for c in candidates}, {c[3] for c in candidates}) if seen and candidates else ({}, set())
     )
     for row, text, digest, doc_id in candidates:
         if digest in seen_hashes:
@@ -273,25 +279,6 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: Earl
                 json.dumps(extra, default=str, ensure_ascii=False, sort_keys=True) if extra else None,
             )
         )
-    bands = None
-    if settings.fuzzy is not None:
-        near, bands = find_near_duplicates(
-            shard, [d[0] for d in documents], [d[1] for d in documents], settings.fuzzy,
-            earlier.near_candidates if earlier else None, earlier.texts if earlier else None,
-        )  # fmt: skip
-        removed = {documents[i][0]: found for i, found in near.items()}
-        for i, found in near.items():
-            doc_id, _, _, row_number, _, digest, _, _ = documents[i]
-            duplicates.append(
-                (shard, row_number, doc_id, digest, found.duplicate_of, found.duplicate_of_shard, "fuzzy", found.similarity)
-            )
-        # an exact copy of a document this step removed names the kept one instead (the same text, so the same
-        # similarity): every duplicate points at a document that stayed
-        for n, (*row, first_id, first_shard, _, _) in enumerate(duplicates):
-            if first_shard == shard and first_id in removed:
-                found = removed[first_id]
-                duplicates[n] = (*row, found.duplicate_of, found.duplicate_of_shard, "fuzzy", found.similarity)
-        documents = [d for i, d in enumerate(documents) if i not in near]
     doc_frame = pl.DataFrame(
         documents,
         schema={k: v for k, v in DOCUMENT_SCHEMA.items() if k != "n_tokens"},
@@ -311,5 +298,59 @@ def ingest_shard(path: Path, shard: str, settings: IngestSettings, earlier: Earl
         rows_read=rows_read,
         file_sha256=file_sha256(path),
         reasons=dict(reasons),
+    )
+
+
+def remove_near_duplicates(
+    result: ShardResult,
+    shard: str,
+    fuzzy: FuzzySettings,
+    earlier_candidates: EarlierCandidates | None = None,
+    earlier_texts: EarlierTexts | None = None,
+) -> ShardResult:
+    """``result`` without the documents that near-duplicate an earlier one (MinHash-LSH, ``near_dedup.py``); they
+    join its duplicates, and its kept documents' bands come with it for the index.
+
+    An exact copy of a removed document names the kept one instead (the same text, so the same similarity): every
+    duplicate points at a document that stayed.
+    """
+    docs = result.documents
+    near, bands = find_near_duplicates(
+        shard, docs["doc_id"].to_list(), docs["text"].to_list(), fuzzy, earlier_candidates, earlier_texts
+    )
+    positions = sorted(near)
+    found = pl.DataFrame({
+        "position": positions,
+        "kept": [near[i].duplicate_of for i in positions],
+        "kept_shard": [near[i].duplicate_of_shard for i in positions],
+        "kept_similarity": [near[i].similarity for i in positions],
+    }, schema={"position": pl.Int64, "kept": pl.String, "kept_shard": pl.String, "kept_similarity": pl.Float64})  # fmt: skip
+    removed = docs.with_row_index("position").with_columns(pl.col("position").cast(pl.Int64)).join(found, on="position")
+    fuzzy_rows = removed.select(
+        "shard", "row_number", "doc_id", "content_hash", pl.col("kept").alias("duplicate_of"),
+        pl.col("kept_shard").alias("duplicate_of_shard"), pl.lit("fuzzy").alias("kind"),
+        pl.col("kept_similarity").alias("similarity"),
+    )  # fmt: skip
+    repointed = (
+        result.duplicates.join(
+            removed.select(pl.col("doc_id").alias("duplicate_of"), pl.col("shard").alias("duplicate_of_shard"),
+                           "kept", "kept_shard", "kept_similarity"),
+            on=["duplicate_of", "duplicate_of_shard"], how="left",
+        )
+        .with_columns(
+            duplicate_of=pl.coalesce("kept", "duplicate_of"),
+            duplicate_of_shard=pl.coalesce("kept_shard", "duplicate_of_shard"),
+            kind=pl.when(pl.col("kept").is_null()).then("kind").otherwise(pl.lit("fuzzy")),
+            similarity=pl.coalesce("kept_similarity", "similarity"),
+        )
+        .select(list(DUPLICATE_SCHEMA))
+    )  # fmt: skip
+    return ShardResult(
+        documents=docs.filter(~pl.int_range(pl.len()).is_in(positions)),
+        quarantine=result.quarantine,
+        duplicates=pl.concat([repointed, fuzzy_rows]).sort("row_number"),
+        rows_read=result.rows_read,
+        file_sha256=result.file_sha256,
+        reasons=result.reasons,
         bands=bands,
     )
