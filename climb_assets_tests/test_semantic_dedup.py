@@ -12,10 +12,13 @@ from climb_assets.cluster.lake import FitSettings, assign_shard, fit_centroids, 
 from climb_assets.cluster.semantic_dedup import (
     ByCluster,
     SemanticSettings,
+    best_per_row,
+    close_pairs,
     dedup_shard,
-    most_similar,
+    max_differing_bits,
     nearest_preceding,
     read_semantic_duplicates,
+    simhash_codes,
 )
 from climb_assets.embed.encode import write_embeddings
 from climb_assets.lake import semantic_duplicates_path
@@ -31,15 +34,36 @@ def unit(x: np.ndarray) -> np.ndarray:
 def test_comparisons_look_only_at_earlier_rows_in_bounded_blocks(monkeypatch):
     from climb_assets.cluster import semantic_dedup
 
-    earlier = unit(np.array([[1.0, 0.0], [0.0, 1.0]])).astype(np.float32)
     new = unit(np.array([[1.0, 0.01], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])).astype(np.float32)
-    monkeypatch.setattr(semantic_dedup, "MAX_SIMILARITIES", 3)  # one row per block: the blocks must add up
-    best, index = most_similar(new, earlier)
-    assert index.tolist() == [0, 0, 1, 1] and np.allclose(best, [np.cos(0.01), 1, 1, 1], atol=1e-4)
     best, index = nearest_preceding(new)
     assert best[0] == -np.inf and index[1:].tolist() == [0, 0, 2]  # row 3's twin is row 2, which precedes it
     assert best[1] > 0.9999 and abs(best[2]) < 0.02 and best[3] > 0.9999
-    assert most_similar(new, earlier[:0])[0].tolist() == [-np.inf] * 4
+    codes = simhash_codes(new)
+    expected = next(close_pairs(codes, codes[:2], radius=30))  # one block
+    monkeypatch.setattr(semantic_dedup, "MAX_SIMILARITIES", 1)  # one row per block: the blocks must add up
+    found = [np.concatenate(a) for a in zip(*close_pairs(codes, codes[:2], radius=30), strict=True)]
+    assert [a.tolist() for a in found] == [a.tolist() for a in expected] == [[0, 0, 1, 1], [0, 1, 0, 1]]
+    assert list(close_pairs(codes, codes[:0], radius=30)) == []
+    # the best pair per row: highest similarity, then the smallest order (the earliest document)
+    rows, sims, order = np.array([0, 0, 1, 1, 1]), np.array([0.5, 0.9, 0.7, 0.7, 0.2]), np.array([3, 4, 9, 2, 1])
+    assert best_per_row(rows, sims, order).tolist() == [1, 3]
+
+
+def test_the_simhash_radius_keeps_every_pair_at_the_threshold_and_skips_distant_ones():
+    """Pairs planted exactly at cosine 1 - ε (and closer) are all within the radius; unrelated pairs are not."""
+    rng = np.random.default_rng(7)
+    for epsilon in (0.01, 0.05):
+        radius = max_differing_bits(epsilon)
+        base = unit(rng.standard_normal((2_000, 256)))
+        orthogonal = unit(rng.standard_normal((2_000, 256)))
+        orthogonal = unit(orthogonal - (orthogonal * base).sum(1, keepdims=True) * base)
+        for cosine in (1 - epsilon, 1 - epsilon / 4):
+            twin = cosine * base + np.sqrt(1 - cosine**2) * orthogonal
+            differing = np.bitwise_count(simhash_codes(base) ^ simhash_codes(twin)).sum(axis=1)
+            assert differing.max() <= radius
+    far = 0.8 * base + 0.6 * orthogonal  # cosine 0.8: at ε = 0.01 almost never compared
+    assert np.mean(np.bitwise_count(simhash_codes(base) ^ simhash_codes(far)).sum(axis=1) <= max_differing_bits(0.01)) < 0.01
+    assert max_differing_bits(0.01) == 30  # 256 bits, a miss at the threshold at most 1e-6
 
 
 @pytest.fixture
@@ -119,8 +143,9 @@ def test_batches_of_earlier_shards_give_the_answer_of_one_shard_at_a_time_and_ti
     home, version, _ = corpus
     settings = SemanticSettings()
     answers = []
-    for batch_rows in (1, 10**6):  # one earlier shard per batch; both in one, regrouped by cluster
+    for batch_rows, pairs_per_read in ((1, 1), (10**6, 10**6)):  # one earlier shard (and pair) at a time; all at once
         monkeypatch.setattr(semantic_dedup, "BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(semantic_dedup, "PAIRS_PER_READ", pairs_per_read)
         answers.append(dedup_shard(home, version, "s2", ["s0", "s1"], settings))
     assert answers[0].equals(answers[1]) and answers[0].height >= 4
     tie = answers[0].filter(pl.col("doc_id") == "s2-10").row(0, named=True)
