@@ -10,7 +10,10 @@ search's base checkpoint with ``--seeds`` seeds, exactly as a proxy is (``run_pr
 proxy settings; the tokenizer and base are the search's own, trained here by its functions if the home lacks them
 (so any home after a crawl will do). ``--spread near`` replaces the mixtures with small perturbations of the first
 (Dirichlet(``NEAR_CONCENTRATION`` x w)): as close as a late iteration's candidates, where decisions are hard.
-Per variant:
+``--spread incumbents`` re-trains each iteration's best proxy of the home's finished search with ``--seeds`` seeds
+(the first is the search's own, so it reproduces the search's number) and prints, per iteration, the search's
+single-seed objective next to the mean over seeds: whether "the best proxy improves at every iteration" holds once
+the winner's luck is taken out. Per variant:
 
 - seed sd: the pooled within-mixture standard deviation of the objective over seeds;
 - mixture sd: the standard deviation of the mixtures' mean objectives;
@@ -41,7 +44,7 @@ from climb_assets.lm.train import load_checkpoint
 from climb_assets.search.assets import ensure_base_checkpoint, ensure_proxy_tokenizer, propose_candidates
 from climb_assets.search.keys import SearchPlan
 from climb_assets.search.settings import SearchSettings
-from climb_assets.search.state import search_inputs, weight_columns
+from climb_assets.search.state import read_results, search_inputs, weight_columns
 
 # Variants of the continued proxies (the base checkpoint and the data stay the search's).
 VARIANTS = {
@@ -102,17 +105,41 @@ def measure(plan: SearchPlan, name: str, mixtures: np.ndarray, seeds: list[int])
     }  # fmt: skip
 
 
+def incumbents(plan: SearchPlan, seeds: list[int]) -> None:
+    """Each iteration's best proxy re-trained with ``seeds``: its single-seed objective against its mean."""
+    tokenizer, corpus = search_inputs(plan)
+    proxy, target = variant_inputs(plan.search, plan.home, VARIANTS["default"])
+    init_state = base_state(plan)
+    results = read_results(plan, len(plan.search.proxies_per_iteration))
+    print(f"home {plan.home.root}, search {plan.search_key}: each iteration's best proxy x {len(seeds)} seeds {seeds}")
+    print("| iteration | best proxy | its objective (search's seed) | mean over seeds | sd | min | max |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for iteration, rows in sorted(results.group_by("iteration"), key=lambda group: group[0]):
+        best = rows.sort("objective", descending=True).row(0, named=True)
+        weights = np.array([best[column] for column in weight_columns(corpus.groups)])
+        objectives = np.array([
+            run_proxy(corpus, tokenizer, weights, proxy, target, seed=seed, init_state=init_state)[0].metrics["objective"]
+            for seed in seeds
+        ])  # fmt: skip
+        print(f"| {iteration[0]} | {best['candidate_id']} | {best['objective']:.4f} | {objectives.mean():.4f} | "
+              f"{objectives.std(ddof=1):.4f} | {objectives.min():.4f} | {objectives.max():.4f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True, help="a CLIMB_HOME with super-clusters (after a crawl)")
     parser.add_argument("--mixtures", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--spread", choices=["prior", "near"], default="prior",
-                        help="prior: iteration 1's candidates; near: perturbations of the first one")
+    parser.add_argument("--spread", choices=["prior", "near", "incumbents"], default="prior",
+                        help="prior: iteration 1's candidates; near: perturbations of the first one; incumbents: each "
+                             "iteration's best proxy of the finished search")  # fmt: skip
     args = parser.parse_args()
     plan = SearchPlan(ClimbHome(args.home), SearchSettings())
     ensure_proxy_tokenizer(plan)
+    if args.spread == "incumbents":
+        incumbents(plan, [plan.search.proxy_seed() + k for k in range(args.seeds)])
+        return
     _, corpus = search_inputs(plan)
     candidates, _ = propose_candidates(plan, 1)
     mixtures = candidates.select(weight_columns(corpus.groups)).to_numpy()[: args.mixtures]
