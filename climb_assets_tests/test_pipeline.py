@@ -342,3 +342,37 @@ def test_transfer_check_trains_the_proof_mixtures_at_a_larger_scale_only_when_as
     summaries = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                    filter_string="tags.mlflow.runName = 'transfer-summary'")  # fmt: skip
     assert summaries and summaries[0].data.metrics["transfer_spearman"] == pytest.approx(expected["spearman"])
+
+
+def test_confirm_top_trains_the_best_proxies_again_and_the_predictor_learns_their_means(searched):
+    """``confirm_top: 2`` on iteration 1 (its proxies reused from the default search by their keys): the two best by
+    their first run get a second run, a step each; their results are the means; the rest are untouched."""
+    from climb_assets.lake import proxy_markers_dir
+
+    settings = TINY_SEARCH | {"confirm_top": 2}
+    plan = SearchPlan(searched.home, SearchSettings(**settings))
+    first_runs = pl.read_parquet(SearchPlan(searched.home, SearchSettings(**TINY_SEARCH)).results_path(1))
+    selection = [dg.AssetKey("proxy_tokenizer"), dg.AssetKey("proxy_base_checkpoint"),
+                 *[dg.AssetKey(["iteration_1", name]) for name in ("mixture_candidates", "proxy_results", "predictor")]]  # fmt: skip
+    config = TINY_SEARCH_RUN_CONFIG | {"resources": {"search": {"config": settings}}}
+    outcome = searched.run_job(searched.defs, searched.instance, "search_job", config, asset_selection=selection)
+
+    results = pl.read_parquet(plan.results_path(1))
+    assert results["objective_first_seed"].to_list() == first_runs["objective"].to_list()  # the same first runs
+    top = set(first_runs.sort("objective", descending=True)["candidate_id"][:2])
+    confirmed = results.filter(pl.col("seeds") == 2)
+    assert set(confirmed["candidate_id"]) == top
+    for row in confirmed.iter_rows(named=True):
+        second = json.loads((proxy_markers_dir(searched.home) / f"{row['confirm_fingerprint']}.json").read_text())
+        assert second["seed"] == plan.search.confirm_seed() != plan.search.proxy_seed()
+        assert row["objective"] == pytest.approx((row["objective_first_seed"] + second["metrics"]["objective"]) / 2)
+        assert row["objective"] != row["objective_first_seed"]
+    single = results.filter(pl.col("seeds") == 1)
+    assert single.height == 2 and single["objective"].to_list() == single["objective_first_seed"].to_list()
+    steps = {e.step_key.split(".")[-1] for e in outcome.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert {f"iteration_1_confirm_train[{c.replace('-', '_')}_confirm]" for c in top} <= steps
+    predictor = Predictor.load(plan.predictor_path(1))
+    assert predictor.n_train == results.height and len(predictor.extra["trained_on"]) == results.height + 2
+    metadata = searched.instance.get_latest_materialization_event(
+        dg.AssetKey(["iteration_1", "proxy_results"])).asset_materialization.metadata  # fmt: skip
+    assert metadata["confirmed"].value == 2 and metadata["best_objective"].value == results["objective"].max()

@@ -303,22 +303,68 @@ def candidate_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
     ]
 
 
+def result_values(record: dict) -> dict[str, float]:
+    """A run's metrics and per-super-cluster loss as result columns."""
+    return {**{k: float(v) for k, v in record["metrics"].items()},
+            **{f"cluster_bpb_{g}": float(v) for g, v in record.get("cluster_bpb", {}).items()}}  # fmt: skip
+
+
 def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, records: list[dict]) -> pl.DataFrame:
-    """The iteration's results table, in candidate order, written where the predictor and later iterations read it;
-    and the per-cluster loss of the base and of the iteration's best proxy beside it."""
+    """The iteration's results table, one run per candidate in candidate order, written where the confirmations,
+    the predictor and later iterations read it."""
     rows = pl.DataFrame([
-        {"candidate_id": r["name"], **{k: float(v) for k, v in r["metrics"].items()}, "seconds": r["seconds"],
-         "tokens_seen": r["tokens_seen"], "fingerprint": r["fingerprint"], "reused": r["reused"],
-         "mlflow_run_id": r["mlflow_run_id"],
-         **{f"cluster_bpb_{g}": float(v) for g, v in r.get("cluster_bpb", {}).items()}}
+        {"candidate_id": r["name"], **result_values(r), "seconds": r["seconds"], "tokens_seen": r["tokens_seen"],
+         "fingerprint": r["fingerprint"], "reused": r["reused"], "mlflow_run_id": r["mlflow_run_id"]}
         for r in records
     ])  # fmt: skip
     candidates = pl.read_parquet(plan.candidates_path(iteration))
     results = candidates.join(rows, on="candidate_id", how="inner", maintain_order="left")
     if results.height != candidates.height:
         raise dg.Failure(f"{candidates.height - results.height} candidates of iteration {iteration} have no result")
+    results = results.with_columns(seeds=pl.lit(1), objective_first_seed=pl.col("objective"),
+                                   confirm_fingerprint=pl.lit(None, pl.String))  # fmt: skip
     tag_run(sink.client, sink.parent, {"climb.proxies": str(results.height)})
     write_parquet_atomic(results, plan.results_path(iteration))
+    return results
+
+
+CONFIRM_SUFFIX = "-confirm"
+
+
+def confirmation_runs(plan: SearchPlan, iteration: int) -> list[TrainingRun]:
+    """The iteration's best ``confirm_top`` proxies (by their first run) again, with the confirmation seed."""
+    search = plan.search
+    if not search.confirm_top:
+        return []
+    _, corpus = search_inputs(plan)
+    columns = weight_columns(corpus.groups)
+    best = pl.read_parquet(plan.results_path(iteration)).sort("objective_first_seed", descending=True).head(search.confirm_top)
+    return [
+        TrainingRun(row["candidate_id"] + CONFIRM_SUFFIX, corpus.groups, np.array([row[c] for c in columns]),
+                    search.proxy_settings(), search.confirm_seed(), plan.base_path)
+        for row in best.iter_rows(named=True)
+    ]  # fmt: skip
+
+
+def confirm_results(plan: SearchPlan, sink: RunLog, iteration: int, confirmations: list[dict]) -> pl.DataFrame:
+    """The results table with each confirmed candidate's metrics the mean of its two runs (its first run's record
+    read from its marker, so a re-run averages the same two runs); then the per-cluster loss of the base and of the
+    iteration's best proxy beside it."""
+    results = pl.read_parquet(plan.results_path(iteration))
+    markers = lake.proxy_markers_dir(plan.home)
+    rows = []
+    for confirmation in confirmations:
+        candidate = confirmation["name"].removesuffix(CONFIRM_SUFFIX)
+        (fingerprint_,) = results.filter(pl.col("candidate_id") == candidate)["fingerprint"]
+        first = result_values(json.loads((markers / f"{fingerprint_}.json").read_text()))
+        second = result_values(confirmation)
+        rows.append({"candidate_id": candidate, "seeds": 2, "objective_first_seed": first["objective"],
+                     "confirm_fingerprint": confirmation["fingerprint"],
+                     **{k: (v + second[k]) / 2 for k, v in first.items() if k in second}})  # fmt: skip
+    if rows:
+        confirmed = pl.DataFrame(rows).cast({c: results.schema[c] for c in rows[0] if c in results.columns})
+        results = results.update(confirmed, on="candidate_id")
+        write_parquet_atomic(results, plan.results_path(iteration))
     best = results.sort("objective", descending=True).row(0, named=True)
     best_losses = {k.removeprefix("cluster_bpb_"): v for k, v in best.items() if k.startswith("cluster_bpb_") and v is not None}
     if best_losses:
@@ -331,6 +377,12 @@ def collect_proxy_results(plan: SearchPlan, sink: RunLog, iteration: int, record
             lambda r: run_url(sink.tracking.uri(plan.home), sink.experiment, r), return_dtype=pl.String
         )
     )
+
+
+def run_fingerprints(results: pl.DataFrame) -> list[str]:
+    """Every run behind a results table (a confirmed candidate's two), sorted: what a predictor learned from."""
+    confirmations = results["confirm_fingerprint"].drop_nulls().to_list() if "confirm_fingerprint" in results.columns else []
+    return sorted(results["fingerprint"].to_list() + confirmations)
 
 
 def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
@@ -352,7 +404,7 @@ def fit_iteration_predictor(plan: SearchPlan, sink: RunLog, iteration: int):
         "cv": cv.to_dict(),
         # kept so reports can plot predicted vs. actual without re-running the cross-validation
         "cv_predictions": [None if np.isnan(v) else float(v) for v in cv.predictions],
-        "trained_on": sorted(results["fingerprint"].to_list()),
+        "trained_on": run_fingerprints(results),
     }
     predictor.save(plan.predictor_path(iteration))
     client, parent = sink.client, sink.parent
@@ -401,9 +453,14 @@ def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinit
             data_version=dg.DataVersion(fingerprint({"search": plan.search_key, "candidates": frame.to_dicts()})),
         )
 
-    def collect(context: dg.OpExecutionContext, plan: SearchPlan, records: list[dict]) -> dg.Output:
+    def collect_first_runs(context: dg.OpExecutionContext, plan: SearchPlan, records: list[dict]) -> dg.Output:
         sink = iteration_run_log(plan, context.resources.mlflow_tracking, iteration, context)
         results = collect_proxy_results(plan, sink, iteration, records)
+        return dg.Output(None, metadata={"proxies": results.height, "best_first_seed": results["objective"].max()})
+
+    def collect(context: dg.OpExecutionContext, plan: SearchPlan, confirmations: list[dict]) -> dg.Output:
+        sink = iteration_run_log(plan, context.resources.mlflow_tracking, iteration, context)
+        results = confirm_results(plan, sink, iteration, confirmations)
         best = results.sort("objective", descending=True).row(0, named=True)
         return dg.Output(
             None,
@@ -411,27 +468,43 @@ def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinit
                 "proxies": results.height,
                 "trained": int((~results["reused"]).sum()),
                 "reused": int(results["reused"].sum()),
+                "confirmed": int((results["seeds"] > 1).sum()),
+                "confirmations_trained": sum(not c["reused"] for c in confirmations),
                 "search_key": plan.search_key,
                 "best_objective": best["objective"],
                 "best_candidate": best["candidate_id"],
+                "best_seeds": best["seeds"],
+                "best_first_seed_objective": results["objective_first_seed"].max(),
                 "best_mlflow_run": dg.MetadataValue.url(best["mlflow_url"]),
                 "mean_objective": float(results["objective"].mean()),
                 "proxy_seconds_total": float(results["seconds"].sum()),
                 **cluster_loss_report(plan.cluster_loss_path(iteration)),
                 "results": markdown_table(
                     results.select("candidate_id", "objective", *[c for c in ("bpb", "mc_acc") if c in results.columns],
-                                   "seconds", "reused", "fingerprint", "mlflow_url").sort("objective", descending=True)  # fmt: skip
+                                   "seeds", "objective_first_seed", "seconds", "reused", "fingerprint",
+                                   "mlflow_url").sort("objective", descending=True)  # fmt: skip
                 ),
             },
-            data_version=dg.DataVersion(fingerprint({"runs": sorted(results["fingerprint"].to_list())})),
+            data_version=dg.DataVersion(fingerprint({"runs": run_fingerprints(results)})),
         )
+
+    def run_log_of(plan: SearchPlan, tracking: MlflowTracking, context) -> RunLog:
+        return iteration_run_log(plan, tracking, iteration, context)
 
     proxy_fan_out = training_fan_out(
         f"{prefix}_proxy",
         inputs=["candidates", "base"],
         runs_of=lambda context, plan: candidate_runs(plan, iteration),
         markers_of=lake.proxy_markers_dir,
-        run_log_of=lambda plan, tracking, context: iteration_run_log(plan, tracking, iteration, context),
+        run_log_of=run_log_of,
+        collect=collect_first_runs,
+    )
+    confirm_fan_out = training_fan_out(
+        f"{prefix}_confirm",
+        inputs=["first_runs"],
+        runs_of=lambda context, plan: confirmation_runs(plan, iteration),
+        markers_of=lake.proxy_markers_dir,
+        run_log_of=run_log_of,
         collect=collect,
     )
 
@@ -442,8 +515,10 @@ def build_iteration_assets(iteration: int, final: bool) -> list[dg.AssetsDefinit
     )  # fmt: skip
     def proxy_results(candidates, base):
         """One small proxy LM per candidate, each its own GPU step (retried alone, run in parallel up to the gpu
-        pool's limit), trained for a fixed token budget; the collect step writes the iteration's results."""
-        return proxy_fan_out(candidates=candidates, base=base)
+        pool's limit), trained for a fixed token budget; the collect step writes the iteration's results. With
+        ``confirm_top``, the best few are then trained again with a second seed (steps of their own) and their
+        results become the mean of both runs."""
+        return confirm_fan_out(first_runs=proxy_fan_out(candidates=candidates, base=base))
 
     previous_predictor = [] if iteration == 1 else [dg.AssetKey([f"iteration_{iteration - 1}", "predictor"])]
 

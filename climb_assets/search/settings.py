@@ -103,6 +103,10 @@ class SearchSettings(dg.ConfigurableResource):
     # exploit_first: the predictor's own best mixture (within the weights trained proxies gave each super-cluster,
     # as ClimbMix's pick is) is trained first, the rest drawn as the paper does
     acquisition: Acquisition = "paper"
+    # > 0: after an iteration's proxies, its best ``confirm_top`` are trained again with the next seed (each its own
+    # step) and their objective becomes the mean of the two: the predictor and "the best proxy" see less of one
+    # seed's luck (the winner's curse of a single-seed maximum). 0: the paper's one run per candidate
+    confirm_top: int = 0
     predictor_min_child_samples: int = 2
     predictor_folds: int = 5
     # auto: cross-validate LightGBM (the paper's), ridge on the weights and their logs, their average and a Gaussian
@@ -135,6 +139,9 @@ class SearchSettings(dg.ConfigurableResource):
             problems += at_least("proxies_per_iteration[0]", counts[0], MIN_RUNS_TO_FIT, "the first predictor's runs")
             top = max(max(n * n for n in counts), 128)
             problems += at_least("pool_size", self.pool_size, top, "the top max(n^2, 128) set is drawn from it")
+            if not 0 <= self.confirm_top <= min(counts):
+                problems.append(f"confirm_top must be in [0, {min(counts)}] (the fewest proxies of an iteration), "
+                                f"got {self.confirm_top}")  # fmt: skip
         problems += at_least("seed", self.seed, 0)
         problems += at_least("max_target_texts", self.max_target_texts, 1)
         problems += at_least("tokenizer_vocab_size", self.tokenizer_vocab_size, 258, "256 bytes + EOT + one merge")
@@ -178,6 +185,10 @@ class SearchSettings(dg.ConfigurableResource):
         """One seed for every proxy of a search (common random numbers): iterations and the random baseline differ
         only in their weights, so their objectives compare, and the predictor learns weights, not seed noise."""
         return self.seed * 1000 + 1
+
+    def confirm_seed(self) -> int:
+        """The second seed of a confirmed proxy: the next after the search's own."""
+        return self.proxy_seed() + 1
 
     def proxy_settings(self) -> ProxySettings:
         return ProxySettings(
