@@ -355,8 +355,8 @@ def confirm_results(plan: SearchPlan, sink: RunLog, iteration: int, confirmation
     rows = []
     for confirmation in confirmations:
         candidate = confirmation["name"].removesuffix(CONFIRM_SUFFIX)
-        (fingerprint_,) = results.filter(pl.col("candidate_id") == candidate)["fingerprint"]
-        first = result_values(json.loads((markers / f"{fingerprint_}.json").read_text()))
+        (first_key,) = results.filter(pl.col("candidate_id") == candidate)["fingerprint"]
+        first = result_values(json.loads((markers / f"{first_key}.json").read_text()))
         second = result_values(confirmation)
         rows.append({"candidate_id": candidate, "seeds": 2, "objective_first_seed": first["objective"],
                      "confirm_fingerprint": confirmation["fingerprint"],
