@@ -119,7 +119,8 @@ def test_k8s_job_executor_puts_gpu_steps_on_gpu_nodes_and_celery_queues_them_on_
 
     plan = create_execution_plan(k8s_defs.resolve_job_def("search_job"))
     # one mapped step per proxy, per baseline proxy and per proof run (``[?]`` until the candidates are known)
-    gpu_steps = {f"iteration_{k}__proxy_results.iteration_{k}_proxy_train[?]" for k in range(1, SEARCH_ITERATIONS + 1)}
+    gpu_steps = {f"iteration_{k}__proxy_results.iteration_{k}_{stage}_train[?]"
+                 for k in range(1, SEARCH_ITERATIONS + 1) for stage in ("proxy", "confirm")}  # fmt: skip
     gpu_steps |= {"proxy_base_checkpoint", "loss_guided_baseline", "random_search_baseline.random_search_train[?]",
                   "climbmix_proof.proof_train[?]", "climbmix_transfer.transfer_train[?]"}
     assert {s.key for s in plan.steps if s.pool == GPU_POOL} == gpu_steps
