@@ -19,9 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from climb_assets import lake  # noqa: E402
 from climb_assets.climbmix.baselines import paired_comparison  # noqa: E402
@@ -65,13 +63,13 @@ def main() -> None:
     home = ClimbHome(args.home)
     labels, keys = zip(*(spec.split("=", 1) for spec in args.searches), strict=True)
     first, second = (describe(home, label, search_key(home, spec)) for label, spec in zip(labels, keys, strict=True))
-    climbmix = [runs.filter(pl.col("mixture") == "climbmix").select("seed", "objective") for runs in (first, second)]
-    paired = climbmix[0].join(climbmix[1], on="seed", suffix="_second")
-    delta = (paired["objective_second"] - paired["objective"]).to_numpy()
-    half = stats.t.ppf(0.975, len(delta) - 1) * delta.std(ddof=1) / np.sqrt(len(delta))
-    verdict = "better" if delta.mean() - half > 0 else "worse" if delta.mean() + half < 0 else "tie"
-    print(f"\n{labels[1]} − {labels[0]}, ClimbMix objective paired by seed ({len(delta)} seeds): "
-          f"{delta.mean():+.4f} [{delta.mean() - half:+.4f}, {delta.mean() + half:+.4f}]: {verdict}")  # fmt: skip
+    climbmix = pl.concat([runs.filter(pl.col("mixture") == "climbmix").select("seed", "objective",
+                                                                               mixture=pl.lit(label))  # fmt: skip
+                          for label, runs in zip(labels, (first, second), strict=True)])
+    row = paired_comparison(climbmix, reference=labels[1]).row(0, named=True)  # the proof's own paired statistics
+    verdict = {"beats": "better", "loses": "worse"}.get(row["verdict"], "tie")
+    print(f"\n{labels[1]} − {labels[0]}, ClimbMix objective paired by seed ({row['seeds']} seeds): "
+          f"{row['mean_delta']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]: {verdict}")  # fmt: skip
 
 
 if __name__ == "__main__":
