@@ -10,7 +10,8 @@ search's base checkpoint with ``--seeds`` seeds, exactly as a proxy is (``run_pr
 proxy settings; the tokenizer and base are the search's own, trained here by its functions if the home lacks them
 (so any home after a crawl will do). ``--spread near`` replaces the mixtures with small perturbations of the first
 (Dirichlet(``NEAR_CONCENTRATION`` x w)): as close as a late iteration's candidates, where decisions are hard.
-``--spread incumbents`` re-trains each iteration's best proxy of the home's finished search with ``--seeds`` seeds
+``--spread proof`` trains the home's proof mixtures (ClimbMix and its baselines) with ``--seeds`` seeds: the seed sd
+issue 19's first goal names. ``--spread incumbents`` re-trains each iteration's best proxy of the home's finished search with ``--seeds`` seeds
 (the first is the search's own, so it reproduces the search's number) and prints, per iteration, the search's
 single-seed objective next to the mean over seeds: whether "the best proxy improves at every iteration" holds once
 the winner's luck is taken out. Per variant:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -38,12 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from scipy.stats import spearmanr
 
+from climb_assets import lake
+from climb_assets.climbmix.assets import proof_mixtures
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import run_proxy
 from climb_assets.lm.train import load_checkpoint
 from climb_assets.search.assets import ensure_base_checkpoint, ensure_proxy_tokenizer, propose_candidates
 from climb_assets.search.keys import SearchPlan
-from climb_assets.search.settings import SearchSettings
+from climb_assets.search.settings import ProofSettings, SearchSettings
 from climb_assets.search.state import read_results, search_inputs, weight_columns
 
 # Variants of the continued proxies (the base checkpoint and the data stay the search's).
@@ -56,6 +60,7 @@ VARIANTS = {
     "tokens_x2": {"token_scale": 2.0},
     "eval_x3": {"eval_scale": 3},  # three times the held-out target texts
     "base_x2": {"base_scale": 2.0},  # a base checkpoint trained on twice the tokens
+    "documents": {"token_stream": "documents"},  # whole documents packed in epochs (the default until stop 35)
 }
 
 
@@ -65,6 +70,13 @@ NEAR_CONCENTRATION = 100.0
 def near_mixtures(center: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.vstack([center] + [rng.dirichlet(NEAR_CONCENTRATION * center + 1e-3) for _ in range(n - 1)])
+
+
+def variant_search(variant: dict) -> SearchSettings:
+    """The default search settings with the variant's token stream and base budget (its base is trained for it)."""
+    defaults = SearchSettings()
+    return defaults.model_copy(update={"token_stream": variant.get("token_stream", defaults.token_stream),
+                                       "base_token_budget": int(defaults.base_token_budget * variant.get("base_scale", 1.0))})  # fmt: skip
 
 
 def variant_inputs(search: SearchSettings, home: ClimbHome, variant: dict):
@@ -86,9 +98,9 @@ def base_state(plan: SearchPlan):
 def measure(plan: SearchPlan, name: str, mixtures: np.ndarray, seeds: list[int]) -> dict:
     tokenizer, corpus = search_inputs(plan)
     variant = VARIANTS[name]
-    budget = int(plan.search.base_token_budget * variant.get("base_scale", 1.0))
-    init_state = base_state(SearchPlan(plan.home, plan.search.model_copy(update={"base_token_budget": budget})))
-    proxy, target = variant_inputs(plan.search, plan.home, variant)
+    search = variant_search(variant)
+    init_state = base_state(SearchPlan(plan.home, search))
+    proxy, target = variant_inputs(search, plan.home, variant)
     objectives = np.empty((len(mixtures), len(seeds)))
     started = time.perf_counter()
     for (i, weights), (j, seed) in itertools.product(enumerate(mixtures), enumerate(seeds)):
@@ -101,7 +113,7 @@ def measure(plan: SearchPlan, name: str, mixtures: np.ndarray, seeds: list[int])
     return {
         "variant": name, "seed_sd": seed_sd, "mixture_sd": mixture_sd, "snr": mixture_sd / seed_sd,
         "rank_agreement": float(statistics.fmean(agreement)), "best_mean": float(objectives.mean(axis=1).max()),
-        "seconds_per_run": seconds,
+        "seconds_per_run": seconds, "means": objectives.mean(axis=1).tolist(), "sds": objectives.std(axis=1, ddof=1).tolist(),
     }  # fmt: skip
 
 
@@ -131,29 +143,40 @@ def main() -> None:
     parser.add_argument("--mixtures", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--spread", choices=["prior", "near", "incumbents"], default="prior",
-                        help="prior: iteration 1's candidates; near: perturbations of the first one; incumbents: each "
-                             "iteration's best proxy of the finished search")  # fmt: skip
+    parser.add_argument("--spread", choices=["prior", "near", "proof", "incumbents"], default="prior",
+                        help="prior: iteration 1's candidates; near: perturbations of the first one; proof: the home's "
+                             "proof mixtures; incumbents: each iteration's best proxy of the finished search")  # fmt: skip
+    parser.add_argument("--home-settings", default="{}",
+                        help='search settings of the home\'s finished search, as JSON, where they are not the defaults '
+                             '(a home searched before stop 35: {"token_stream": "documents"})')  # fmt: skip
     args = parser.parse_args()
-    plan = SearchPlan(ClimbHome(args.home), SearchSettings())
+    plan = SearchPlan(ClimbHome(args.home), SearchSettings(**json.loads(args.home_settings)))
     ensure_proxy_tokenizer(plan)
     if args.spread == "incumbents":
         incumbents(plan, [plan.search.proxy_seed() + k for k in range(args.seeds)])
         return
     _, corpus = search_inputs(plan)
-    candidates, _ = propose_candidates(plan, 1)
-    mixtures = candidates.select(weight_columns(corpus.groups)).to_numpy()[: args.mixtures]
-    if args.spread == "near":
-        mixtures = near_mixtures(mixtures[0], args.mixtures, plan.search.seed)
     seeds = [plan.search.proxy_seed() + k for k in range(args.seeds)]
+    if args.spread == "proof":
+        manifest = json.loads(lake.climbmix_manifest_path(plan.home, plan.search_key).read_text())
+        named = proof_mixtures(plan, corpus, manifest, ProofSettings())
+        names, mixtures, seeds = list(named), np.vstack(list(named.values())), ProofSettings().seeds[: args.seeds]
+    else:
+        candidates, _ = propose_candidates(plan, 1)
+        mixtures = candidates.select(weight_columns(corpus.groups)).to_numpy()[: args.mixtures]
+        if args.spread == "near":
+            mixtures = near_mixtures(mixtures[0], args.mixtures, plan.search.seed)
+        names = [f"mixture {i + 1}" for i in range(len(mixtures))]
     print(f"home {args.home}, search {plan.search_key}: {len(mixtures)} mixtures ({args.spread}) x {len(seeds)} seeds per variant, "
           f"{len(plan.search.target(plan.home).texts)} target texts by default")
-    print("| variant | seed sd | mixture sd | SNR | rank agreement | best mean objective | s per run |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| variant | seed sd | mixture sd | SNR | rank agreement | best mean objective | s per run |"
+          + "".join(f" {name} mean ± sd |" for name in names))
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(names))
     for name in args.variants.split(","):
         row = measure(plan, name, mixtures, seeds)
         print(f"| {row['variant']} | {row['seed_sd']:.4f} | {row['mixture_sd']:.4f} | {row['snr']:.1f} | "
-              f"{row['rank_agreement']:.2f} | {row['best_mean']:.4f} | {row['seconds_per_run']:.1f} |", flush=True)  # fmt: skip
+              f"{row['rank_agreement']:.2f} | {row['best_mean']:.4f} | {row['seconds_per_run']:.1f} |"
+              + "".join(f" {m:.4f} ± {sd:.4f} |" for m, sd in zip(row["means"], row["sds"])), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -146,3 +146,41 @@ def test_tokens_only_pool_samples_but_has_no_texts():
     assert plan.stats.total_tokens >= 20 and set(plan.doc_indices.tolist()) <= {0, 1, 2}
     with pytest.raises(ValueError, match="token counts only"):
         pool.texts_for(np.array([0]))
+
+
+def test_window_plan_fixes_each_groups_window_count_by_its_weight(pools: dict[int, DocPool]) -> None:
+    plan = MixtureSampler(pools, {0: 0.5, 1: 0.4, 2: 0.1}, token_budget=2_005, seed=1).window_plan(10)
+    assert len(plan) == 200 and plan.stats.total_tokens == 2_000
+    assert Counter(plan.groups.tolist()) == {0: 100, 1: 80, 2: 20}
+    assert plan.stats.realised_shares == {0: 0.5, 1: 0.4, 2: 0.1}
+    for g in pools:
+        at = plan.groups == g
+        assert (plan.offsets[at] >= 0).all() and (plan.offsets[at] <= pools[g].n_tokens[plan.doc_indices[at]]).all()
+        assert plan.stats.groups[g].docs == len(np.unique(plan.doc_indices[at]))
+    again = MixtureSampler(pools, {0: 0.5, 1: 0.4, 2: 0.1}, token_budget=2_005, seed=1).window_plan(10)
+    other = MixtureSampler(pools, {0: 0.5, 1: 0.4, 2: 0.1}, token_budget=2_005, seed=2).window_plan(10)
+    assert np.array_equal(plan.offsets, again.offsets) and np.array_equal(plan.doc_indices, again.doc_indices)
+    assert not np.array_equal(plan.doc_indices, other.doc_indices)
+
+
+def test_window_starts_follow_token_counts_not_document_counts() -> None:
+    pools = {0: make_pool(0, 2, np.array([9, 999]))}  # the long document holds 99% of the group's positions
+    plan = MixtureSampler(pools, [1.0], token_budget=2_000, seed=0).window_plan(10)
+    assert 0.97 < (plan.doc_indices == 1).mean() <= 1.0
+
+
+def test_a_groups_windows_are_shared_by_every_mixture_that_draws_as_many(pools: dict[int, DocPool]) -> None:
+    """Common random numbers: a group's first k windows do not depend on the other groups' weights."""
+    few = MixtureSampler(pools, {0: 0.2, 1: 0.8}, token_budget=2_000, seed=5).window_plan(10)
+    many = MixtureSampler(pools, {0: 0.6, 1: 0.4}, token_budget=2_000, seed=5).window_plan(10)
+    starts = [Counter(zip(p.doc_indices[p.groups == 0].tolist(), p.offsets[p.groups == 0].tolist())) for p in (few, many)]
+    assert starts[0].total() == 40 and starts[1].total() == 120 and not starts[0] - starts[1]
+
+
+def test_window_plan_caps_a_scarce_group_and_reports_it(pools: dict[int, DocPool]) -> None:
+    plan = MixtureSampler(pools, {0: 0.3, 1: 0.2, 2: 0.5}, token_budget=2_000, max_repeats=4, seed=0).window_plan(10)
+    assert plan.stats.capped_groups == [2]
+    assert plan.stats.groups[2].tokens == 400 and plan.stats.groups[2].epochs == pytest.approx(4.0)
+    assert len(plan) == 200 and plan.stats.redistributed_share == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="window_tokens"):
+        MixtureSampler(pools, {0: 1.0}, token_budget=100, seed=0).window_plan(101)

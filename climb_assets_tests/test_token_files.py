@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from climb_assets.home import ClimbHome
 from climb_assets.lake import raw_shard_path, raw_shards_dir
@@ -15,9 +16,11 @@ from climb_assets.lm.proxy import (
     TargetData,
     load_search_corpus,
     mixture_token_stream,
+    mixture_window_batches,
     run_proxy,
 )
 from climb_assets.lm.targets import TargetSpec
+from climb_assets.lm.train import TrainConfig
 from climb_assets.lm.token_files import (
     TokenStore,
     ensure_token_files,
@@ -272,3 +275,31 @@ def test_token_files_are_one_partition_per_shard_made_once_per_tokenizer(home, c
     missing = dg.materialize([proxy_token_files], partition_key="s9", resources=resources, instance=instance,
                              raise_on_error=False)  # fmt: skip
     assert not missing.success and "raw shard 's9' is not in the lake" in str(missing.all_events)
+
+
+def test_window_stream_reads_each_super_clusters_own_training_text_in_exact_shares(home, bpe):
+    docs = pl.concat([add_shard(home, "s0", n=60), add_shard(home, "s1", n=60, seed=1)])
+    write_membership(home, docs, n_groups=3)
+    corpus = load_search_corpus(home, bpe)
+    heldout = corpus.heldout(4)
+    pools = corpus.training_pools(heldout)
+    cfg = TrainConfig(token_budget=3_000, batch_size=4, block_size=16, lr=1e-3, min_lr=1e-4)
+    batches, stats = mixture_window_batches(corpus, np.array([0.5, 0.3, 0.2]), cfg, 4.0, seed=3, heldout=heldout,
+                                            eot_id=bpe.eot_id)  # fmt: skip
+    rows = torch.cat(list(batches))
+    assert rows.shape == (cfg.num_steps * cfg.batch_size, cfg.block_size + 1)
+
+    def stream(g: int) -> str:
+        """The group's training documents, each after its boundary token, twice (a window may wrap round)."""
+        tokens = [t for i in pools[g].doc_ids for t in [bpe.eot_id, *corpus.tokens(g, int(i)).tolist()]]
+        return " ".join(map(str, tokens * 2)) + " "
+
+    streams = {g: stream(g) for g in corpus.groups}
+    owners = [[g for g, text in streams.items() if " ".join(map(str, row)) + " " in text] for row in rows.tolist()]
+    assert all(len(found) == 1 for found in owners)  # a contiguous slice of one group's training text, no held-out text
+    counts = np.bincount([found[0] for found in owners], minlength=3)
+    assert counts.tolist() == [len(rows) // 2, round(len(rows) * 0.3), len(rows) - len(rows) // 2 - round(len(rows) * 0.3)]
+    assert stats["realised_shares"] == {str(g): c / len(rows) for g, c in enumerate(counts.tolist())}
+    again, _ = mixture_window_batches(corpus, np.array([0.5, 0.3, 0.2]), cfg, 4.0, seed=3, heldout=heldout,
+                                      eot_id=bpe.eot_id)  # fmt: skip
+    assert torch.equal(torch.cat(list(again)), rows)

@@ -1,9 +1,15 @@
-"""The training stream for proxies and for ClimbMix: documents drawn from super-clusters by token-weighted mixture.
+"""The training stream for proxies and for ClimbMix: super-clusters drawn by token-weighted mixture.
 
-Weights are shares of TOKENS (not documents), as in CLIMB/RegMix. Each group's documents are shuffled and walked in
-epochs; a group is never repeated more than ``max_repeats`` epochs (scarce data repeated too often is a known
-pitfall of proxies), and the share it cannot supply is given to the other groups in proportion to their weights.
-Every such redistribution is reported in the stats, so a run never silently trains on a mixture it was not asked for.
+Weights are shares of TOKENS (not documents), as in CLIMB/RegMix. A group is never repeated more than ``max_repeats``
+epochs (scarce data repeated too often is a known pitfall of proxies), and the share it cannot supply is given to the
+other groups in proportion to their weights. Every such redistribution is reported in the stats, so a run never
+silently trains on a mixture it was not asked for.
+
+Two ways to draw: ``plan`` walks each group's shuffled documents whole, in epochs (ClimbMix, a dataset of
+documents); ``window_plan`` draws training windows at random token positions of each group, nanoGPT's way, with each
+group's window count fixed by its weight (a proxy's stream). A 100k-token proxy sees ~800 windows from ~800
+documents instead of ~170 whole documents, and how many of them come from each group never varies: the seed noise of
+a proxy's objective falls ~3x on the demo corpus with the same mean (README, "Seed noise of the proxies").
 """
 
 from __future__ import annotations
@@ -176,8 +182,31 @@ def _walk_group(tokens: np.ndarray, target: float, capacity: float, rng: np.rand
     return np.concatenate(drawn) if drawn else np.empty(0, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """Training windows in stream order: window ``i`` starts ``offsets[i]`` tokens into the ``doc_indices[i]``-th
+    document of group ``groups[i]`` (offset 0 is the boundary token before it) and runs on into the group's next ones."""
+
+    groups: np.ndarray
+    doc_indices: np.ndarray
+    offsets: np.ndarray
+    stats: MixtureStats
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def window_counts(targets: np.ndarray, total: int, capped: np.ndarray) -> np.ndarray:
+    """Whole window counts summing to ``total``: each group its target rounded down, the windows left over to the
+    largest remainders among uncapped groups (a capped group never goes past its cap)."""
+    counts = np.floor(targets).astype(np.int64)
+    remainder = np.where(capped, -1.0, targets - counts)
+    counts[np.argsort(-remainder, kind="stable")[: total - int(counts.sum())]] += 1
+    return counts
+
+
 class MixtureSampler:
-    """Draws documents from groups by token share, with an epoch cap per group; deterministic for a seed."""
+    """Draws documents (or windows) from groups by token share, with an epoch cap per group; deterministic for a seed."""
 
     def __init__(
         self,
@@ -254,6 +283,48 @@ class MixtureSampler:
                 redistributed_share=sum(self.weights[g] - stats[g].effective_weight for g in capped),
             ),
         )
+
+    def window_plan(self, window_tokens: int) -> WindowPlan:
+        """``token_budget // window_tokens`` windows, each group's count fixed by its (capped) weight.
+
+        A window starts at a uniformly random token of its group (documents weighted by length, each with its boundary
+        token). A group's windows come from a stream keyed by (seed, group), so the first k windows of a group are the
+        same in every mixture that gives it k or more (common random numbers across the proxies of a search).
+        """
+        if window_tokens < 1 or self.token_budget < window_tokens:
+            raise ValueError(f"window_tokens must be in [1, token_budget={self.token_budget}], got {window_tokens}")
+        n_windows = self.token_budget // window_tokens
+        total = n_windows * window_tokens
+        targets = {g: self.weights[g] * total for g in self.groups}
+        capacity = {g: self.max_repeats * self.pools[g].total_tokens for g in self.groups}
+        effective, capped = cap_and_redistribute(targets, capacity)
+        counts = window_counts(np.array([effective[g] / window_tokens for g in self.groups]), n_windows,
+                               np.array([g in capped for g in self.groups]))  # fmt: skip
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        stats: dict[int, GroupStats] = {}
+        for g, count in zip(self.groups, counts.tolist()):
+            pool = self.pools[g]
+            ends = np.cumsum(pool.n_tokens + 1)  # every document with its boundary token
+            positions = (np.random.default_rng([self.seed, 3, g]).random(count) * (ends[-1] if len(ends) else 0)).astype(np.int64)
+            docs = np.searchsorted(ends, positions, side="right")
+            offsets = positions - (ends[docs] - pool.n_tokens[docs] - 1)
+            parts.append((np.full(count, g, dtype=np.int64), docs, offsets))
+            tokens = count * window_tokens
+            stats[g] = GroupStats(
+                requested_weight=self.weights[g], effective_weight=effective[g] / total,
+                available_tokens=pool.total_tokens, tokens=tokens, docs=len(np.unique(docs)),
+                epochs=tokens / pool.total_tokens if pool.total_tokens else 0.0, capped=g in capped,
+            )  # fmt: skip
+        groups, doc_indices, offsets = (np.concatenate(column) for column in zip(*parts))
+        order = np.random.default_rng([self.seed, 4]).permutation(n_windows)
+        return WindowPlan(
+            groups=groups[order], doc_indices=doc_indices[order], offsets=offsets[order],
+            stats=MixtureStats(
+                token_budget=self.token_budget, max_repeats=self.max_repeats, total_tokens=total, groups=stats,
+                capped_groups=sorted(capped), realised_shares={g: s.tokens / total for g, s in stats.items()},
+                redistributed_share=sum(self.weights[g] - stats[g].effective_weight for g in capped),
+            ),
+        )  # fmt: skip
 
     def iter_records(self, chunk_size: int = 1024) -> Iterator[tuple[int, str, str]]:
         """(group, doc_id, text) in stream order; texts are fetched one chunk at a time, one call per group."""

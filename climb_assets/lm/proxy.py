@@ -7,14 +7,17 @@ its settings.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import polars as pl
+import torch
 
 from climb_assets.home import ClimbHome
 from climb_assets.lake import super_cluster_documents_path, super_cluster_table_path
-from climb_assets.lm.mixture import DocPool, MixtureSampler
+from climb_assets.lm.mixture import DocPool, MixtureSampler, WindowPlan
 from climb_assets.lm.model import GPT, GPTConfig, preset
 from climb_assets.lm.targets import (
     MCItem,
@@ -32,6 +35,10 @@ from climb_assets.lm.token_files import (
 )
 from climb_assets.lm.tokenizer import TextTokenizer
 from climb_assets.lm.train import TrainConfig, pack_documents, train_proxy
+
+# windows: random windows, each group's count fixed by its weight (nanoGPT's sampling; the default: ~3x less seed
+# noise on the demo); documents: whole documents walked in epochs and packed (the stream of ClimbMix's dataset)
+TokenStream = Literal["windows", "documents"]
 
 
 @dataclass
@@ -146,6 +153,7 @@ class ProxySettings:
     warmup_frac: float = 0.05
     schedule: str = "cosine"
     max_repeats: float = 4.0
+    token_stream: TokenStream = "windows"
     cluster_loss_docs: int = 4  # per super-cluster, held out of training; each run's loss on them is reported
     num_threads: int | None = None  # CPU threads for training; None = all cores (set 1 when runs share the cores)
     device: str = "auto"  # "auto": CUDA when present; a step's device lease pins it ("cuda:1", "cpu")
@@ -208,6 +216,42 @@ def mixture_token_stream(
     return token_lists, plan.stats.to_dict()
 
 
+def read_window(corpus: SearchCorpus, pool: DocPool, group: int, doc: int, offset: int, length: int, eot_id: int) -> np.ndarray:
+    """``length`` tokens of ``group`` from ``offset`` into its ``doc``-th training document (each document preceded by
+    its boundary token), running on into the next documents of the group (wrapping round a small group)."""
+    pieces, have = [], 0
+    while have < length:
+        tokens = np.concatenate([[eot_id], corpus.tokens(group, int(pool.doc_ids[doc]))])[offset:]
+        pieces.append(tokens[: length - have])
+        have += len(pieces[-1])
+        doc, offset = (doc + 1) % len(pool.doc_ids), 0
+    return np.concatenate(pieces).astype(np.int64)
+
+
+def mixture_window_batches(
+    corpus: SearchCorpus, weights: np.ndarray, train_cfg: TrainConfig, max_repeats: float, seed: int,
+    heldout: dict[int, np.ndarray], eot_id: int,
+) -> tuple[Iterator[torch.Tensor], dict]:  # fmt: skip
+    """Exactly the run's batches of random windows (``MixtureSampler.window_plan``), read one batch at a time from
+    the memory-mapped token files, plus the plan's stats. ``heldout`` documents are never drawn."""
+    pools = corpus.training_pools(heldout)
+    windows = train_cfg.num_steps * train_cfg.grad_accum * train_cfg.batch_size
+    plan: WindowPlan = MixtureSampler(
+        pools, {g: float(w) for g, w in zip(corpus.groups, weights)},
+        token_budget=windows * train_cfg.block_size, max_repeats=max_repeats, seed=seed,
+    ).window_plan(train_cfg.block_size)  # fmt: skip
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(plan), train_cfg.batch_size):
+            rows = [
+                read_window(corpus, pools[int(g)], int(g), int(d), int(o), train_cfg.block_size + 1, eot_id)
+                for g, d, o in zip(*(a[start : start + train_cfg.batch_size] for a in (plan.groups, plan.doc_indices, plan.offsets)))
+            ]  # fmt: skip
+            yield torch.from_numpy(np.stack(rows))
+
+    return batches(), plan.stats.to_dict()
+
+
 def cluster_losses(model: GPT, tokenizer: TextTokenizer, corpus: SearchCorpus,
                    heldout: dict[int, np.ndarray]) -> dict[str, float]:  # fmt: skip
     """Bits per byte on each super-cluster's held-out documents: what the model finds hard, cluster by cluster."""
@@ -232,13 +276,17 @@ def run_proxy(
     """Train one proxy on ``weights`` for the token budget and measure the target; returns the model too."""
     model_cfg = settings.model_config(tokenizer.vocab_size)
     train_cfg = settings.train_config(seed)
-    # Packing drops a document boundary token per doc and the final partial batch: ask for a little more.
     heldout = corpus.heldout(settings.cluster_loss_docs)
-    token_lists, mixture = mixture_token_stream(
-        corpus, weights, int(settings.token_budget * 1.1) + train_cfg.tokens_per_step, settings.max_repeats, seed,
-        heldout,
-    )  # fmt: skip
-    batches = pack_documents(token_lists, settings.block_size, tokenizer.eot_id, settings.batch_size, rng=seed)
+    if settings.token_stream == "windows":
+        batches, mixture = mixture_window_batches(corpus, weights, train_cfg, settings.max_repeats, seed, heldout,
+                                                  tokenizer.eot_id)  # fmt: skip
+    else:
+        # Packing drops a document boundary token per doc and the final partial batch: ask for a little more.
+        token_lists, mixture = mixture_token_stream(
+            corpus, weights, int(settings.token_budget * 1.1) + train_cfg.tokens_per_step, settings.max_repeats, seed,
+            heldout,
+        )  # fmt: skip
+        batches = pack_documents(token_lists, settings.block_size, tokenizer.eot_id, settings.batch_size, rng=seed)
     result = train_proxy(model_cfg, train_cfg, batches, init_state=init_state)
     metrics = evaluate_target(result.model, tokenizer, target.spec, texts=target.texts, mc_items=target.mc_items)
     metrics["train_loss"] = result.final_loss

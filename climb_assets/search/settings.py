@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import model_validator
 
 from climb_assets.home import ClimbHome
-from climb_assets.lm.proxy import ProxySettings, TargetData
+from climb_assets.lm.proxy import ProxySettings, TargetData, TokenStream
 from climb_assets.lm.targets import TargetSpec
 from climb_assets.search.predictor import (
     MIN_RUNS_TO_FIT,
@@ -95,6 +95,9 @@ class SearchSettings(dg.ConfigurableResource):
     batch_size: int = PROXY.batch_size
     lr: float = PROXY.lr  # the proxies' peak learning rate; they decay to lr / 10
     max_repeats: float = PROXY.max_repeats
+    # how a proxy's tokens are drawn: random windows with each super-cluster's count fixed by its weight (the
+    # default: a third of the seed noise of whole documents on the demo) or whole documents packed in epochs
+    token_stream: TokenStream = PROXY.token_stream
     cluster_loss_docs: int = PROXY.cluster_loss_docs  # per super-cluster, held out of training: per-cluster loss
     num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
     # candidate sampling and predictor (paper: min_child_samples 5 with 64+ runs; fewer runs need smaller leaves)
@@ -195,7 +198,8 @@ class SearchSettings(dg.ConfigurableResource):
             model_preset=self.model_preset, n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
             block_size=self.block_size,
             token_budget=self.token_budget, batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 10,
-            max_repeats=self.max_repeats, cluster_loss_docs=self.cluster_loss_docs, num_threads=self.num_threads or None,
+            max_repeats=self.max_repeats, token_stream=self.token_stream, cluster_loss_docs=self.cluster_loss_docs,
+            num_threads=self.num_threads or None,
         )  # fmt: skip
 
     def base_settings(self) -> ProxySettings:
