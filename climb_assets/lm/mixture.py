@@ -162,7 +162,9 @@ def cap_and_redistribute(
 
 
 def _walk_group(tokens: np.ndarray, target: float, capacity: float, rng: np.random.Generator) -> np.ndarray:
-    """Doc indices for one group: reshuffled each epoch, until ``target`` tokens, never past ``capacity`` tokens."""
+    """Doc indices for one group: reshuffled each epoch, as near ``target`` tokens as whole documents come (a document
+    is taken when its first half falls before the target, so a group misses its share by at most half a document, in
+    either direction, and no group is favoured by its documents' length), never past ``capacity`` tokens."""
     if target <= 0:
         return np.empty(0, dtype=np.int64)
     drawn: list[np.ndarray] = []
@@ -171,8 +173,8 @@ def _walk_group(tokens: np.ndarray, target: float, capacity: float, rng: np.rand
         perm = rng.permutation(len(tokens))
         ends = cum + np.cumsum(tokens[perm])
         starts = ends - tokens[perm]
-        # Take docs that start before the target is met and end within the cap (both are prefixes of the epoch).
-        take = min(int(np.searchsorted(starts, target, side="left")), int(np.searchsorted(ends, capacity, "right")))
+        # Take docs whose midpoint comes before the target and that end within the cap (both prefixes of the epoch).
+        take = min(int(np.searchsorted((starts + ends) / 2, target, side="left")), int(np.searchsorted(ends, capacity, "right")))
         drawn.append(perm[:take])
         if take == 0:
             break
