@@ -193,5 +193,7 @@ def test_window_plan_caps_a_scarce_group_and_reports_it(pools: dict[int, DocPool
     assert plan.stats.capped_groups == [2]
     assert plan.stats.groups[2].tokens == 400 and plan.stats.groups[2].epochs == pytest.approx(4.0)
     assert len(plan) == 200 and plan.stats.redistributed_share == pytest.approx(0.3)
+    zero = MixtureSampler(pools, {0: 0.0, 1: 0.55, 2: 0.45}, token_budget=2_000, max_repeats=4.05, seed=0).window_plan(10)
+    assert Counter(zero.groups.tolist()) == {1: 160, 2: 40}  # the capped group's lost fraction goes to group 1, not 0
     with pytest.raises(ValueError, match="window_tokens"):
         MixtureSampler(pools, {0: 1.0}, token_budget=100, seed=0).window_plan(101)

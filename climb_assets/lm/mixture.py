@@ -199,11 +199,18 @@ class WindowPlan:
 
 
 def window_counts(targets: np.ndarray, total: int, capped: np.ndarray) -> np.ndarray:
-    """Whole window counts summing to ``total``: each group its target rounded down, the windows left over to the
-    largest remainders among uncapped groups (a capped group never goes past its cap)."""
-    counts = np.floor(targets).astype(np.int64)
-    remainder = np.where(capped, -1.0, targets - counts)
-    counts[np.argsort(-remainder, kind="stable")[: total - int(counts.sum())]] += 1
+    """Whole window counts summing to ``total``: a capped group its target rounded down (never past its cap), the rest
+    shared among the uncapped groups with a positive target by largest remainder (a zero weight never gets a window)."""
+    counts = np.where(capped, np.floor(targets), 0).astype(np.int64)
+    free = ~capped & (targets > 0)
+    rest = total - int(counts.sum())
+    if rest and not free.any():
+        raise ValueError(f"token budget cannot be met: {rest} windows over the repetition cap of every weighted group")
+    if free.any():
+        share = targets[free] / targets[free].sum() * rest
+        whole = np.floor(share).astype(np.int64)
+        whole[np.argsort(-(share - whole), kind="stable")[: rest - int(whole.sum())]] += 1
+        counts[free] = whole
     return counts
 
 
