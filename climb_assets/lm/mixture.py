@@ -8,8 +8,8 @@ silently trains on a mixture it was not asked for.
 Two ways to draw: ``plan`` walks each group's shuffled documents whole, in epochs (ClimbMix, a dataset of
 documents); ``window_plan`` draws training windows at random token positions of each group, nanoGPT's way, with each
 group's window count fixed by its weight (a proxy's stream). A 100k-token proxy sees ~800 windows from ~800
-documents instead of ~170 whole documents, and how many of them come from each group never varies: the seed noise of
-a proxy's objective falls ~3x on the demo corpus with the same mean (README, "Seed noise of the proxies").
+documents instead of ~170 whole documents, and how many of them come from each group never varies: the pooled seed
+sd of the proof's six mixtures falls 1.2x on the demo corpus and 1.4x on packages (README, "Seed noise of the proxies").
 """
 
 from __future__ import annotations

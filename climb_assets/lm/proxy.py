@@ -36,8 +36,8 @@ from climb_assets.lm.token_files import (
 from climb_assets.lm.tokenizer import TextTokenizer
 from climb_assets.lm.train import TrainConfig, pack_documents, train_proxy
 
-# windows: random windows, each group's count fixed by its weight (nanoGPT's sampling; the default: ~3x less seed
-# noise on the demo); documents: whole documents walked in epochs and packed (the stream of ClimbMix's dataset)
+# windows: random windows, each group's count fixed by its weight (nanoGPT's sampling; the default: 1.2-1.4x less
+# seed noise on the built-in corpora); documents: whole documents walked in epochs and packed (as ClimbMix's dataset)
 TokenStream = Literal["windows", "documents"]
 
 
