@@ -72,11 +72,10 @@ def near_mixtures(center: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.vstack([center] + [rng.dirichlet(NEAR_CONCENTRATION * center + 1e-3) for _ in range(n - 1)])
 
 
-def variant_search(variant: dict) -> SearchSettings:
-    """The default search settings with the variant's token stream and base budget (its base is trained for it)."""
-    defaults = SearchSettings()
-    return defaults.model_copy(update={"token_stream": variant.get("token_stream", defaults.token_stream),
-                                       "base_token_budget": int(defaults.base_token_budget * variant.get("base_scale", 1.0))})  # fmt: skip
+def variant_search(search: SearchSettings, variant: dict) -> SearchSettings:
+    """The home's search settings with the variant's token stream and base budget (its base is trained for it)."""
+    return search.model_copy(update={"token_stream": variant.get("token_stream", search.token_stream),
+                                     "base_token_budget": int(search.base_token_budget * variant.get("base_scale", 1.0))})  # fmt: skip
 
 
 def variant_inputs(search: SearchSettings, home: ClimbHome, variant: dict):
@@ -98,7 +97,7 @@ def base_state(plan: SearchPlan):
 def measure(plan: SearchPlan, name: str, mixtures: np.ndarray, seeds: list[int]) -> dict:
     tokenizer, corpus = search_inputs(plan)
     variant = VARIANTS[name]
-    search = variant_search(variant)
+    search = variant_search(plan.search, variant)
     init_state = base_state(SearchPlan(plan.home, search))
     proxy, target = variant_inputs(search, plan.home, variant)
     objectives = np.empty((len(mixtures), len(seeds)))

@@ -221,11 +221,14 @@ def read_window(corpus: SearchCorpus, pool: DocPool, group: int, doc: int, offse
     its boundary token), running on into the next documents of the group (wrapping round a small group)."""
     pieces, have = [], 0
     while have < length:
-        tokens = np.concatenate([[eot_id], corpus.tokens(group, int(pool.doc_ids[doc]))])[offset:]
-        pieces.append(tokens[: length - have])
+        if offset == 0:  # the boundary token first
+            pieces.append(np.array([eot_id]))
+            have, offset = have + 1, 1
+        # only the window's slice of the memory-mapped document is read, however long the document
+        pieces.append(corpus.tokens(group, int(pool.doc_ids[doc]))[offset - 1 : offset - 1 + length - have])
         have += len(pieces[-1])
         doc, offset = (doc + 1) % len(pool.doc_ids), 0
-    return np.concatenate(pieces).astype(np.int64)
+    return np.concatenate(pieces)[:length].astype(np.int64)
 
 
 def mixture_window_batches(
