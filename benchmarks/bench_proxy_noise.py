@@ -61,6 +61,7 @@ VARIANTS = {
     "eval_x3": {"eval_scale": 3},  # three times the held-out target texts
     "base_x2": {"base_scale": 2.0},  # a base checkpoint trained on twice the tokens
     "documents": {"token_stream": "documents"},  # whole documents packed in epochs (the default until stop 35)
+    "random_windows": {"token_stream": "random_windows"},  # windows at independent random positions (stop 35's)
 }
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from climb_assets.lm.mixture import DocPool, MixtureSampler, cap_and_redistribute
+from climb_assets.lm.mixture import DocPool, MixtureSampler, cap_and_redistribute, spread_points
 
 
 def make_pool(group: int, n_docs: int, tokens: int | np.ndarray) -> DocPool:
@@ -186,6 +186,29 @@ def test_a_groups_windows_are_shared_by_every_mixture_that_draws_as_many(pools: 
     many = MixtureSampler(pools, {0: 0.6, 1: 0.4}, token_budget=2_000, seed=5).window_plan(10)
     starts = [Counter(zip(p.doc_indices[p.groups == 0].tolist(), p.offsets[p.groups == 0].tolist())) for p in (few, many)]
     assert starts[0].total() == 40 and starts[1].total() == 120 and not starts[0] - starts[1]
+
+
+def test_spread_points_cover_the_interval_evenly_at_every_prefix() -> None:
+    points = spread_points(1000, 0.3)
+    assert ((points >= 0) & (points < 1)).all() and len(np.unique(points)) == 1000
+    for k in (1, 2, 7, 64, 100, 999):
+        ordered = np.sort(points[:k])
+        circular_gaps = np.diff(np.append(ordered, ordered[0] + 1))
+        assert circular_gaps.max() <= 2 / k + 1e-12  # the first k points hold every multiple of 1/2^m, 2^m <= k
+    assert np.allclose((spread_points(10, 0.75) - spread_points(10, 0.5)) % 1, 0.25)  # the shift rotates them
+
+
+def test_spread_windows_reach_every_stretch_of_a_group_in_proportion() -> None:
+    """A group's documents are sorted by id, so its stream holds sources together: spread windows visit every tenth
+    of the stream in proportion to its tokens, for every seed; independent random positions leave some tenths short."""
+    pools = {0: make_pool(0, 400, 10)}  # 400 documents of 10 tokens (11 positions each), 80 windows
+
+    def windows_per_tenth(seed: int, spread: bool) -> np.ndarray:
+        plan = MixtureSampler(pools, [1.0], token_budget=800, seed=seed).window_plan(10, spread=spread)
+        return np.bincount(plan.doc_indices // 40, minlength=10)
+
+    assert all(np.abs(windows_per_tenth(seed, True) - 8).max() <= 2 for seed in range(50))
+    assert max(np.abs(windows_per_tenth(seed, False) - 8).max() for seed in range(50)) >= 5
 
 
 def test_window_plan_caps_a_scarce_group_and_reports_it(pools: dict[int, DocPool]) -> None:

@@ -277,7 +277,8 @@ def test_token_files_are_one_partition_per_shard_made_once_per_tokenizer(home, c
     assert not missing.success and "raw shard 's9' is not in the lake" in str(missing.all_events)
 
 
-def test_window_stream_reads_each_super_clusters_own_training_text_in_exact_shares(home, bpe):
+@pytest.mark.parametrize("spread", [True, False], ids=["windows", "random_windows"])
+def test_window_stream_reads_each_super_clusters_own_training_text_in_exact_shares(home, bpe, spread):
     docs = pl.concat([add_shard(home, "s0", n=60), add_shard(home, "s1", n=60, seed=1)])
     write_membership(home, docs, n_groups=3)
     corpus = load_search_corpus(home, bpe)
@@ -285,7 +286,7 @@ def test_window_stream_reads_each_super_clusters_own_training_text_in_exact_shar
     pools = corpus.training_pools(heldout)
     cfg = TrainConfig(token_budget=3_000, batch_size=4, block_size=16, lr=1e-3, min_lr=1e-4)
     batches, stats = mixture_window_batches(corpus, np.array([0.5, 0.3, 0.2]), cfg, 4.0, seed=3, heldout=heldout,
-                                            eot_id=bpe.eot_id)  # fmt: skip
+                                            eot_id=bpe.eot_id, spread=spread)  # fmt: skip
     rows = torch.cat(list(batches))
     assert rows.shape == (cfg.num_steps * cfg.batch_size, cfg.block_size + 1)
 
@@ -301,5 +302,5 @@ def test_window_stream_reads_each_super_clusters_own_training_text_in_exact_shar
     assert counts.tolist() == [len(rows) // 2, round(len(rows) * 0.3), len(rows) - len(rows) // 2 - round(len(rows) * 0.3)]
     assert stats["realised_shares"] == {str(g): c / len(rows) for g, c in enumerate(counts.tolist())}
     again, _ = mixture_window_batches(corpus, np.array([0.5, 0.3, 0.2]), cfg, 4.0, seed=3, heldout=heldout,
-                                      eot_id=bpe.eot_id)  # fmt: skip
+                                      eot_id=bpe.eot_id, spread=spread)  # fmt: skip
     assert torch.equal(torch.cat(list(again)), rows)

@@ -34,7 +34,7 @@ from climb_assets.storage import exclusive_lock, file_sha256, write_json_atomic
 ALGORITHM_VERSIONS = {
     "tokenizer": "bpe-1",
     "token_files": "tokens-1",
-    "proxy": "proxy-2",
+    "proxy": "proxy-3",  # 3: token_stream "windows" spreads each group's windows (random positions: random_windows)
     "predictor": "select-2",
     "candidates": "dirichlet-2",  # 2: a structure change searches again only what moved (partial restart)
     "climbmix": "climbmix-2",

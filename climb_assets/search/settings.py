@@ -95,8 +95,8 @@ class SearchSettings(dg.ConfigurableResource):
     batch_size: int = PROXY.batch_size
     lr: float = PROXY.lr  # the proxies' peak learning rate; they decay to lr / 10
     max_repeats: float = PROXY.max_repeats
-    # how a proxy's tokens are drawn: random windows with each super-cluster's count fixed by its weight (the
-    # default: 1.2-1.4x less seed noise than whole documents on the built-in corpora) or whole documents packed
+    # how a proxy's tokens are drawn: windows with each super-cluster's count fixed by its weight, spread evenly over
+    # each super-cluster (the default), at random positions, or whole documents packed (lm/proxy.py's TokenStream)
     token_stream: TokenStream = PROXY.token_stream
     cluster_loss_docs: int = PROXY.cluster_loss_docs  # per super-cluster, held out of training: per-cluster loss
     num_threads: int = 0  # CPU threads per proxy (0 = all cores); 1 avoids thrashing when processes share cores
