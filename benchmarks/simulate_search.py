@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy.stats import spearmanr
 
 from climb_assets import lake
 from climb_assets.climbmix.assets import proof_mixtures
-from climb_assets.climbmix.baselines import random_search_weights
+from climb_assets.climbmix.baselines import paired_comparison, random_search_weights
 from climb_assets.home import ClimbHome
 from climb_assets.search.candidates import (
     best_predicted_mixture,
@@ -89,8 +89,8 @@ def home_runs(home: ClimbHome, settings: list[dict]) -> tuple[np.ndarray, np.nda
         mixtures = proof_mixtures(plan, corpus, manifest, ProofSettings())
         frames.append(pl.DataFrame([dict(zip(columns, w.tolist()), objective=means[name])
                                     for name, w in mixtures.items()]))  # fmt: skip
-    # the random baseline's first runs are iteration 1's: one mixture each (weights compared to 1e-9)
-    runs = (pl.concat(frames).with_columns(pl.col(columns).round(9))
+    # the random baseline's first runs are iteration 1's (their weights as stored differ by < 1e-5): one mixture each
+    runs = (pl.concat(frames).with_columns(pl.col(columns).round(4))
             .group_by(columns, maintain_order=True).agg(pl.col("objective").mean()))  # fmt: skip
     return runs.select(columns).to_numpy(), runs["objective"].to_numpy(), corpus.groups
 
@@ -164,10 +164,13 @@ def baselines(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarra
     return {"regmix": float(truth(regmix)[0]), "best_random": float(truth(X[np.argmax(y)])[0])}
 
 
-def interval(values: list[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / np.sqrt(len(values))
-    return mean, mean - half, mean + half
+def paired(rows: list[dict], reference: str, other: str, others: list[dict] | None = None) -> str:
+    """``reference`` minus ``other`` over the simulated searches, paired by search seed (the proof's statistics)."""
+    frame = pl.DataFrame([{"mixture": "reference", "seed": seed, "objective": row[reference]} for seed, row in enumerate(rows)]
+                         + [{"mixture": "other", "seed": seed, "objective": row[other]}
+                            for seed, row in enumerate(others or rows)])  # fmt: skip
+    gap = paired_comparison(frame, reference="reference").row(0, named=True)
+    return f"{gap['mean_delta']:+.4f} [{gap['ci_low']:+.4f}, {gap['ci_high']:+.4f}]"
 
 
 def main() -> None:
@@ -178,7 +181,7 @@ def main() -> None:
                              '(one token stream; e.g. [{}, {"seed": 1}])')  # fmt: skip
     parser.add_argument("--truth", choices=["gp", "ridge"], default="gp")
     parser.add_argument("--seed-sd", type=float, required=True, help="a proxy's seed noise (bench_proxy_noise.py)")
-    parser.add_argument("--shared", type=float, default=0.5,
+    parser.add_argument("--shared", type=float, default=0.0,
                         help="the share of the seed variance that is one luck per super-cluster shared by every proxy "
                              "of a seed (0: independent noise)")  # fmt: skip
     parser.add_argument("--searches", type=int, default=16)
@@ -196,7 +199,7 @@ def main() -> None:
     prior = token_prior(corpus.tokens_per_group())
     fitted = model.predict(X)
     print(f"home {home.root}: truth = {args.truth} fitted to {len(y)} mixtures (objective {y.min():.4f} .. "
-          f"{y.max():.4f}; fit Spearman {stats.spearmanr(fitted, y).statistic:.3f}); seed sd {args.seed_sd} "
+          f"{y.max():.4f}; fit Spearman {spearmanr(fitted, y).statistic:.3f}); seed sd {args.seed_sd} "
           f"({args.shared:.0%} of its variance one luck per super-cluster, shared by a seed's proxies); "
           f"{args.searches} simulated searches per rule, schedule {plan.search.proxies_per_iteration}, "
           f"pool {plan.search.pool_size:,}", flush=True)  # fmt: skip
@@ -222,16 +225,13 @@ def main() -> None:
             if (seed, rule.top_k_average) not in made:
                 made[seed, rule.top_k_average] = baselines(search, rule, truth(2), prior, first)
             rows.append(simulate(search, rule, truth(3), prior, first) | made[seed, rule.top_k_average])
-        gap = interval([r["climbmix"] - r["regmix"] for r in rows])
-        first_rule = first_rule or rows
-        against = interval([r["climbmix"] - f["climbmix"] for r, f in zip(rows, first_rule)]) if rows is not first_rule else None
         climbs = statistics.fmean(all(b > a for a, b in zip(r["best_by_iteration"], r["best_by_iteration"][1:]))
                                   for r in rows)  # fmt: skip
+        first_rule = first_rule or rows
         print(f"| {name} | {statistics.fmean(r['climbmix'] for r in rows):.4f} | "
               f"{statistics.fmean(r['regmix'] for r in rows):.4f} | {statistics.fmean(r['best_random'] for r in rows):.4f} | "
-              f"{gap[0]:+.4f} [{gap[1]:+.4f}, {gap[2]:+.4f}] | "
-              f"{statistics.fmean(r['climbmix'] > r['regmix'] for r in rows):.0%} | "
-              f"{'' if against is None else f'{against[0]:+.4f} [{against[1]:+.4f}, {against[2]:+.4f}]'} | {climbs:.0%} | "
+              f"{paired(rows, 'climbmix', 'regmix')} | {statistics.fmean(r['climbmix'] > r['regmix'] for r in rows):.0%} | "
+              f"{'' if rows is first_rule else paired(rows, 'climbmix', 'climbmix', first_rule)} | {climbs:.0%} | "
               f"{(time.perf_counter() - started) / args.searches:.1f} |", flush=True)  # fmt: skip
 
 
