@@ -10,7 +10,7 @@ documents); ``window_plan`` draws training windows of each group, nanoGPT's way,
 by its weight (a proxy's stream). A 100k-token proxy sees ~800 windows from ~800 documents instead of ~170 whole
 documents, and how many of them come from each group never varies: at random token positions the pooled seed sd of
 the proof's six mixtures falls 1.2x on the demo corpus and 1.4x on packages; spread evenly over each group's stream
-(``spread_points``, the default) it falls 1.5x and 1.25x more (README, "Seed noise of the proxies").
+(``spread_points``, the default) it falls a further 1.46x and 1.25x (README, "Seed noise of the proxies").
 """
 
 from __future__ import annotations
@@ -313,8 +313,9 @@ class MixtureSampler:
         """``token_budget // window_tokens`` windows, each group's count fixed by its (capped) weight.
 
         A window starts at a token of its group (documents weighted by length, each with its boundary token): at
-        ``spread_points`` of the group's token stream (``spread``) or at independent uniformly random tokens. A group's windows come from a stream keyed by (seed, group), so the first k windows of a group are
-        the same in every mixture that gives it k or more (common random numbers across the proxies of a search).
+        ``spread_points`` of the group's token stream (``spread``) or at independent uniformly random tokens. A
+        group's windows come from a stream keyed by (seed, group), so the first k windows of a group are the same in
+        every mixture that gives it k or more (common random numbers across the proxies of a search).
         """
         if window_tokens < 1 or self.token_budget < window_tokens:
             raise ValueError(f"window_tokens must be in [1, token_budget={self.token_budget}], got {window_tokens}")
