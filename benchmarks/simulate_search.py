@@ -141,7 +141,8 @@ def simulate(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray
     X, y = first
     y = confirm(truth, X, y, rule.confirm_top)
     best_true = [float(truth(X[np.argmax(y)])[0])]
-    predictor = predictor_for(search, X, y)
+    last = len(search.proxies_per_iteration)
+    predictor = predictor_for(search, X, y, rule.pick_kinds if last == 1 else ())
     for iteration, n in enumerate(search.proxies_per_iteration[1:], start=2):
         rng = np.random.default_rng([search.seed, iteration])
         exploit = X.max(axis=0) if rule.acquisition == "exploit_first" else None
@@ -150,9 +151,7 @@ def simulate(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray
         observed = confirm(truth, W, truth.train(W), rule.confirm_top)
         best_true.append(float(truth(W[np.argmax(observed)])[0]))
         X, y = np.vstack([X, W]), np.concatenate([y, observed])
-        predictor = predictor_for(search, X, y)
-    if rule.pick_kinds:
-        predictor = predictor_for(search, X, y, rule.pick_kinds)
+        predictor = predictor_for(search, X, y, rule.pick_kinds if iteration == last else ())  # the last: the pick's
     climbmix, _ = best_predicted_mixture(predictor, prior, 0, pool_size=search.pool_size, top_k=rule.top_k_average,
                                          upper_bounds=X.max(axis=0))  # fmt: skip
     return {"climbmix": float(truth(climbmix)[0]), "best_by_iteration": best_true, "runs": len(y)}
