@@ -47,6 +47,7 @@ from climb_assets.climbmix.assets import proof_mixtures
 from climb_assets.climbmix.baselines import paired_comparison, random_search_weights
 from climb_assets.home import ClimbHome
 from climb_assets.search.candidates import (
+    FinalPick,
     best_predicted_mixture,
     next_iteration_candidates,
     sample_dirichlet_candidates,
@@ -65,6 +66,7 @@ class Rule:
     top_k_average: int = 1
     # the kinds the final picks (ClimbMix's and RegMix's) are made with; empty: the kept predictor's, as the product
     pick_kinds: tuple[str, ...] = ()
+    final_pick: FinalPick = "refine"  # the search setting of the same name
 
 
 RULES = {
@@ -74,15 +76,26 @@ RULES = {
     "top10": Rule(top_k_average=10),
     # a tree ensemble's argmax is free in the super-clusters its trees never split on: pick with a smooth kind only
     "smooth_pick": Rule(pick_kinds=("ensemble", "gp", "ridge")),
+    # the final picks from the paper's pool alone (before stop 37): no trained mixtures, no draws around them
+    "pool_pick": Rule(final_pick="pool"),
 }
 
 
-def home_runs(home: ClimbHome, settings: list[dict]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def finished_plan(home: ClimbHome, overrides: dict, search_key: str | None) -> SearchPlan:
+    """The plan of a finished search: its settings, and its key when given (a search made by an earlier version of
+    the code has the key that version computed, not the one this code would)."""
+    plan = SearchPlan(home, SearchSettings(**overrides))
+    if search_key:
+        plan.__dict__["search_key"] = search_key  # SearchPlan.search_key is a cached property
+    return plan
+
+
+def home_runs(home: ClimbHome, settings: list[dict], keys: list[str | None]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Every distinct mixture the home's finished searches (one per entry of ``settings``) trained or proved, with
     its mean objective: the search's proxies, the random baseline's and each proof mixture's mean over seeds."""
     frames = []
-    for overrides in settings:
-        plan = SearchPlan(home, SearchSettings(**overrides))
+    for overrides, key in zip(settings, keys):
+        plan = finished_plan(home, overrides, key)
         _, corpus = search_inputs(plan)
         columns = weight_columns(corpus.groups)
         frames.append(read_results(plan, len(plan.search.proxies_per_iteration)).select(*columns, "objective"))
@@ -152,9 +165,17 @@ def simulate(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray
         best_true.append(float(truth(W[np.argmax(observed)])[0]))
         X, y = np.vstack([X, W]), np.concatenate([y, observed])
         predictor = predictor_for(search, X, y, rule.pick_kinds if iteration == last else ())  # the last: the pick's
-    climbmix, _ = best_predicted_mixture(predictor, prior, 0, pool_size=search.pool_size, top_k=rule.top_k_average,
-                                         upper_bounds=X.max(axis=0))  # fmt: skip
+    climbmix = final_pick(rule, predictor, prior, X, y, 0, search.pool_size)
     return {"climbmix": float(truth(climbmix)[0]), "best_by_iteration": best_true, "runs": len(y)}
+
+
+def final_pick(rule: Rule, predictor, prior: np.ndarray, X: np.ndarray, y: np.ndarray, seed: int,
+               pool_size: int) -> np.ndarray:  # fmt: skip
+    """ClimbMix's or RegMix's pick from the runs ``X`` (observed ``y``), as ``SearchSpace.best_mixture`` makes it."""
+    trained = X[np.argsort(-y, kind="stable")]
+    return best_predicted_mixture(predictor, prior, seed, pool_size=pool_size, top_k=rule.top_k_average,
+                                  upper_bounds=trained.max(axis=0),
+                                  refine_around=trained if rule.final_pick == "refine" else None)[0]  # fmt: skip
 
 
 def baselines(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray, first: tuple) -> dict:
@@ -165,8 +186,7 @@ def baselines(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarra
     X = random_search_weights(X1, prior, total, search.seed)
     y = np.concatenate([y1, truth.train(X[len(X1):])])
     predictor = predictor_for(search, X, y, rule.pick_kinds)
-    regmix, _ = best_predicted_mixture(predictor, prior, search.seed, pool_size=search.pool_size,
-                                       top_k=rule.top_k_average, upper_bounds=X.max(axis=0))  # fmt: skip
+    regmix = final_pick(rule, predictor, prior, X, y, search.seed, search.pool_size)
     return {"regmix": float(truth(regmix)[0]), "best_random": float(truth(X[np.argmax(y)])[0])}
 
 
@@ -185,6 +205,9 @@ def main() -> None:
     parser.add_argument("--home-settings", default="[{}]",
                         help="a JSON list: the search settings of each finished search whose runs fit the truth "
                              '(one token stream; e.g. [{}, {"seed": 1}])')  # fmt: skip
+    parser.add_argument("--search-keys", default="",
+                        help="comma-separated, one per --home-settings entry: the finished searches' keys, for a home "
+                             "searched by an earlier version of the code (default: the keys this code computes)")  # fmt: skip
     parser.add_argument("--truth", choices=["gp", "ridge"], default="gp")
     parser.add_argument("--seed-sd", type=float, required=True, help="a proxy's seed noise (bench_proxy_noise.py)")
     parser.add_argument("--shared", type=float, default=0.0,
@@ -196,9 +219,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = json.loads(args.home_settings)
     home = ClimbHome(args.home)
-    X, y, groups = home_runs(home, settings)
+    keys = args.search_keys.split(",") if args.search_keys else [None] * len(settings)
+    X, y, groups = home_runs(home, settings, keys)
     model = fit_predictor(X, y, 0, kind=args.truth)
-    plan = SearchPlan(home, SearchSettings(**settings[0]))
+    plan = finished_plan(home, settings[0], keys[0])
     if args.schedule:
         plan = SearchPlan(home, plan.search.model_copy(update={"proxies_per_iteration": [int(n) for n in args.schedule.split(",")]}))
     _, corpus = search_inputs(plan)
@@ -228,7 +252,7 @@ def main() -> None:
 
             X1 = sample_dirichlet_candidates(prior, search.proxies_per_iteration[0], np.random.default_rng([seed, 1]))
             first = (X1, truth(1).train(X1))
-            pick = (seed, rule.top_k_average, rule.pick_kinds)
+            pick = (seed, rule.top_k_average, rule.pick_kinds, rule.final_pick)
             if pick not in made:
                 made[pick] = baselines(search, rule, truth(2), prior, first)
             rows.append(simulate(search, rule, truth(3), prior, first) | made[pick])

@@ -133,3 +133,54 @@ def test_best_predicted_mixture_stays_within_the_trained_weights() -> None:
     assert unbounded[1] > 0.3
     with pytest.raises(ValueError, match="bounds"):
         best_predicted_mixture(objective, PRIOR, 0, pool_size=200, upper_bounds=np.full(len(PRIOR), 0.01))
+
+
+class PeakedObjective:
+    """A known objective peaked at one mixture (higher is better): minus the squared distance to it."""
+
+    def __init__(self, peak: np.ndarray) -> None:
+        self.peak = peak
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return -((np.atleast_2d(X) - self.peak) ** 2).sum(axis=1)
+
+
+def test_the_refined_pick_searches_around_the_best_trained_mixtures() -> None:
+    # a peak far from the prior (most weight on small groups), one trained run near it, the rest prior draws
+    peak = np.array([0.05, 0.05, 0.1, 0.3, 0.3, 0.2, 0.0, 0.0])
+    objective = PeakedObjective(peak)
+    near = np.array([0.1, 0.1, 0.1, 0.25, 0.25, 0.2, 0.0, 0.0])
+    trained = np.vstack([sample_dirichlet_candidates(PRIOR, 15, 3), near])
+    bounds = trained.max(axis=0)
+    pooled, pooled_score = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000, upper_bounds=bounds)
+    refined, refined_score = best_predicted_mixture(objective, PRIOR, 0, pool_size=4_000, upper_bounds=bounds,
+                                                    refine_around=trained)  # fmt: skip
+    # the pool around the prior never comes near the peak; the refinement beats even the trained run nearest it
+    assert pooled_score < objective.predict(near)[0] < refined_score
+    assert np.abs(refined - peak).sum() < np.abs(near - peak).sum() < np.abs(pooled - peak).sum()
+    # within the trained runs' bounds and the repetition cap, a mixture as every pick is
+    assert (refined <= bounds + 1e-9).all() and (refined <= np.minimum(15 * PRIOR, 1) + 1e-9).all()
+    assert refined.sum() == pytest.approx(1.0)
+    # the same pool first: without a better neighbour, the refinement keeps the pool's pick
+    flat = LinearObjective(np.eye(len(PRIOR))[0])
+    assert np.array_equal(best_predicted_mixture(flat, PRIOR, 0, pool_size=4_000)[0],
+                          best_predicted_mixture(flat, PRIOR, 0, pool_size=4_000, refine_around=PRIOR[None, :])[0])  # fmt: skip
+
+
+class StepObjective:
+    """A tree-like predictor: one score for a whole region (more than a fifth on group 2), another elsewhere."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (np.atleast_2d(X)[:, 2] > 0.2).astype(np.float64)
+
+
+def test_the_refined_pick_breaks_ties_toward_the_best_trained_mixture() -> None:
+    trained = sample_dirichlet_candidates(PRIOR, 16, 4)
+    inside = trained[trained[:, 2] > 0.2]
+    assert len(inside) >= 2  # the region holds more than one trained run
+    # best observed first: the first trained run of the top region is the pick, not a pool draw scored alike
+    order = np.vstack([inside[::-1], trained[trained[:, 2] <= 0.2]])
+    pick, score = best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=4_000, refine_around=order)
+    assert score == 1.0 and np.allclose(pick, inside[-1])
+    pooled, _ = best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=4_000)
+    assert not any(np.allclose(pooled, row) for row in trained)  # the paper's pool: some draw of the region

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+# How the final picks (ClimbMix's and RegMix's) draw the candidates they score: the paper's pool around the token
+# prior alone, or that pool plus the trained mixtures and fine draws around the best of them (``refine_around``)
+FinalPick = Literal["pool", "refine"]
 DEFAULT_CONCENTRATIONS = np.logspace(np.log10(0.1), np.log10(5.0), 15)
+# The final pick's refinement: draws around the best trained mixtures (best_predicted_mixture's ``refine_around``)
+REFINE_CENTRES = 8
+NEIGHBOURHOOD_CONCENTRATIONS = (30.0, 100.0, 300.0)
+REFINE_DRAWS = 400  # per centre and concentration: 9,600 in all, a tenth of the default pool
 _MAX_BATCH = 262_144
 
 
@@ -61,12 +68,16 @@ class SearchSpace:
         return predictor if not self.frozen else _ExpandingPredictor(predictor, self)
 
     def best_mixture(self, predictor: SupportsPredict, prior: np.ndarray, trained: np.ndarray,
-                     rng: np.random.Generator | int, *, pool_size: int, top_k: int = 1) -> tuple[np.ndarray, float]:  # fmt: skip
-        """``best_predicted_mixture`` drawn in this space, within the weights the ``trained`` rows (full weights)
-        gave each of its dimensions; over every super-cluster, with its prediction."""
+                     rng: np.random.Generator | int, *, pool_size: int, top_k: int = 1,
+                     pick: FinalPick = "refine") -> tuple[np.ndarray, float]:  # fmt: skip
+        """``best_predicted_mixture`` drawn in this space, within the weights the ``trained`` rows (full weights,
+        best observed first) gave each of its dimensions (``pick="refine"``: and around the best of them); over every
+        super-cluster, with its prediction."""
+        reduced_trained = self.reduce(trained)
         reduced, predicted = best_predicted_mixture(self.scoring(predictor), self.reduce(prior), rng,
                                                     pool_size=pool_size, top_k=top_k,
-                                                    upper_bounds=self.reduce(trained).max(axis=0))  # fmt: skip
+                                                    upper_bounds=reduced_trained.max(axis=0),
+                                                    refine_around=reduced_trained if pick == "refine" else None)  # fmt: skip
         return self.expand(reduced), predicted
 
 
@@ -222,10 +233,15 @@ def _scored_pool(
     pool = _sample_unique(_check_prior(prior), pool_size, rng, exclude=evaluated, **options)[:pool_size]
     if len(pool) == 0:
         raise ValueError("no fresh candidates could be drawn")
-    scores = np.asarray(predictor.predict(pool), dtype=np.float64)
-    if scores.shape != (len(pool),):
-        raise ValueError(f"predictor returned shape {scores.shape} for {len(pool)} candidates")
-    return pool, scores if maximize else -scores
+    return pool, _scores(predictor, pool, maximize)
+
+
+def _scores(predictor: SupportsPredict, rows: np.ndarray, maximize: bool) -> np.ndarray:
+    """The predictor's scores of ``rows``, higher better."""
+    scores = np.asarray(predictor.predict(rows), dtype=np.float64)
+    if scores.shape != (len(rows),):
+        raise ValueError(f"predictor returned shape {scores.shape} for {len(rows)} candidates")
+    return scores if maximize else -scores
 
 
 def next_iteration_candidates(
@@ -265,6 +281,18 @@ def next_iteration_candidates(
     return pool[first + gen.choice(best, size=n - len(first), replace=False).tolist()]
 
 
+def neighbourhood_draws(
+    centres: np.ndarray, rng: np.random.Generator | int, per_centre: int,
+    concentrations: Sequence[float] = NEIGHBOURHOOD_CONCENTRATIONS,
+) -> np.ndarray:  # fmt: skip
+    """Dirichlet(c * centre) draws around each centre row, ``per_centre`` per concentration c: mean the centre, spread
+    shrinking as c grows (a weight w moves by about sqrt(w (1 - w) / c)); a super-cluster a centre leaves out stays
+    out. The fine search near the best trained mixtures that a pool drawn around the prior rarely reaches."""
+    gen = _as_rng(rng)
+    centres = np.atleast_2d(np.asarray(centres, dtype=np.float64))
+    return np.vstack([_dirichlet(np.repeat(c * centres, per_centre, axis=0), gen) for c in concentrations])
+
+
 def best_predicted_mixture(
     predictor: SupportsPredict,
     prior: np.ndarray | Sequence[float],
@@ -274,6 +302,7 @@ def best_predicted_mixture(
     top_k: int = 1,
     maximize: bool = True,
     upper_bounds: np.ndarray | None = None,
+    refine_around: np.ndarray | None = None,
     **sampler_options: Any,
 ) -> tuple[np.ndarray, float]:
     """The final mixture and its prediction: the best vector of a fresh pool under the final predictor, or
@@ -282,8 +311,26 @@ def best_predicted_mixture(
     ``upper_bounds`` keeps the pick where the predictor has seen data: no group may weigh more than the most any
     trained proxy gave it. A regressor fitted on tens of runs extrapolates wildly past them (a ridge on log-weights
     happily predicts its best objective at 50% of a group no proxy ever gave 20%).
+
+    ``refine_around`` (the trained mixtures, best observed first) adds them and ``neighbourhood_draws`` around the
+    ``REFINE_CENTRES`` the predictor scores best to the pool, within the same bounds and repetition cap, and wins
+    ties: the pool is drawn around the prior, so in twenty dimensions it rarely comes near the trained runs the
+    predictor knows best, and its argmax can sit where the predictor has only extrapolated (a tree ensemble gives a
+    far draw the same score as the best trained run, free in the super-clusters no tree splits on).
     """
-    pool, scores = _scored_pool(predictor, prior, _as_rng(rng), pool_size, None, maximize, sampler_options)
+    gen = _as_rng(rng)
+    pool, scores = _scored_pool(predictor, prior, gen, pool_size, None, maximize, sampler_options)
+    if refine_around is not None:
+        trained = np.atleast_2d(np.asarray(refine_around, dtype=np.float64))
+        trained_scores = _scores(predictor, trained, maximize)
+        centres = trained[np.argsort(-trained_scores, kind="stable")[:REFINE_CENTRES]]
+        near = neighbourhood_draws(centres, gen, REFINE_DRAWS)
+        cap = np.minimum(sampler_options.get("cap_multiplier", 15.0) * _check_prior(prior), 1.0)
+        near = near[(near <= cap + 1e-12).all(axis=1)]
+        # ties go to the earlier row: a tree ensemble scores whole regions alike, and among mixtures it cannot tell
+        # apart the pick is the one trained (best observed first), then one near it, before a far pool draw
+        pool = np.vstack([trained, near, pool])
+        scores = np.concatenate([trained_scores, _scores(predictor, near, maximize), scores])
     if upper_bounds is not None:
         inside = (pool <= np.asarray(upper_bounds)[None, :] + 1e-12).all(axis=1)
         if not inside.any():

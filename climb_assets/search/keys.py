@@ -37,7 +37,7 @@ ALGORITHM_VERSIONS = {
     "proxy": "proxy-3",  # 3: token_stream "windows" spreads each group's windows (random positions: random_windows)
     "predictor": "select-2",
     "candidates": "dirichlet-2",  # 2: a structure change searches again only what moved (partial restart)
-    "climbmix": "climbmix-2",
+    "climbmix": "climbmix-3",  # 3: the final picks refine around the best trained mixtures (search.final_pick)
     "proof": "proof-1",
     "loss_guided": "doremi-1",
 }

@@ -14,6 +14,7 @@ from pydantic import model_validator
 from climb_assets.home import ClimbHome
 from climb_assets.lm.proxy import ProxySettings, TargetData, TokenStream
 from climb_assets.lm.targets import TargetSpec
+from climb_assets.search.candidates import FinalPick
 from climb_assets.search.predictor import (
     MIN_RUNS_TO_FIT,
     PREDICTOR_KINDS,
@@ -106,6 +107,10 @@ class SearchSettings(dg.ConfigurableResource):
     # exploit_first: the predictor's own best mixture (within the weights trained proxies gave each super-cluster,
     # as ClimbMix's pick is) is trained first, the rest drawn as the paper does
     acquisition: Acquisition = "paper"
+    # the final picks (ClimbMix's and RegMix's): refine: the predictor's best of the paper's pool, the trained
+    # mixtures and fine draws around the best of them (search/candidates.py, best_predicted_mixture); pool: the
+    # paper's pool alone
+    final_pick: FinalPick = "refine"
     # > 0: after an iteration's proxies, its best ``confirm_top`` are trained again with the next seed (each its own
     # step) and their objective becomes the mean of the two: the predictor and "the best proxy" see less of one
     # seed's luck (the winner's curse of a single-seed maximum). 0: the paper's one run per candidate
