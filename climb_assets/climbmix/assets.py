@@ -107,7 +107,8 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
                                          kinds=search.predictor_kinds())  # fmt: skip
     space = continuation.search_space(continuation.load(plan), corpus.groups)  # RegMix searches the same space
     regmix, regmix_predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()),
-                                                  weights[np.argsort(-y, kind="stable")], search.seed, pool_size=search.pool_size, pick=search.final_pick)  # fmt: skip
+                                                  weights[np.argsort(-y, kind="stable")], search.seed,
+                                                  pool_size=search.pool_size, pick=search.final_pick)  # fmt: skip
     summary = {
         "proxies": len(records),
         "best_random": weights[int(np.argmax(y))].tolist(),
