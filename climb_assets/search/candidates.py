@@ -21,6 +21,7 @@ import numpy as np
 # How the final picks (ClimbMix's and RegMix's) draw the candidates they score: the paper's pool around the token
 # prior alone, or that pool plus the trained mixtures and fine draws around the best of them (``refine_around``)
 FinalPick = Literal["pool", "refine"]
+CAP_MULTIPLIER = 15.0  # RegMix's repetition cap: no group above 15x its prior share
 DEFAULT_CONCENTRATIONS = np.logspace(np.log10(0.1), np.log10(5.0), 15)
 # The final pick's refinement: draws around the best trained mixtures (best_predicted_mixture's ``refine_around``)
 REFINE_CENTRES = 8
@@ -139,13 +140,23 @@ def _row_keys(rows: np.ndarray, decimals: int) -> list[bytes]:
     return [r.tobytes() for r in np.round(rows, decimals) + 0.0]
 
 
+def repetition_cap(prior: np.ndarray, cap_multiplier: float = CAP_MULTIPLIER,
+                   cap_reference: np.ndarray | Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+    """The most weight each group may get: ``cap_multiplier`` x its share in ``cap_reference`` (default: ``prior``),
+    at most 1 (a group's data would be repeated too often past it)."""
+    reference = prior if cap_reference is None else _check_prior(cap_reference, "cap_reference")
+    if reference.shape != prior.shape:
+        raise ValueError(f"cap_reference has {reference.size} groups, prior has {prior.size}")
+    return np.minimum(cap_multiplier * reference, 1.0)
+
+
 def _sample_unique(
     prior: np.ndarray,
     target: int,
     rng: np.random.Generator,
     *,
     concentrations: Sequence[float] | np.ndarray = DEFAULT_CONCENTRATIONS,
-    cap_multiplier: float = 15.0,
+    cap_multiplier: float = CAP_MULTIPLIER,
     min_weight: float = 2e-4,
     oversample: int = 100,
     decimals: int = 4,
@@ -159,10 +170,7 @@ def _sample_unique(
         raise ValueError(f"concentrations must be positive, got {conc.tolist()}")
     if not 0 <= min_weight < 1:
         raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
-    reference = prior if cap_reference is None else _check_prior(cap_reference, "cap_reference")
-    if reference.shape != prior.shape:
-        raise ValueError(f"cap_reference has {reference.size} groups, prior has {prior.size}")
-    cap = np.minimum(cap_multiplier * reference, 1.0)
+    cap = repetition_cap(prior, cap_multiplier, cap_reference)
     seen = set() if exclude is None else set(_row_keys(np.atleast_2d(np.asarray(exclude, dtype=np.float64)), decimals))
     kept: list[np.ndarray] = []
     batch = int(min(max(target * oversample, 1024), _MAX_BATCH))
@@ -188,7 +196,7 @@ def sample_dirichlet_candidates(
     rng: np.random.Generator | int,
     *,
     concentrations: Sequence[float] | np.ndarray = DEFAULT_CONCENTRATIONS,
-    cap_multiplier: float = 15.0,
+    cap_multiplier: float = CAP_MULTIPLIER,
     min_weight: float = 2e-4,
     oversample: int = 100,
     decimals: int = 4,
@@ -325,8 +333,8 @@ def best_predicted_mixture(
         trained_scores = _scores(predictor, trained, maximize)
         centres = trained[np.argsort(-trained_scores, kind="stable")[:REFINE_CENTRES]]
         near = neighbourhood_draws(centres, gen, REFINE_DRAWS)
-        cap = np.minimum(sampler_options.get("cap_multiplier", 15.0) * _check_prior(prior), 1.0)
-        near = near[(near <= cap + 1e-12).all(axis=1)]
+        cap_options = {k: v for k, v in sampler_options.items() if k in ("cap_multiplier", "cap_reference")}
+        near = near[(near <= repetition_cap(_check_prior(prior), **cap_options) + 1e-12).all(axis=1)]
         # ties go to the earlier row: a tree ensemble scores whole regions alike, and among mixtures it cannot tell
         # apart the pick is the one trained (best observed first), then one near it, before a far pool draw
         pool = np.vstack([trained, near, pool])
