@@ -14,8 +14,9 @@ search then runs exactly the search's functions with the home's schedule, pool s
 iteration 1's Dirichlet draws (``sample_dirichlet_candidates``), one ``select_predictor`` per iteration, the next
 candidates (``next_iteration_candidates``, with ``exploit_within`` for ``exploit_first``), re-training the best
 ``confirm_top`` with a second seed (its own luck), and ClimbMix's pick (``best_predicted_mixture`` within the trained
-weights, refined around them unless the rule's ``final_pick`` is ``pool``). The baselines are made as the product makes them (``random_search_weights``; RegMix fits one predictor on
-the N random proxies and picks with the same rule), from the same simulated runs.
+weights, refined around them unless the rule's ``final_pick`` is ``pool``). The baselines are made as the product
+makes them (``random_search_weights``; RegMix fits one predictor on the N random proxies and picks with the same
+rule), from the same simulated runs.
 
 Per rule, over ``--searches`` simulated searches (search seeds 0, 1, ...): the truth of ClimbMix, of RegMix and of the
 best random proxy, ClimbMix minus RegMix with a 95% t-interval over searches, the share of searches whose ClimbMix is
