@@ -173,10 +173,9 @@ def simulate(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray
 def final_pick(rule: Rule, predictor, prior: np.ndarray, X: np.ndarray, y: np.ndarray, seed: int,
                pool_size: int) -> np.ndarray:  # fmt: skip
     """ClimbMix's or RegMix's pick from the runs ``X`` (observed ``y``), as ``SearchSpace.best_mixture`` makes it."""
-    trained = X[np.argsort(-y, kind="stable")]
+    refine = {"refine_around": X, "observed": y} if rule.final_pick == "refine" else {}
     return best_predicted_mixture(predictor, prior, seed, pool_size=pool_size, top_k=rule.top_k_average,
-                                  upper_bounds=trained.max(axis=0),
-                                  refine_around=trained if rule.final_pick == "refine" else None)[0]  # fmt: skip
+                                  upper_bounds=X.max(axis=0), **refine)[0]  # fmt: skip
 
 
 def baselines(search: SearchSettings, rule: Rule, truth: Truth, prior: np.ndarray, first: tuple) -> dict:

@@ -178,9 +178,15 @@ def test_the_refined_pick_breaks_ties_toward_the_best_trained_mixture() -> None:
     trained = sample_dirichlet_candidates(PRIOR, 16, 4)
     inside = trained[trained[:, 2] > 0.2]
     assert len(inside) >= 2  # the region holds more than one trained run
-    # best observed first: the first trained run of the top region is the pick, not a pool draw scored alike
-    order = np.vstack([inside[::-1], trained[trained[:, 2] <= 0.2]])
-    pick, score = best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=4_000, refine_around=order)
-    assert score == 1.0 and np.allclose(pick, inside[-1])
+    # the best observed trained run of the top region is the pick, not a pool draw scored alike: which run that is
+    # follows the observed objectives, not the rows' order
+    observed = np.random.default_rng(5).normal(size=len(trained))
+    for objectives in (observed, -observed):
+        best_inside = inside[np.argmax(objectives[trained[:, 2] > 0.2])]
+        pick, score = best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=4_000, refine_around=trained,
+                                             observed=objectives)  # fmt: skip
+        assert score == 1.0 and np.allclose(pick, best_inside)
+    with pytest.raises(ValueError, match="observed has shape"):
+        best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=100, refine_around=trained, observed=observed[1:])
     pooled, _ = best_predicted_mixture(StepObjective(), PRIOR, 0, pool_size=4_000)
     assert not any(np.allclose(pooled, row) for row in trained)  # the paper's pool: some draw of the region

@@ -54,11 +54,11 @@ def choose_climbmix(config: ClimbMixConfig, plan: SearchPlan, iterations: int) -
     _, corpus = search_inputs(plan)
     predictor = Predictor.load(plan.predictor_path(iterations))
     space = continuation.search_space(continuation.load(plan), corpus.groups)
-    runs = continuation.training_set(plan, iterations).sort("objective", descending=True, maintain_order=True)
+    runs = continuation.training_set(plan, iterations)
     trained = runs.select(weight_columns(corpus.groups)).to_numpy()
-    weights, predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()), trained, config.seed,
-                                            pool_size=config.pool_size, top_k=config.top_k_average,
-                                            pick=plan.search.final_pick)  # fmt: skip
+    weights, predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()), trained,
+                                            runs["objective"].to_numpy(), config.seed, pool_size=config.pool_size,
+                                            top_k=config.top_k_average, pick=plan.search.final_pick)  # fmt: skip
     key = fingerprint({
         "algorithm": ALGORITHM_VERSIONS["climbmix"], "search_key": plan.search_key, "config": config.model_dump(),
         "predictor": predictor_fingerprint(plan, iterations), "tokenizer_sha256": plan.tokenizer_sha,
@@ -106,9 +106,9 @@ def summarize_random_search(plan: SearchPlan, tracking: MlflowTracking, records:
                                          params=search.predictor_params(), feature_names=columns,
                                          kinds=search.predictor_kinds())  # fmt: skip
     space = continuation.search_space(continuation.load(plan), corpus.groups)  # RegMix searches the same space
-    regmix, regmix_predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()),
-                                                  weights[np.argsort(-y, kind="stable")], search.seed,
-                                                  pool_size=search.pool_size, pick=search.final_pick)  # fmt: skip
+    regmix, regmix_predicted = space.best_mixture(predictor, token_prior(corpus.tokens_per_group()), weights, y,
+                                                  search.seed, pool_size=search.pool_size,
+                                                  pick=search.final_pick)  # fmt: skip
     summary = {
         "proxies": len(records),
         "best_random": weights[int(np.argmax(y))].tolist(),

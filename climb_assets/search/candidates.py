@@ -68,17 +68,17 @@ class SearchSpace:
         """``predictor`` (fitted on full weights) scoring reduced ones."""
         return predictor if not self.frozen else _ExpandingPredictor(predictor, self)
 
-    def best_mixture(self, predictor: SupportsPredict, prior: np.ndarray, trained: np.ndarray,
+    def best_mixture(self, predictor: SupportsPredict, prior: np.ndarray, trained: np.ndarray, observed: np.ndarray,
                      rng: np.random.Generator | int, *, pool_size: int, top_k: int = 1,
                      pick: FinalPick = "refine") -> tuple[np.ndarray, float]:  # fmt: skip
         """``best_predicted_mixture`` drawn in this space, within the weights the ``trained`` rows (full weights,
-        best observed first) gave each of its dimensions (``pick="refine"``: and around the best of them); over every
-        super-cluster, with its prediction."""
+        ``observed`` objectives) gave each of its dimensions (``pick="refine"``: and around the best of them); over
+        every super-cluster, with its prediction."""
         reduced_trained = self.reduce(trained)
+        refine = {"refine_around": reduced_trained, "observed": observed} if pick == "refine" else {}
         reduced, predicted = best_predicted_mixture(self.scoring(predictor), self.reduce(prior), rng,
                                                     pool_size=pool_size, top_k=top_k,
-                                                    upper_bounds=reduced_trained.max(axis=0),
-                                                    refine_around=reduced_trained if pick == "refine" else None)  # fmt: skip
+                                                    upper_bounds=reduced_trained.max(axis=0), **refine)  # fmt: skip
         return self.expand(reduced), predicted
 
 
@@ -311,6 +311,7 @@ def best_predicted_mixture(
     maximize: bool = True,
     upper_bounds: np.ndarray | None = None,
     refine_around: np.ndarray | None = None,
+    observed: np.ndarray | Sequence[float] | None = None,
     **sampler_options: Any,
 ) -> tuple[np.ndarray, float]:
     """The final mixture and its prediction: the best vector of a fresh pool under the final predictor, or
@@ -320,16 +321,22 @@ def best_predicted_mixture(
     trained proxy gave it. A regressor fitted on tens of runs extrapolates wildly past them (a ridge on log-weights
     happily predicts its best objective at 50% of a group no proxy ever gave 20%).
 
-    ``refine_around`` (the trained mixtures, best observed first) adds them and ``neighbourhood_draws`` around the
-    ``REFINE_CENTRES`` the predictor scores best to the pool, within the same bounds and repetition cap, and wins
-    ties: the pool is drawn around the prior, so in twenty dimensions it rarely comes near the trained runs the
-    predictor knows best, and its argmax can sit where the predictor has only extrapolated (a tree ensemble gives a
-    far draw the same score as the best trained run, free in the super-clusters no tree splits on).
+    ``refine_around`` (the trained mixtures, with their ``observed`` objectives) adds them and ``neighbourhood_draws``
+    around the ``REFINE_CENTRES`` the predictor scores best to the pool, within the same bounds and repetition cap,
+    and wins ties (the best observed first): the pool is drawn around the prior, so in twenty dimensions it rarely
+    comes near the trained runs the predictor knows best, and its argmax can sit where the predictor has only
+    extrapolated (a tree ensemble gives a far draw the same score as the best trained run, free in the super-clusters
+    no tree splits on). Without ``observed``, the rows' order is theirs.
     """
     gen = _as_rng(rng)
     pool, scores = _scored_pool(predictor, prior, gen, pool_size, None, maximize, sampler_options)
     if refine_around is not None:
         trained = np.atleast_2d(np.asarray(refine_around, dtype=np.float64))
+        if observed is not None:  # best observed first, oriented as the scores are
+            objectives = np.asarray(observed, dtype=np.float64)
+            if objectives.shape != (len(trained),):
+                raise ValueError(f"observed has shape {objectives.shape} for {len(trained)} trained mixtures")
+            trained = trained[np.argsort(-objectives if maximize else objectives, kind="stable")]
         trained_scores = _scores(predictor, trained, maximize)
         centres = trained[np.argsort(-trained_scores, kind="stable")[:REFINE_CENTRES]]
         near = neighbourhood_draws(centres, gen, REFINE_DRAWS)

@@ -200,9 +200,10 @@ def parent_pick(plan: SearchPlan, state: dict, old: pl.DataFrame) -> np.ndarray:
     recorded = lake.search_continuation_path(plan.home, state["parent"])  # absent: a search older than continuations
     space = search_space(json.loads(recorded.read_text()) if recorded.exists() else {"start": "first"}, groups)
     final = lake.search_iteration_dir(plan.home, state["parent"], state["parent_iterations"]) / "predictor"
-    runs = parent_runs(plan, state).select(weight_columns(groups)).to_numpy()
+    runs = parent_runs(plan, state)
     config = ClimbMixConfig()
-    return space.best_mixture(Predictor.load(final), prior, runs, config.seed, pool_size=config.pool_size,
+    return space.best_mixture(Predictor.load(final), prior, runs.select(weight_columns(groups)).to_numpy(),
+                              runs["objective"].to_numpy(), config.seed, pool_size=config.pool_size,
                               top_k=config.top_k_average)[0]
 
 
