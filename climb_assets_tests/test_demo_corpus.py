@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import json
+import sysconfig
 import random
 from pathlib import Path
 
@@ -172,6 +174,17 @@ def test_tech_docs_read_only_the_packages_constraints_pin():
     assert {"polars", "torch", "dagster"} <= tops
     licences = {source.label.split("/")[1].split("-")[0] for source in PACKAGES.readers["licences"]()}
     assert "pip" not in licences and licences  # pip vendors a dozen licence files
+
+
+def test_no_corpus_reads_this_projects_own_install():
+    """Its install record names the directory the repository was cloned into, its METADATA holds the README: a corpus
+    that read them would differ between two clones of one commit (the packages corpus did, by its JSON kind)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert (site / f"climb-{importlib.metadata.version('climb')}.dist-info" / "direct_url.json").is_file()
+    readers = [READERS["tech_docs"], *PACKAGES.readers.values()]
+    tops = {source.label.split("/")[1] for reader in readers for source in reader() if source.label.startswith("site-")}
+    assert any(top.endswith(".dist-info") for top in tops)  # other distributions' records are read
+    assert not [top for top in tops if top.startswith(("climb-", "climb_assets", "__editable__"))]
 
 
 def test_bad_arguments_are_refused(tmp_path):

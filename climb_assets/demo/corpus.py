@@ -287,12 +287,16 @@ _DOC_SPLITTERS: dict[str, Callable[[str], list[str]]] = {".md": _paragraphs, ".r
 
 # Installed by the venv and ``pip install --upgrade pip``, not by constraints.txt: their versions vary from machine to
 # machine and week to week, so the demo corpus reads none of them (it did read pip's: a new pip changed the corpus).
-UNPINNED_PACKAGES = frozenset({"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel"})
+# Nor this project's own install: its record names the directory it was cloned into (the packages corpus read it,
+# so two clones at two paths searched two corpora) and its METADATA holds the README.
+UNPINNED_PACKAGES = frozenset({"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "climb", "climb_assets"})
+EDITABLE_INSTALL_PREFIX = "__editable__"  # pip's editable-install hooks: .pth and finder files naming the checkout
 
 
 def _pinned(rel: str) -> bool:
     top = rel.split("/", 1)[0]
-    return top not in UNPINNED_PACKAGES and not (top.endswith(".dist-info") and top.split("-")[0] in UNPINNED_PACKAGES)
+    distribution = top.endswith((".dist-info", ".egg-info")) and top.split("-")[0] in UNPINNED_PACKAGES
+    return top not in UNPINNED_PACKAGES and not distribution and not top.startswith(EDITABLE_INSTALL_PREFIX)
 
 
 def _site_packages() -> Path:
