@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import json
-import sysconfig
 import random
+import sysconfig
 from pathlib import Path
 
 import polars as pl

@@ -289,7 +289,8 @@ _DOC_SPLITTERS: dict[str, Callable[[str], list[str]]] = {".md": _paragraphs, ".r
 # machine and week to week, so the demo corpus reads none of them (it did read pip's: a new pip changed the corpus).
 # Nor this project's own install: its record names the directory it was cloned into (the packages corpus read it,
 # so two clones at two paths searched two corpora) and its METADATA holds the README.
-UNPINNED_PACKAGES = frozenset({"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel", "climb", "climb_assets"})
+UNPINNED_PACKAGES = frozenset({"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel",
+                               "climb", "climb_assets"})
 EDITABLE_INSTALL_PREFIX = "__editable__"  # pip's editable-install hooks: .pth and finder files naming the checkout
 
 
